@@ -1,0 +1,77 @@
+"""All server settings in one typed place, read once at start.
+
+Every field can be set by an environment variable with the `BARK_` prefix (e.g. `BARK_DTYPE=float16`),
+which is how the Helm chart configures pods; the CLI overrides the few that people pass by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Device = Literal["auto", "cpu", "cuda"]
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+Attention = Literal["auto", "flash_attention_2", "sdpa", "eager"]
+Decoder = Literal["auto", "transformers", "static", "cudagraph"]
+
+#: Where `--demo` (or no model at all) builds the tiny random-weight checkpoint.
+DEFAULT_DEMO_DIR = Path(".cache/bark-tiny")
+
+
+class Settings(BaseSettings):
+    """Server settings. Defaults suit a GPU pod; the CPU demo overrides nothing."""
+
+    model_config = SettingsConfigDict(env_prefix="BARK_", extra="ignore")
+
+    model_name: str = "bark"
+    model_id: str | None = Field(None, description="hub id, e.g. suno/bark-small")
+    model_dir: Path | None = Field(None, description="local checkpoint, e.g. /mnt/models")
+    demo: bool = Field(False, description="serve a tiny random-weight checkpoint built locally")
+    demo_dir: Path = DEFAULT_DEMO_DIR
+
+    device: Device = "auto"
+    dtype: Dtype = "auto"
+    attention: Attention = "auto"
+    decoder: Decoder = "auto"
+
+    # Batching: chunks of all requests share decoding steps (see scheduler.py).
+    max_batch_size: int = Field(32, ge=1, le=512)
+    max_wait_ms: int = Field(20, ge=0, le=10_000)
+    max_queue_chunks: int = Field(512, ge=1)
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with a 503 when the queue is full")
+
+    # Text handling and request bounds.
+    default_chunk_words: int = Field(30, ge=1)
+    min_chunk_words: int = Field(3, ge=1)
+    max_chunk_words: int = Field(60, ge=1)
+    max_prompt_chars: int = Field(20_000, ge=1)
+    max_instances: int = Field(16, ge=1)
+    pause_ms: int = Field(150, ge=0, le=5_000, description="silence inserted between chunks")
+    # Bark may babble past the end of a sentence; random weights always do. A budget of semantic
+    # tokens per word (49.9 tokens = 1 s of speech) bounds each chunk on its own.
+    semantic_tokens_per_word: float = Field(25.0, gt=0)
+    semantic_tokens_min: int = Field(50, ge=1)
+
+    warmup: bool = True
+    log_format: Literal["text", "json"] = "text"
+    log_prompts: bool = False
+
+    @model_validator(mode="after")
+    def _chunk_bounds_are_ordered(self) -> Settings:
+        if not self.min_chunk_words <= self.default_chunk_words <= self.max_chunk_words:
+            raise ValueError("need min_chunk_words <= default_chunk_words <= max_chunk_words")
+        return self
+
+    @property
+    def model_source(self) -> str:
+        """What `from_pretrained` loads: a local folder wins over a hub id; the demo over both."""
+        if self.demo:
+            return str(self.demo_dir)
+        if self.model_dir is not None:
+            return str(self.model_dir)
+        if self.model_id:
+            return self.model_id
+        raise ValueError("no model given: pass --model_id, --model_dir or --demo")

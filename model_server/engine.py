@@ -1,0 +1,229 @@
+"""Load Bark and run one batch of chunks through its four stages, trimming each output.
+
+The engine only runs batches; the scheduler decides what goes into them. Stages are called one by
+one (as `BarkModel.generate` does internally) so that each is timed, each chunk gets its own
+semantic token budget, and every waveform is cut to its own length before it leaves here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import BarkModel, BarkProcessor, StoppingCriteria, StoppingCriteriaList
+from transformers.models.bark.generation_configuration_bark import (
+    BarkCoarseGenerationConfig,
+    BarkFineGenerationConfig,
+    BarkSemanticGenerationConfig,
+)
+
+from .attention import use_sdpa_attention
+from .config import Settings
+from .voices import VoiceLibrary
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample; chunks batch together only when this (and the voice) is equal."""
+
+    do_sample: bool = True
+    semantic_temperature: float = 0.7
+    coarse_temperature: float = 0.7
+    fine_temperature: float = 0.5
+    seed: int | None = None
+
+
+@dataclass
+class BatchOutput:
+    """Trimmed waveforms, one per chunk in input order, and the seconds each stage took."""
+
+    waveforms: list[np.ndarray]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _PerRowTokenBudget(StoppingCriteria):
+    """Stop each row of a batched semantic generation at its own token budget.
+
+    `generate` takes one `max_new_tokens` for the whole batch; rows that stop here are padded
+    with the pad (= EOS) token, which the coarse stage already treats as "no more speech".
+    """
+
+    def __init__(self, budgets: Sequence[int], prompt_length: int, device: torch.device):
+        self._budgets = torch.tensor(list(budgets), device=device)
+        self._prompt_length = prompt_length
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        generated = input_ids.shape[1] - self._prompt_length
+        return generated >= self._budgets  # type: ignore[return-value]
+
+
+def choose_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for, but torch sees no CUDA device")
+    return torch.device(setting)
+
+
+def choose_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, setting)
+
+
+def flash_attention_available(device: torch.device) -> bool:
+    return device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+
+
+def choose_attention(setting: str, device: torch.device) -> str:
+    """auto = flash-attention 2 where it can run (CUDA + package), else SDPA."""
+    if setting == "auto":
+        return "flash_attention_2" if flash_attention_available(device) else "sdpa"
+    if setting == "flash_attention_2" and not flash_attention_available(device):
+        raise RuntimeError("attention=flash_attention_2 needs CUDA and the flash-attn package")
+    return setting
+
+
+class BarkEngine:
+    """Owns the Bark weights on one device; `generate_batch` is called from one thread only."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.device = choose_device(settings.device)
+        self.dtype = choose_dtype(settings.dtype, self.device)
+        self.attention = choose_attention(settings.attention, self.device)
+        source = settings.model_source
+        logger.info(
+            "loading Bark from %s on %s (%s, attention=%s)", source, self.device, self.dtype, self.attention
+        )
+        self.processor = BarkProcessor.from_pretrained(source)
+        # SDPA is ours (attention.py): load eager, then switch the attention modules in place.
+        loaded_with = "eager" if self.attention == "sdpa" else self.attention
+        model = BarkModel.from_pretrained(source, dtype=self.dtype, attn_implementation=loaded_with)
+        if self.attention == "sdpa":
+            use_sdpa_attention(model)
+        self.model: BarkModel = model.to(self.device).eval()  # type: ignore[arg-type]
+        generation = self.model.generation_config
+        self.sample_rate = int(generation.sample_rate)
+        self.codebook_size = int(generation.codebook_size)
+        self._semantic_defaults = dict(generation.semantic_config)
+        self._coarse_defaults = dict(generation.coarse_acoustics_config)
+        self._fine_defaults = dict(generation.fine_acoustics_config)
+        self.max_semantic_tokens = int(self._semantic_defaults.get("max_new_tokens") or 768)
+        self.voices = VoiceLibrary(self.processor, self.device)
+        self.source = source
+
+    def semantic_budget(self, words: int) -> int:
+        """Semantic tokens a chunk of `words` words may use (see Settings.semantic_tokens_per_word)."""
+        wanted = math.ceil(words * self.settings.semantic_tokens_per_word)
+        return max(1, min(self.max_semantic_tokens, max(self.settings.semantic_tokens_min, wanted)))
+
+    def _configs(
+        self, sampling: Sampling, max_new_tokens: int
+    ) -> tuple[BarkSemanticGenerationConfig, BarkCoarseGenerationConfig, BarkFineGenerationConfig]:
+        def with_sampling(defaults: dict[str, Any], temperature: float) -> dict[str, Any]:
+            settings = {**defaults, "do_sample": sampling.do_sample}
+            settings["temperature"] = temperature if sampling.do_sample else 1.0
+            return settings
+
+        semantic = with_sampling(self._semantic_defaults, sampling.semantic_temperature)
+        semantic["max_new_tokens"] = max_new_tokens
+        coarse = with_sampling(self._coarse_defaults, sampling.coarse_temperature)
+        fine = {
+            **self._fine_defaults,
+            "temperature": sampling.fine_temperature if sampling.do_sample else 1.0,
+        }
+        return (
+            BarkSemanticGenerationConfig(**semantic),
+            BarkCoarseGenerationConfig(**coarse),
+            BarkFineGenerationConfig(**fine),
+        )
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def generate_batch(
+        self, texts: Sequence[str], voice: str | None, sampling: Sampling, budgets: Sequence[int]
+    ) -> BatchOutput:
+        """Generate one waveform per text in a single batched pass, each trimmed to its length."""
+        if len(texts) != len(budgets):
+            raise ValueError("one semantic budget per text is required")
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        history = self.voices.prompt(voice) if voice else None
+        semantic_config, coarse_config, fine_config = self._configs(sampling, max(budgets))
+        encoded = self.processor.tokenizer(
+            list(texts),
+            return_tensors="pt",
+            padding="max_length",
+            truncation=True,
+            max_length=semantic_config.max_input_semantic_length,
+            add_special_tokens=False,
+            return_attention_mask=True,
+        ).to(self.device)
+        stages: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            self._synchronize()
+            now = time.perf_counter()
+            stages[stage] = now - clock
+            clock = now
+
+        prompt_length = semantic_config.max_input_semantic_length + 1
+        semantic = self.model.semantic.generate(
+            encoded["input_ids"],
+            attention_mask=encoded["attention_mask"],
+            history_prompt=history,
+            semantic_generation_config=semantic_config,
+            stopping_criteria=StoppingCriteriaList([_PerRowTokenBudget(budgets, prompt_length, self.device)]),
+            pad_token_id=semantic_config.semantic_pad_token,
+        )
+        lap("semantic")
+        coarse, coarse_lengths = self.model.coarse_acoustics.generate(
+            semantic,
+            history_prompt=history,
+            semantic_generation_config=semantic_config,
+            coarse_generation_config=coarse_config,
+            codebook_size=self.codebook_size,
+            return_output_lengths=True,
+        )
+        frame_lengths = coarse_lengths // coarse_config.n_coarse_codebooks
+        lap("coarse")
+        fine = self.model.fine_acoustics.generate(
+            coarse,
+            history_prompt=history,
+            semantic_generation_config=semantic_config,
+            coarse_generation_config=coarse_config,
+            fine_generation_config=fine_config,
+            codebook_size=self.codebook_size,
+        )
+        lap("fine")
+        # codec_decode trims each sample to its own frame count before the (LSTM) decoder.
+        audio = self.model.codec_decode(fine, frame_lengths)
+        waveforms = [sample.float().reshape(-1).cpu().numpy() for sample in audio]
+        lap("codec_decode")
+        return BatchOutput(waveforms=waveforms, stage_seconds=stages)
+
+    def warm_up(self) -> None:
+        """One short generation so the first request does not pay for lazy initialisation."""
+        voice = self.voices.names[0] if self.voices.names else None
+        started = time.perf_counter()
+        self.generate_batch(
+            ["Warm up."], voice, Sampling(do_sample=False), [min(8, self.max_semantic_tokens)]
+        )
+        logger.info("warm-up generation took %.2f s", time.perf_counter() - started)

@@ -1,0 +1,29 @@
+"""Errors as types, mapped to HTTP in one place (`register_error_handlers`)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from kserve.errors import InvalidInput
+
+__all__ = ["InvalidInput", "Overloaded", "register_error_handlers"]
+
+
+class Overloaded(RuntimeError):
+    """The batch queue is full: the client should retry later (HTTP 503 + Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+async def _overloaded_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Overloaded)
+    return JSONResponse(
+        status_code=503, content={"error": str(exc)}, headers={"Retry-After": str(exc.retry_after_s)}
+    )
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """KServe maps InvalidInput to 400 itself; we add the statuses it does not know."""
+    app.add_exception_handler(Overloaded, _overloaded_handler)

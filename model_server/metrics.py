@@ -1,0 +1,65 @@
+"""Prometheus metrics (prefix `bark_`), registered in the default registry that KServe serves on /metrics.
+
+Label values are bounded: stages and outcomes are fixed lists, voices are the model's preset list.
+Prompt text never becomes a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Bark takes seconds to minutes per request; KServe's default buckets stop far too early.
+_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
+_RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+#: The stages of one request, in order. `split` and `encode` run per request, the rest per batch.
+STAGES = ("split", "semantic", "coarse", "fine", "codec_decode", "encode")
+
+REQUEST_LATENCY = Histogram(
+    "bark_request_duration_seconds",
+    "Wall time of a synthesis request, from parsed input to encoded audio.",
+    ["route"],
+    buckets=_SECONDS_BUCKETS,
+)
+STAGE_LATENCY = Histogram(
+    "bark_stage_duration_seconds",
+    "Wall time of one pipeline stage (per batch for model stages, per request otherwise).",
+    ["stage"],
+    buckets=_SECONDS_BUCKETS,
+)
+AUDIO_SECONDS = Counter("bark_audio_seconds_total", "Seconds of audio produced.", ["route"])
+REAL_TIME_FACTOR = Histogram(
+    "bark_real_time_factor",
+    "Wall seconds per second of audio produced, per request (below 1 is faster than real time).",
+    ["route"],
+    buckets=_RTF_BUCKETS,
+)
+BATCH_SIZE = Histogram("bark_batch_size", "Chunks per batched generate call.", buckets=_BATCH_BUCKETS)
+QUEUE_DEPTH = Gauge("bark_queue_depth", "Chunks waiting in the batch queue.")
+QUEUE_CAPACITY = Gauge("bark_queue_capacity", "Chunks the batch queue holds before it answers 503.")
+INFLIGHT_CHUNKS = Gauge("bark_inflight_chunks", "Chunks being generated right now.")
+REQUESTS = Counter(
+    "bark_requests_total",
+    "Synthesis requests by outcome; `reason` is one of a fixed set.",
+    ["route", "code", "reason"],
+)
+VOICE_REQUESTS = Counter("bark_voice_requests_total", "Instances synthesised per voice preset.", ["voice"])
+MODEL_LOAD_SECONDS = Gauge("bark_model_load_seconds", "Seconds the model took to load and warm up.")
+MODEL_INFO = Gauge(
+    "bark_model_info", "The loaded model (value 1).", ["source", "device", "dtype", "attention", "decoder"]
+)
+GPU_MEMORY_BYTES = Gauge("bark_gpu_memory_allocated_bytes", "GPU memory allocated by torch (CUDA only).")
+GPU_MEMORY_RESERVED_BYTES = Gauge(
+    "bark_gpu_memory_reserved_bytes", "GPU memory reserved by torch's caching allocator (CUDA only)."
+)
+
+
+def track_gpu_memory() -> None:
+    """Read torch's CUDA allocator at scrape time; absent series on CPU, never a stale zero."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    GPU_MEMORY_BYTES.set_function(torch.cuda.memory_allocated)
+    GPU_MEMORY_RESERVED_BYTES.set_function(torch.cuda.memory_reserved)

@@ -1,0 +1,227 @@
+"""BarkTTS: the kserve.Model that turns v1 predict requests into audio.
+
+preprocess: validate the body (schema.py); predict: split and pack each prompt into chunks, queue
+them on the scheduler (chunks of concurrent requests share batches), await the trimmed waveforms;
+postprocess: join them with short pauses, encode and base64 them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from kserve import Model
+from kserve.errors import InvalidInput
+
+from . import audio, metrics
+from .config import Settings
+from .engine import BarkEngine, Sampling
+from .errors import Overloaded
+from .scheduler import BatchFailed, Scheduler
+from .schema import SynthesisRequest, SynthesisResult, parse_predict_body
+from .text import chunk_text
+
+logger = logging.getLogger(__name__)
+request_logger = logging.getLogger("bark.requests")
+
+BatchKey = tuple[str, Sampling]
+
+
+@dataclass(frozen=True)
+class ChunkPayload:
+    text: str
+    budget: int
+
+
+@dataclass
+class Synthesis:
+    """One finished instance before encoding."""
+
+    waveform: np.ndarray
+    chunks: int
+
+
+def sampling_of(request: SynthesisRequest) -> Sampling:
+    return Sampling(
+        do_sample=request.do_sample,
+        semantic_temperature=request.semantic_temperature,
+        coarse_temperature=request.coarse_temperature,
+        fine_temperature=request.fine_temperature,
+        seed=request.seed,
+    )
+
+
+class BarkTTS(Model):
+    """KServe model: Bark text-to-speech with sentence chunking and cross-request batching."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings.model_name)
+        self.settings = settings
+        self.engine: BarkEngine | None = None  # type: ignore[assignment]
+        self.scheduler: Scheduler[BatchKey, np.ndarray] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def load(self) -> bool:
+        """Load weights and run a warm-up generation; only then is the model ready."""
+        started = time.perf_counter()
+        engine = BarkEngine(self.settings)
+        if self.settings.warmup:
+            engine.warm_up()
+        self.engine = engine
+        self.scheduler = Scheduler(
+            self._run_batch,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_ms=self.settings.max_wait_ms,
+            max_queue_chunks=self.settings.max_queue_chunks,
+            retry_after_s=self.settings.retry_after_s,
+        )
+        metrics.MODEL_LOAD_SECONDS.set(time.perf_counter() - started)
+        metrics.MODEL_INFO.labels(
+            source=engine.source,
+            device=str(engine.device),
+            dtype=str(engine.dtype).removeprefix("torch."),
+            attention=engine.attention,
+            decoder="transformers",
+        ).set(1)
+        metrics.track_gpu_memory()
+        self.ready = True
+        return self.ready
+
+    def start(self) -> None:
+        """KServe's default start() marks any model ready; ours is ready only after load()."""
+
+    def stop(self) -> None:
+        self.ready = False
+
+    # -- the engine side (runs in the scheduler's worker thread) -------------------------------
+    def _run_batch(self, key: BatchKey, payloads: list[ChunkPayload]) -> list[np.ndarray]:
+        assert self.engine is not None
+        voice, sampling = key
+        output = self.engine.generate_batch(
+            [payload.text for payload in payloads], voice, sampling, [payload.budget for payload in payloads]
+        )
+        for stage, seconds in output.stage_seconds.items():
+            metrics.STAGE_LATENCY.labels(stage=stage).observe(seconds)
+        return output.waveforms
+
+    # -- the request side ----------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        assert self.engine is not None
+        return self.engine.sample_rate
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> list[SynthesisRequest]:
+        if isinstance(payload, bytes | bytearray):
+            try:
+                payload = orjson.loads(payload)
+            except orjson.JSONDecodeError as error:
+                raise InvalidInput(f"body is not valid JSON: {error}") from None
+        instances = parse_predict_body(payload, self.settings)
+        assert self.engine is not None
+        for index, instance in enumerate(instances):
+            self.engine.voices.check(instance.voice, field=f"instances[{index}].voice")
+        return instances
+
+    def plan_chunks(self, request: SynthesisRequest) -> list[ChunkPayload]:
+        """Sentences packed into chunks, each with its own semantic token budget."""
+        assert self.engine is not None
+        started = time.perf_counter()
+        texts = chunk_text(request.prompt, request.batch_chunk_size or self.settings.default_chunk_words)
+        metrics.STAGE_LATENCY.labels(stage="split").observe(time.perf_counter() - started)
+        if not texts:
+            raise InvalidInput("prompt: has no words to speak")
+        return [ChunkPayload(text, self.engine.semantic_budget(len(text.split()))) for text in texts]
+
+    async def synthesize(self, request: SynthesisRequest) -> Synthesis:
+        """Generate one instance's audio: all its chunks batched, trimmed and joined in order."""
+        assert self.scheduler is not None
+        chunks = self.plan_chunks(request)
+        try:
+            parts = await self.scheduler.submit((request.voice, sampling_of(request)), chunks)
+        except BatchFailed as error:
+            raise RuntimeError(str(error)) from error
+        joined = audio.join_with_pauses(parts, self.sample_rate, self.settings.pause_ms)
+        return Synthesis(waveform=joined, chunks=len(chunks))
+
+    async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
+        """Count every request by outcome, whichever stage (validation, queue, generation) ends it."""
+        outcome = ("200", "ok")
+        try:
+            if verb is None:
+                return await super().__call__(body, headers=headers)
+            return await super().__call__(body, headers=headers, verb=verb)
+        except InvalidInput:
+            outcome = ("400", "invalid_input")
+            raise
+        except Overloaded:
+            outcome = ("503", "overloaded")
+            raise
+        except asyncio.CancelledError:
+            outcome = ("499", "cancelled")
+            raise
+        except Exception:
+            outcome = ("500", "generation_error")
+            raise
+        finally:
+            metrics.REQUESTS.labels(route="v1_predict", code=outcome[0], reason=outcome[1]).inc()
+
+    async def predict(
+        self, payload: list[SynthesisRequest], headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
+        started = time.perf_counter()
+        results = await asyncio.gather(*(self.synthesize(instance) for instance in payload))
+        predictions = await asyncio.to_thread(self._encode_all, payload, results)
+        wall = time.perf_counter() - started
+        audio_seconds = sum(prediction.duration_s for prediction in predictions)
+        self._record(request_id, payload, predictions, wall, audio_seconds)
+        return {"predictions": [prediction.model_dump() for prediction in predictions]}
+
+    def _encode_all(
+        self, requests: list[SynthesisRequest], results: list[Synthesis]
+    ) -> list[SynthesisResult]:
+        started = time.perf_counter()
+        predictions = [
+            SynthesisResult(
+                audio=audio.encode_base64(result.waveform, self.sample_rate, request.format),
+                format=request.format,
+                sample_rate=self.sample_rate,
+                duration_s=round(len(result.waveform) / self.sample_rate, 4),
+                chunks=result.chunks,
+            )
+            for request, result in zip(requests, results, strict=True)
+        ]
+        metrics.STAGE_LATENCY.labels(stage="encode").observe(time.perf_counter() - started)
+        return predictions
+
+    def _record(
+        self,
+        request_id: str,
+        requests: list[SynthesisRequest],
+        predictions: list[SynthesisResult],
+        wall: float,
+        audio_seconds: float,
+    ) -> None:
+        metrics.REQUEST_LATENCY.labels(route="v1_predict").observe(wall)
+        metrics.AUDIO_SECONDS.labels(route="v1_predict").inc(audio_seconds)
+        if audio_seconds > 0:
+            metrics.REAL_TIME_FACTOR.labels(route="v1_predict").observe(wall / audio_seconds)
+        for request in requests:
+            metrics.VOICE_REQUESTS.labels(voice=request.voice).inc()
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "instances": len(requests),
+            "chunks": sum(prediction.chunks for prediction in predictions),
+            "audio_s": round(audio_seconds, 3),
+            "wall_s": round(wall, 3),
+            "rtf": round(wall / audio_seconds, 3) if audio_seconds else None,
+        }
+        if self.settings.log_prompts:
+            fields["prompts"] = [request.prompt for request in requests]
+        request_logger.info("synthesis done", extra={"fields": fields})

@@ -1,0 +1,106 @@
+"""The wire format of the v1 predict API: what a request may hold and what comes back.
+
+Field names match the original Bark API (`prompt`, `voice`, `do_sample`, `fine_temperature`,
+`coarse_temperature`, `batch_chunk_size`), so its clients work unchanged. Bounds that operators may
+tune (prompt length, chunk size range) live in `Settings` and are checked by `parse_predict_body`.
+The webhook sidecar imports these models instead of copying them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from .config import Settings
+from .errors import InvalidInput
+
+#: Output containers the v1 API encodes (soundfile/libsndfile).
+AudioFormat = Literal["wav", "flac"]
+Temperature = Annotated[float, Field(gt=0, le=2, strict=True)]
+
+DEFAULT_VOICE = "v2/en_speaker_1"
+
+
+class SynthesisRequest(BaseModel):
+    """One v1 instance: a text to speak and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: StrictStr = Field(description="text to speak, any length up to the server's limit")
+    voice: StrictStr = Field(DEFAULT_VOICE, description="a voice preset; GET /v1/voices lists them")
+    do_sample: StrictBool = Field(True, description="sample (natural) or decode greedily (repeatable)")
+    semantic_temperature: Temperature = 0.7
+    coarse_temperature: Temperature = 0.7
+    fine_temperature: Temperature = 0.5
+    batch_chunk_size: StrictInt | None = Field(
+        None, description="words per generated chunk; whole sentences are packed up to it"
+    )
+    format: AudioFormat = "wav"
+    seed: StrictInt | None = Field(
+        None, ge=0, le=2**32 - 1, description="fixes sampling for repeatable audio"
+    )
+
+
+class SynthesisResult(BaseModel):
+    """One v1 prediction."""
+
+    audio: str = Field(description="base64 of the encoded audio file")
+    format: AudioFormat
+    sample_rate: int
+    duration_s: float
+    chunks: int
+
+
+class PredictRequest(BaseModel):
+    """The v1 body. The original API's flat `{"prompt": ...}` is accepted too."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[SynthesisRequest] = Field(min_length=1)
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per problem, naming the field the way a client wrote it (e.g. instances[0].voice)."""
+    lines = []
+    for item in error.errors():
+        path = ""
+        for part in item["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        lines.append(f"{path or 'body'}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def parse_predict_body(body: Any, settings: Settings) -> list[SynthesisRequest]:
+    """Validate a v1 body into instances, raising InvalidInput (HTTP 400) that names the field."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a JSON object with an 'instances' list or a 'prompt'")
+    if "instances" not in body and "prompt" in body:
+        body = {"instances": [body]}
+    if "instances" in body and not isinstance(body["instances"], list):
+        raise InvalidInput("instances: must be a list of objects")
+    try:
+        request = PredictRequest.model_validate(body)
+    except ValidationError as error:
+        raise InvalidInput(_describe(error)) from None
+    if len(request.instances) > settings.max_instances:
+        raise InvalidInput(f"instances: at most {settings.max_instances} per request (max_instances)")
+    for index, instance in enumerate(request.instances):
+        _check_bounds(instance, f"instances[{index}]", settings)
+    return request.instances
+
+
+def _check_bounds(instance: SynthesisRequest, where: str, settings: Settings) -> None:
+    if not instance.prompt.strip():
+        raise InvalidInput(f"{where}.prompt: must not be empty")
+    if len(instance.prompt) > settings.max_prompt_chars:
+        raise InvalidInput(
+            f"{where}.prompt: {len(instance.prompt)} characters is over the limit of "
+            f"{settings.max_prompt_chars} (max_prompt_chars)"
+        )
+    size = instance.batch_chunk_size
+    if size is not None and not settings.min_chunk_words <= size <= settings.max_chunk_words:
+        raise InvalidInput(
+            f"{where}.batch_chunk_size: must be between {settings.min_chunk_words} and "
+            f"{settings.max_chunk_words} words, got {size}"
+        )

@@ -1,0 +1,65 @@
+"""Voice presets: which exist, validating a requested one, and loading it once onto the device."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+
+from .errors import InvalidInput
+
+VOICES_ROUTE = "/v1/audio/voices"
+
+_LANGUAGES = {
+    "en": "English", "de": "German", "es": "Spanish", "fr": "French", "hi": "Hindi", "it": "Italian",
+    "ja": "Japanese", "ko": "Korean", "pl": "Polish", "pt": "Portuguese", "ru": "Russian",
+    "tr": "Turkish", "zh": "Chinese",
+}  # fmt: skip
+
+
+def language_of(preset: str) -> str:
+    """`v2/de_speaker_3` -> `de`; presets outside Bark's naming get `unknown`."""
+    code = preset.rsplit("/", 1)[-1].split("_", 1)[0]
+    return code if code in _LANGUAGES else "unknown"
+
+
+class VoiceLibrary:
+    """The model's speaker presets, loaded lazily and cached as tensors on the model's device."""
+
+    def __init__(self, processor: Any, device: torch.device):
+        self._processor = processor
+        self._device = device
+        self._cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+        self.names: tuple[str, ...] = tuple(sorted(processor.available_voice_presets))
+
+    def describe(self) -> list[dict[str, str]]:
+        return [
+            {
+                "name": name,
+                "language": language_of(name),
+                "language_name": _LANGUAGES.get(language_of(name), ""),
+            }
+            for name in self.names
+        ]
+
+    def check(self, voice: str, field: str = "voice") -> None:
+        """Raise a 400 for a voice the model does not have, saying where the list is."""
+        if voice not in self.names:
+            examples = ", ".join(self.names[:3])
+            raise InvalidInput(
+                f"{field}: unknown voice {voice!r}; GET {VOICES_ROUTE} lists the {len(self.names)} "
+                f"available voices (e.g. {examples})"
+            )
+
+    def prompt(self, voice: str) -> dict[str, torch.Tensor]:
+        """The history prompt tensors for `voice`, read from disk once per process."""
+        with self._lock:
+            cached = self._cache.get(voice)
+            if cached is None:
+                self.check(voice)
+                encoded = self._processor("", voice_preset=voice, return_tensors="pt")
+                cached = {key: value.to(self._device) for key, value in encoded["history_prompt"].items()}
+                self._cache[voice] = cached
+            return cached
