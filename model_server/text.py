@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 Splitter = Callable[[str], list[str]]
 
 # Fallback: a sentence ends at . ! ? … (plus closing quotes/brackets) followed by white space.
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+")
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?…])|(?<=[.!?…][\"'”’)\]]))\s+")
 
 
 def regex_split_sentences(text: str) -> list[str]:

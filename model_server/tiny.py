@@ -10,10 +10,9 @@ Sizes:
 - `small`: the exact shapes of `suno/bark-small` (for benchmarks);
 - `large`: the exact shapes of `suno/bark` (for benchmarks).
 
-Random weights make noise, and they never stop at a sentence end on their own. For `tiny` we scale
-the semantic head's end-of-sequence row so that generation stops after a varying, text-dependent
-number of steps: batched requests then produce outputs of different lengths, which is what the
-trimming logic must cope with in production.
+Random weights make noise, and they (almost) never emit end-of-sequence on their own: each chunk
+then runs to its semantic token budget (see `Settings.semantic_tokens_per_word`), so chunks of
+different word counts in one batch end at different lengths, which is what trimming must handle.
 
 Usage: ``python -m model_server.tiny OUT_DIR [--size tiny|small|large] [--seed N]``
 """
@@ -117,15 +116,6 @@ def _write_voice_presets(out_dir: Path, seed: int) -> None:
     (out_dir / "speaker_embeddings_path.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
 
 
-def _make_tiny_eos_reachable(model: Any, seed: int) -> None:
-    """Give the random semantic head an EOS logit that sometimes wins (see module docstring)."""
-    generator = torch.Generator().manual_seed(seed + 7)
-    head = model.semantic.lm_head.weight
-    with torch.no_grad():
-        direction = torch.randn(head.shape[1], generator=generator)
-        head[SEMANTIC_VOCAB_SIZE] = direction / direction.norm() * 6.0
-
-
 def _without_nulls(value: Any) -> Any:
     """Drop unset (None) fields, as the hub's generation_config.json files do."""
     if isinstance(value, dict):
@@ -175,8 +165,6 @@ def build_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> 
         codec_config=EncodecConfig(**CODEC_OVERRIDES[size]).to_dict(),
     )
     model = BarkModel(config).eval()
-    if size == "tiny":
-        _make_tiny_eos_reachable(model, seed)
     model.save_pretrained(out)
 
     # Written after the model so that its generic generation config does not overwrite Bark's, and
