@@ -14,6 +14,7 @@ from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 
 from .config import Settings
+from .disconnect import CancelOnDisconnect
 from .errors import register_error_handlers
 from .logs import configure_logging
 from .model import BarkTTS
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     model.load()
     app = kserve_model_server.app
     register_error_handlers(app)
+    app.add_middleware(CancelOnDisconnect)
     register_routes(app, model)
     server.start([model])
 
