@@ -1,0 +1,58 @@
+"""Wrong values fail at `helm template`/`install` time with a message that names the problem."""
+
+from __future__ import annotations
+
+import pytest
+from deploy_helpers import Helm
+
+REJECTED = {
+    "a string for maxReplicas": (["--set", "autoscaling.maxReplicas=abc"], "autoscaling.maxReplicas"),
+    "an unknown dtype": (["--set", "server.dtype=float8"], "server.dtype"),
+    "an unknown attention": (["--set", "server.attention=flash3"], "server.attention"),
+    "an unknown deployment mode": (["--set", "deploymentMode=Knative"], "deploymentMode"),
+    "an unknown weights source": (["--set", "model.source=s3"], "model.source"),
+    "a typo in a key": (["--set", "autoscaling.maxReplica=3"], "maxReplica"),
+    "a model id that is no repo": (["--set", "model.id=bark small"], "model.id"),
+    "a zero batch size": (["--set", "server.maxBatchSize=0"], "server.maxBatchSize"),
+    "a short API key": (["--set", "secrets.apiKeys={abc}"], "secrets.apiKeys"),
+    "an unknown scale metric": (["--set", "autoscaling.scaleMetric=gpu"], "autoscaling.scaleMetric"),
+    "a negative GPU count": (["--set", "gpu.count=-1"], "gpu.count"),
+    # Cross-field rules (template `fail`):
+    "zero replicas without scale to zero": (["--set", "autoscaling.minReplicas=0"], "scaleToZero"),
+    "min above max": (["--set", "autoscaling.minReplicas=3"], "must not exceed"),
+    "scale to zero in RawDeployment": (
+        ["--set", "deploymentMode=RawDeployment", "--set", "autoscaling.scaleToZero=true"],
+        "needs deploymentMode: Serverless",
+    ),
+    "a concurrency metric in RawDeployment": (
+        ["--set", "deploymentMode=RawDeployment", "--set", "autoscaling.scaleMetric=concurrency"],
+        "not for RawDeployment",
+    ),
+    "a cpu metric in Serverless": (["--set", "autoscaling.scaleMetric=cpu"], "not for Serverless"),
+    "the sidecar with scale to zero": (
+        ["--set", "sidecar.enabled=true", "--set", "autoscaling.scaleToZero=true,autoscaling.minReplicas=0"],
+        "queued jobs need a running pod",
+    ),
+    "a pvc source without a claim": (["--set", "model.source=pvc"], "model.pvc.claimName"),
+    "a trigger without the sidecar": (["--set", "eventing.trigger.enabled=true"], "set sidecar.enabled"),
+    "two different existing secrets": (
+        ["--set", "secrets.existingSecret=a", "--set", "auth.existingSecret=b"],
+        "name different Secrets",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REJECTED, ids=list(REJECTED))
+def test_helm_template_rejects(helm: Helm, case: str) -> None:
+    args, message = REJECTED[case]
+    result = helm.template(*args)
+    assert result.returncode != 0, f"accepted {case}"
+    assert message in result.stderr, result.stderr
+
+
+def test_the_same_keys_with_good_values_are_accepted(helm: Helm) -> None:
+    result = helm.template(
+        "--set", "autoscaling.maxReplicas=3,server.dtype=bfloat16,server.attention=sdpa,model.id=suno/bark",
+        "--set", "server.maxBatchSize=1,gpu.count=0,secrets.apiKeys={0123456789abcdef0123}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,105 @@
+"""API-key auth is on by default: a generated key, kept on upgrade, and NOTES that say how to use it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from deploy_helpers import CHART, Helm, only, predictor
+from fake_apiserver import fake_apiserver
+
+TEMPLATES_DIR = CHART / "templates"
+
+
+def decoded(secret: dict[str, Any]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+
+
+def test_first_install_generates_a_random_api_key(helm: Helm) -> None:
+    first = decoded(only(helm.render(), "Secret"))
+    second = decoded(only(helm.render(), "Secret"))
+    assert len(first["api-keys"]) >= 32
+    assert first["api-keys"].isalnum()
+    assert first["api-keys"] != second["api-keys"]
+    assert "webhook-secret" not in first  # only generated when the sidecar is on
+
+
+def test_upgrades_keep_the_keys_already_in_the_cluster(helm: Helm, tmp_path: Path) -> None:
+    existing = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "bark-tts-secrets", "namespace": "default"},
+        "data": {"api-keys": base64.b64encode(b"kept-key-0123456789").decode()},
+    }
+    with fake_apiserver([existing], tmp_path) as kubeconfig:
+        result = helm.template(
+            "--dry-run=server", "--kubeconfig", str(kubeconfig), "--set", "sidecar.enabled=true"
+        )
+    assert result.returncode == 0, result.stderr
+    secret = only([d for d in yaml.safe_load_all(result.stdout) if d], "Secret")
+    data = decoded(secret)
+    assert data["api-keys"] == "kept-key-0123456789"
+    assert len(data["webhook-secret"]) >= 32  # missing keys are still generated
+
+
+def test_given_keys_are_used_verbatim(helm: Helm) -> None:
+    objects = helm.render(
+        "--set", "secrets.apiKeys={key-one-0123456789,key-two-0123456789}",
+        "--set", "secrets.webhookSecret=whsec-0123456789abcdef", "--set", "secrets.hfToken=hf_abc",
+    )  # fmt: skip
+    assert decoded(only(objects, "Secret")) == {
+        "api-keys": "key-one-0123456789\nkey-two-0123456789",
+        "webhook-secret": "whsec-0123456789abcdef",
+        "hf-token": "hf_abc",
+    }
+
+
+def test_pods_roll_when_the_secret_changes(helm: Helm) -> None:
+    """The pod checksum is computed from the very Secret rendered, random keys included."""
+
+    def checksum_and_secret(*args: str) -> tuple[str, dict[str, Any]]:
+        objects = helm.render(*args)
+        return predictor(objects)["annotations"]["checksum/secrets"], only(objects, "Secret")
+
+    checksum, secret = checksum_and_secret("--set", "sidecar.enabled=true")
+    data_yaml = "\n".join(f"{k}: {v}" for k, v in sorted(secret["data"].items()))
+    assert checksum == hashlib.sha256(data_yaml.encode()).hexdigest()
+    a, _ = checksum_and_secret("--set", "secrets.apiKeys={aaaaaaaaaaaaaaaaaaaa}")
+    b, _ = checksum_and_secret("--set", "secrets.apiKeys={bbbbbbbbbbbbbbbbbbbb}")
+    assert a != b
+    assert a == checksum_and_secret("--set", "secrets.apiKeys={aaaaaaaaaaaaaaaaaaaa}")[0]
+
+
+def render_notes(helm: Helm, tmp_path: Path, *args: str) -> str:
+    """NOTES.txt rendered with the chart's own helpers (`helm template` skips NOTES)."""
+    chart = tmp_path / "bark-tts"
+    shutil.copytree(CHART, chart)
+    (chart / "notes").mkdir()
+    shutil.copy(TEMPLATES_DIR / "NOTES.txt", chart / "notes" / "NOTES.txt")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        'kind: RenderedNotes\nnotes: {{ tpl (.Files.Get "notes/NOTES.txt") . | toJson }}\n'
+    )
+    result = helm.template("--show-only", "templates/zz-notes.yaml", *args, chart=chart)
+    assert result.returncode == 0, result.stderr
+    return str(yaml.safe_load(result.stdout)["notes"])
+
+
+def test_notes_show_how_to_read_the_key_and_call_the_route(helm: Helm, tmp_path: Path) -> None:
+    notes = render_notes(helm, tmp_path)
+    assert (
+        "kubectl -n default get secret bark-tts-secrets -o jsonpath='{.data.api-keys}' | base64 -d" in notes
+    )
+    assert 'curl -sS "$URL/v1/models/bark:predict" -H "Host: $HOST"' in notes
+    assert '-H "Authorization: Bearer $API_KEY"' in notes
+    assert "get inferenceservice bark-tts -o jsonpath='{.status.url}'" in notes
+
+
+def test_notes_warn_when_auth_is_off_and_jobs_are_ephemeral(helm: Helm, tmp_path: Path) -> None:
+    notes = render_notes(helm, tmp_path, "--set", "auth.enabled=false", "--set", "sidecar.enabled=true")
+    assert "API-key auth is OFF" in notes
+    assert "Authorization" not in notes
+    assert "emptyDir: queued and finished jobs are lost" in notes
