@@ -13,6 +13,7 @@ from pathlib import Path
 from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 
+from .auth import ApiKeyAuth, load_api_keys
 from .config import Settings
 from .disconnect import CancelOnDisconnect
 from .errors import register_error_handlers
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     app = kserve_model_server.app
     register_error_handlers(app)
     app.add_middleware(CancelOnDisconnect)
+    keys = load_api_keys(settings.api_keys, settings.api_keys_file)
+    if keys:
+        app.add_middleware(ApiKeyAuth, keys=keys, protect_metrics=settings.metrics_require_auth)
+    logger.info("API-key auth %s", f"on ({len(keys)} keys)" if keys else "off (no keys configured)")
     register_routes(app, model)
     server.start([model])
 

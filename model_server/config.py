@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with a 503 when the queue is full")
 
     # Text handling and request bounds.
-    default_chunk_words: int = Field(30, ge=1)
+    default_chunk_words: int = Field(20, ge=1)
     min_chunk_words: int = Field(3, ge=1)
     max_chunk_words: int = Field(60, ge=1)
     max_prompt_chars: int = Field(20_000, ge=1)
@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     # tokens per word (49.9 tokens = 1 s of speech) bounds each chunk on its own.
     semantic_tokens_per_word: float = Field(25.0, gt=0)
     semantic_tokens_min: int = Field(50, ge=1)
+
+    # Auth: with no key configured, auth is off (the Helm chart configures keys by default).
+    api_keys: str | None = Field(None, description="comma-separated API keys", repr=False)
+    api_keys_file: Path | None = Field(None, description="file with one API key per line")
+    metrics_require_auth: bool = False
+    request_timeout_s: float = Field(1800.0, gt=0, description="a request running longer gets a 504")
 
     warmup: bool = True
     log_format: Literal["text", "json"] = "text"

@@ -123,6 +123,7 @@ class BarkEngine:
         self.max_semantic_tokens = int(self._semantic_defaults.get("max_new_tokens") or 768)
         self.voices = VoiceLibrary(self.processor, self.device)
         self.source = source
+        self.decoder_name = "transformers"
 
     def semantic_budget(self, words: int) -> int:
         """Semantic tokens a chunk of `words` words may use (see Settings.semantic_tokens_per_word)."""

@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from kserve.errors import InvalidInput
 
-__all__ = ["InvalidInput", "Overloaded", "register_error_handlers"]
+__all__ = ["InvalidInput", "Overloaded", "RequestTimedOut", "register_error_handlers"]
 
 
 class Overloaded(RuntimeError):
@@ -15,6 +15,14 @@ class Overloaded(RuntimeError):
     def __init__(self, message: str, retry_after_s: int):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class RequestTimedOut(RuntimeError):
+    """The request ran past `request_timeout_s`; its queued chunks were cancelled (HTTP 504)."""
+
+
+async def _timeout_handler(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=504, content={"error": str(exc)})
 
 
 async def _overloaded_handler(_: Request, exc: Exception) -> JSONResponse:
@@ -27,3 +35,4 @@ async def _overloaded_handler(_: Request, exc: Exception) -> JSONResponse:
 def register_error_handlers(app: FastAPI) -> None:
     """KServe maps InvalidInput to 400 itself; we add the statuses it does not know."""
     app.add_exception_handler(Overloaded, _overloaded_handler)
+    app.add_exception_handler(RequestTimedOut, _timeout_handler)

@@ -6,7 +6,9 @@ Prompt text never becomes a label.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import contextlib
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 # Bark takes seconds to minutes per request; KServe's default buckets stop far too early.
 _SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
@@ -49,9 +51,14 @@ MODEL_LOAD_SECONDS = Gauge("bark_model_load_seconds", "Seconds the model took to
 MODEL_INFO = Gauge(
     "bark_model_info", "The loaded model (value 1).", ["source", "device", "dtype", "attention", "decoder"]
 )
-GPU_MEMORY_BYTES = Gauge("bark_gpu_memory_allocated_bytes", "GPU memory allocated by torch (CUDA only).")
+# Registered only where CUDA is present (track_gpu_memory): on CPU the series are absent, not 0.
+GPU_MEMORY_BYTES = Gauge(
+    "bark_gpu_memory_allocated_bytes", "GPU memory allocated by torch (CUDA only).", registry=None
+)
 GPU_MEMORY_RESERVED_BYTES = Gauge(
-    "bark_gpu_memory_reserved_bytes", "GPU memory reserved by torch's caching allocator (CUDA only)."
+    "bark_gpu_memory_reserved_bytes",
+    "GPU memory reserved by torch's caching allocator (CUDA only).",
+    registry=None,
 )
 
 
@@ -61,5 +68,10 @@ def track_gpu_memory() -> None:
 
     if not torch.cuda.is_available():
         return
-    GPU_MEMORY_BYTES.set_function(torch.cuda.memory_allocated)
-    GPU_MEMORY_RESERVED_BYTES.set_function(torch.cuda.memory_reserved)
+    for gauge, reading in (
+        (GPU_MEMORY_BYTES, torch.cuda.memory_allocated),
+        (GPU_MEMORY_RESERVED_BYTES, torch.cuda.memory_reserved),
+    ):
+        gauge.set_function(reading)
+        with contextlib.suppress(ValueError):  # already registered (a second model load in-process)
+            REGISTRY.register(gauge)

@@ -22,7 +22,7 @@ from kserve.errors import InvalidInput
 from . import audio, metrics
 from .config import Settings
 from .engine import BarkEngine, Sampling
-from .errors import Overloaded
+from .errors import Overloaded, RequestTimedOut
 from .scheduler import BatchFailed, Scheduler
 from .schema import SynthesisRequest, SynthesisResult, parse_predict_body
 from .text import chunk_text
@@ -87,7 +87,7 @@ class BarkTTS(Model):
             device=str(engine.device),
             dtype=str(engine.dtype).removeprefix("torch."),
             attention=engine.attention,
-            decoder="transformers",
+            decoder=engine.decoder_name,
         ).set(1)
         metrics.track_gpu_memory()
         self.ready = True
@@ -152,6 +152,7 @@ class BarkTTS(Model):
     async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
         """Count every request by outcome, whichever stage (validation, queue, generation) ends it."""
         outcome = ("200", "ok")
+        started = time.perf_counter()
         try:
             if verb is None:
                 return await super().__call__(body, headers=headers)
@@ -162,6 +163,9 @@ class BarkTTS(Model):
         except Overloaded:
             outcome = ("503", "overloaded")
             raise
+        except RequestTimedOut:
+            outcome = ("504", "timeout")
+            raise
         except asyncio.CancelledError:
             outcome = ("499", "cancelled")
             raise
@@ -170,13 +174,28 @@ class BarkTTS(Model):
             raise
         finally:
             metrics.REQUESTS.labels(route="v1_predict", code=outcome[0], reason=outcome[1]).inc()
+            if outcome[0] != "200":
+                fields = {
+                    "request_id": (headers or {}).get("x-request-id"),
+                    "code": int(outcome[0]),
+                    "reason": outcome[1],
+                    "wall_s": round(time.perf_counter() - started, 3),
+                }
+                request_logger.info("synthesis failed", extra={"fields": fields})
 
     async def predict(
         self, payload: list[SynthesisRequest], headers: dict[str, str] | None = None
     ) -> dict[str, Any]:
         request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
         started = time.perf_counter()
-        results = await asyncio.gather(*(self.synthesize(instance) for instance in payload))
+        timeout = self.settings.request_timeout_s
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(self.synthesize(instance) for instance in payload)), timeout
+            )
+        except asyncio.TimeoutError:
+            message = f"request took longer than {timeout:g} s (request_timeout_s); its work was dropped"
+            raise RequestTimedOut(message) from None
         predictions = await asyncio.to_thread(self._encode_all, payload, results)
         wall = time.perf_counter() - started
         audio_seconds = sum(prediction.duration_s for prediction in predictions)
