@@ -50,10 +50,15 @@ logger = logging.getLogger(__name__)
 DecoderKind = Literal["transformers", "static", "cudagraph"]
 DecoderSetting = Literal["auto", "transformers", "static", "cudagraph"]
 
-#: The auto choice on CPU: measured on the tiny checkpoint (fp32, 2 cores, `benchmarks/decode_steps.py
-#: --size tiny --quick`), the static path ran the semantic stage 3.5-5x and the coarse stage
-#: 1.6-3x faster than transformers' `generate` at batch 1/8/32, so it is the CPU default too.
+#: The auto choice on CPU. `benchmarks/decode_steps.py --size tiny --quick --repeats 3` (fp32, 2-core
+#: VM) gave the static path 2.3-4.5x transformers' steps/s for both stages at batch 1/8/32 (2.3-3.5x
+#: with `--threads 1`, 2.8-7.0x with `--voice`); at bark-small's shapes (batch 1 and 3) it was on
+#: par, 0.95-1.18x, being compute-bound there. Never slower beyond noise: static is the CPU default.
 CPU_AUTO_DECODER: DecoderKind = "static"
+
+
+#: Bark's semantic and coarse prompts are 256 tokens + an infer token (+ coarse history) long.
+_MIN_DECODE_POSITION = 257
 
 
 # -- weights ---------------------------------------------------------------------------------------
@@ -198,6 +203,7 @@ class StaticBarkDecoder:
         max_batch_size: int = 64,
         kv_block: int = 256,
         stop_check_interval: int | None = None,
+        pad_batches: bool | None = None,
     ):
         self.device = torch.device(device)
         if use_cuda_graphs and self.device.type != "cuda":
@@ -208,6 +214,9 @@ class StaticBarkDecoder:
         self.max_batch_size = max_batch_size
         self.max_rows = batch_bucket(max_batch_size)
         self.kv_block = kv_block
+        # Graphs need few shapes, so they pad a batch to its power-of-two bucket; run eagerly, the
+        # padded rows would only cost time (a third more at batch 3), so by default eager runs don't.
+        self.pad_batches = use_cuda_graphs if pad_batches is None else pad_batches
         # Reading "are all rows done?" is a host sync. On CPU it is free; on CUDA checking every few
         # steps keeps the launch queue full, at the price of <= interval-1 steps past the end, which
         # are cut off again (the output is identical).
@@ -327,9 +336,8 @@ class StaticBarkDecoder:
         """
         stage = self._coarse
         sem_pad, coarse_pad = semantic_config.semantic_pad_token, coarse_config.coarse_semantic_pad_token
-        semantic = semantic_tokens.to(self.device).masked_fill(
-            semantic_tokens.to(self.device) == sem_pad, coarse_pad
-        )
+        semantic = semantic_tokens.to(self.device)
+        semantic = semantic.masked_fill(semantic == sem_pad, coarse_pad)
         # The arithmetic below mirrors BarkCoarseModel.generate line by line, so that window bounds
         # (float ratios, Python's round) come out identical.
         ratio = (
@@ -404,12 +412,16 @@ class StaticBarkDecoder:
         top = batch_bucket(min(max_rows or self.max_batch_size, self.max_batch_size))
         self._token.zero_()
         self._position.zero_()
+        buckets = [1 << n for n in range(top.bit_length())]
         for stage in (self._semantic, self._coarse):
-            buckets = [1 << n for n in range(top.bit_length()) if 1 << n <= top]
+            # Both stages' prompts hold at least 256 tokens + the infer token, so decoding starts at
+            # position 257 and the shortest key range is never used.
+            positions = range(_MIN_DECODE_POSITION, stage.cache.max_positions)
+            kv_lens = sorted({self._kv_len(stage, position) for position in positions})
             # Largest first: later, smaller graphs reuse the shared pool's blocks.
             for rows in reversed(buckets):
-                for kv_len in range(self.kv_block, stage.cache.max_positions + self.kv_block, self.kv_block):
-                    self._graph_for(stage, rows, min(kv_len, stage.cache.max_positions))
+                for kv_len in kv_lens:
+                    self._graph_for(stage, rows, kv_len)
         return len(self._graphs)
 
     @torch.inference_mode()
@@ -535,7 +547,7 @@ class StaticBarkDecoder:
 
     def _forward_token(self, stage: _Stage, rows: int, position: int) -> torch.Tensor:
         """Logits for the tokens already in `self._token`, by graph replay or eagerly."""
-        bucket = batch_bucket(rows)
+        bucket = batch_bucket(rows) if self.pad_batches else rows
         kv_len = self._kv_len(stage, position)
         self._position.fill_(position)
         if self.use_cuda_graphs:

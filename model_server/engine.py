@@ -26,6 +26,7 @@ from transformers.models.bark.generation_configuration_bark import (
 
 from .attention import use_sdpa_attention
 from .config import Settings
+from .decoding import StaticBarkDecoder, build_decoder, choose_decoder
 from .voices import VoiceLibrary
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,12 @@ class BarkEngine:
         self.max_semantic_tokens = int(self._semantic_defaults.get("max_new_tokens") or 768)
         self.voices = VoiceLibrary(self.processor, self.device)
         self.source = source
-        self.decoder_name = "transformers"
+        kind = choose_decoder(settings.decoder, self.device)
+        self.decoder: StaticBarkDecoder | None = build_decoder(
+            self.model, kind, self.device, max_batch_size=settings.max_batch_size
+        )
+        self.decoder_name = kind if self.decoder is not None else "transformers"  # build_decoder logged why
+        logger.info("decoder=%s (setting: %s)", self.decoder_name, settings.decoder)
 
     def semantic_budget(self, words: int) -> int:
         """Semantic tokens a chunk of `words` words may use (see Settings.semantic_tokens_per_word)."""
@@ -186,23 +192,35 @@ class BarkEngine:
             clock = now
 
         prompt_length = semantic_config.max_input_semantic_length + 1
-        semantic = self.model.semantic.generate(
-            encoded["input_ids"],
-            attention_mask=encoded["attention_mask"],
-            history_prompt=history,
-            semantic_generation_config=semantic_config,
-            stopping_criteria=StoppingCriteriaList([_PerRowTokenBudget(budgets, prompt_length, self.device)]),
-            pad_token_id=semantic_config.semantic_pad_token,
-        )
+        if self.decoder is not None:
+            semantic = self.decoder.semantic(
+                encoded["input_ids"], encoded["attention_mask"], history, semantic_config, list(budgets)
+            )
+        else:
+            semantic = self.model.semantic.generate(
+                encoded["input_ids"],
+                attention_mask=encoded["attention_mask"],
+                history_prompt=history,
+                semantic_generation_config=semantic_config,
+                stopping_criteria=StoppingCriteriaList(
+                    [_PerRowTokenBudget(budgets, prompt_length, self.device)]
+                ),
+                pad_token_id=semantic_config.semantic_pad_token,
+            )
         lap("semantic")
-        coarse, coarse_lengths = self.model.coarse_acoustics.generate(
-            semantic,
-            history_prompt=history,
-            semantic_generation_config=semantic_config,
-            coarse_generation_config=coarse_config,
-            codebook_size=self.codebook_size,
-            return_output_lengths=True,
-        )
+        if self.decoder is not None:
+            coarse, coarse_lengths = self.decoder.coarse(
+                semantic, history, semantic_config, coarse_config, self.codebook_size
+            )
+        else:
+            coarse, coarse_lengths = self.model.coarse_acoustics.generate(
+                semantic,
+                history_prompt=history,
+                semantic_generation_config=semantic_config,
+                coarse_generation_config=coarse_config,
+                codebook_size=self.codebook_size,
+                return_output_lengths=True,
+            )
         frame_lengths = coarse_lengths // coarse_config.n_coarse_codebooks
         lap("coarse")
         fine = self.model.fine_acoustics.generate(
@@ -224,6 +242,8 @@ class BarkEngine:
         """One short generation so the first request does not pay for lazy initialisation."""
         voice = self.voices.names[0] if self.voices.names else None
         started = time.perf_counter()
+        if self.decoder is not None:
+            logger.info("captured %d CUDA graphs", self.decoder.capture_graphs())
         self.generate_batch(
             ["Warm up."], voice, Sampling(do_sample=False), [min(8, self.max_semantic_tokens)]
         )

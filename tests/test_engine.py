@@ -10,9 +10,15 @@ from model_server.engine import BarkEngine, Sampling
 HOP = 320  # EnCodec 24 kHz: samples per codec frame
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_checkpoint) -> BarkEngine:
-    return BarkEngine(Settings(model_dir=tiny_checkpoint, semantic_tokens_per_word=4, semantic_tokens_min=4))
+@pytest.fixture(scope="module", params=["transformers", "static"])
+def engine(request, tiny_checkpoint) -> BarkEngine:
+    """Both decoders: transformers' generate and our static-KV-cache decoder."""
+    settings = Settings(
+        model_dir=tiny_checkpoint, semantic_tokens_per_word=4, semantic_tokens_min=4, decoder=request.param
+    )
+    built = BarkEngine(settings)
+    assert built.decoder_name == request.param
+    return built
 
 
 TEXTS = ["Hi.", "A medium sized sentence here.", "A much longer sentence with quite a few more words."]
