@@ -63,9 +63,7 @@ class ApiKeyAuth:
         if scope["type"] != "http" or not self.keys or not self._protected(scope):
             await self.app(scope, receive, send)
             return
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]
-        }
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         if key_is_valid(presented_key(headers), self.keys):
             await self.app(scope, receive, send)
             return

@@ -340,9 +340,7 @@ class StaticBarkDecoder:
         semantic = semantic.masked_fill(semantic == sem_pad, coarse_pad)
         # The arithmetic below mirrors BarkCoarseModel.generate line by line, so that window bounds
         # (float ratios, Python's round) come out identical.
-        ratio = (
-            coarse_config.coarse_rate_hz / semantic_config.semantic_rate_hz * coarse_config.n_coarse_codebooks
-        )
+        ratio = coarse_config.coarse_rate_hz / semantic_config.semantic_rate_hz * coarse_config.n_coarse_codebooks
         max_semantic_history = int(np.floor(coarse_config.max_coarse_history / ratio))
         output_lengths = (semantic != coarse_pad).sum(1)
         output_lengths = torch.floor(output_lengths * ratio / coarse_config.n_coarse_codebooks)
@@ -374,16 +372,12 @@ class StaticBarkDecoder:
             window = F.pad(
                 window, (0, coarse_config.max_coarse_input_length - window.shape[-1]), "constant", coarse_pad
             )
-            prompt = torch.hstack(
-                [window, infer, coarse_tokens[:, -coarse_config.max_coarse_history :]]
-            ).long()
+            prompt = torch.hstack([window, infer, coarse_tokens[:, -coarse_config.max_coarse_history :]]).long()
             alternating = AlternatingCodebooksLogitsProcessor(
                 prompt.shape[1], semantic_config.semantic_vocab_size, codebook_size
             )
             new_tokens = min(coarse_config.sliding_window_len, max_generated_len - total_generated_len)
-            prepared, processors = self._processors(
-                stage, coarse_config, [alternating], prompt.shape[1], prompt
-            )
+            prepared, processors = self._processors(stage, coarse_config, [alternating], prompt.shape[1], prompt)
             first_logits = self._prefill(stage, F.embedding(prompt, stage.weights.token_embedding))
             generated = self._decode(
                 stage,
@@ -444,9 +438,7 @@ class StaticBarkDecoder:
         rows, length, _ = x.shape
         qkv = _linear(_norm(x, layer.norm_1, weights.norm_eps), layer.att_proj)
         shape = (rows, length, weights.num_heads, weights.head_dim)
-        query, key, value = (
-            part.view(shape).transpose(1, 2) for part in qkv.split(weights.hidden_size, dim=2)
-        )
+        query, key, value = (part.view(shape).transpose(1, 2) for part in qkv.split(weights.hidden_size, dim=2))
         return query, key, value
 
     def _block_tail(
@@ -471,9 +463,7 @@ class StaticBarkDecoder:
         if rows > self.max_rows:
             raise ValueError(f"batch of {rows} exceeds max_batch_size={self.max_batch_size}")
         if length > cache.max_positions:
-            raise ValueError(
-                f"a {stage.name} prompt of {length} tokens exceeds {cache.max_positions} positions"
-            )
+            raise ValueError(f"a {stage.name} prompt of {length} tokens exceeds {cache.max_positions} positions")
         positions = torch.arange(length, device=self.device)
         x = embeds.to(self.dtype) + F.embedding(positions, weights.position_embedding)[None]
         scale = 1.0 / math.sqrt(weights.head_dim)
@@ -493,9 +483,7 @@ class StaticBarkDecoder:
         """
         weights, cache = stage.weights, stage.cache
         position = self._position.view(1)
-        x = F.embedding(self._token[:rows], weights.token_embedding) + F.embedding(
-            position, weights.position_embedding
-        )
+        x = F.embedding(self._token[:rows], weights.token_embedding) + F.embedding(position, weights.position_embedding)
         x = x.unsqueeze(1)
         valid = (self._key_positions[:kv_len] <= self._position).view(1, 1, 1, kv_len)
         scale = 1.0 / math.sqrt(weights.head_dim)

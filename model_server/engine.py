@@ -62,9 +62,7 @@ class _PerRowTokenBudget(StoppingCriteria):
         self._budgets = torch.tensor(list(budgets), device=device)
         self._prompt_length = prompt_length
 
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         generated = input_ids.shape[1] - self._prompt_length
         return generated >= self._budgets  # type: ignore[return-value]
 
@@ -105,9 +103,7 @@ class BarkEngine:
         self.dtype = choose_dtype(settings.dtype, self.device)
         self.attention = choose_attention(settings.attention, self.device)
         source = settings.model_source
-        logger.info(
-            "loading Bark from %s on %s (%s, attention=%s)", source, self.device, self.dtype, self.attention
-        )
+        logger.info("loading Bark from %s on %s (%s, attention=%s)", source, self.device, self.dtype, self.attention)
         self.processor = BarkProcessor.from_pretrained(source)
         # SDPA is ours (attention.py): load eager, then switch the attention modules in place.
         loaded_with = "eager" if self.attention == "sdpa" else self.attention
@@ -202,9 +198,7 @@ class BarkEngine:
                 attention_mask=encoded["attention_mask"],
                 history_prompt=history,
                 semantic_generation_config=semantic_config,
-                stopping_criteria=StoppingCriteriaList(
-                    [_PerRowTokenBudget(budgets, prompt_length, self.device)]
-                ),
+                stopping_criteria=StoppingCriteriaList([_PerRowTokenBudget(budgets, prompt_length, self.device)]),
                 pad_token_id=semantic_config.semantic_pad_token,
             )
         lap("semantic")
@@ -244,7 +238,5 @@ class BarkEngine:
         started = time.perf_counter()
         if self.decoder is not None:
             logger.info("captured %d CUDA graphs", self.decoder.capture_graphs())
-        self.generate_batch(
-            ["Warm up."], voice, Sampling(do_sample=False), [min(8, self.max_semantic_tokens)]
-        )
+        self.generate_batch(["Warm up."], voice, Sampling(do_sample=False), [min(8, self.max_semantic_tokens)])
         logger.info("warm-up generation took %.2f s", time.perf_counter() - started)

@@ -27,9 +27,7 @@ async def _timeout_handler(_: Request, exc: Exception) -> JSONResponse:
 
 async def _overloaded_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Overloaded)
-    return JSONResponse(
-        status_code=503, content={"error": str(exc)}, headers={"Retry-After": str(exc.retry_after_s)}
-    )
+    return JSONResponse(status_code=503, content={"error": str(exc)}, headers={"Retry-After": str(exc.retry_after_s)})
 
 
 def register_error_handlers(app: FastAPI) -> None:

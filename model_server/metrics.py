@@ -52,9 +52,7 @@ MODEL_INFO = Gauge(
     "bark_model_info", "The loaded model (value 1).", ["source", "device", "dtype", "attention", "decoder"]
 )
 # Registered only where CUDA is present (track_gpu_memory): on CPU the series are absent, not 0.
-GPU_MEMORY_BYTES = Gauge(
-    "bark_gpu_memory_allocated_bytes", "GPU memory allocated by torch (CUDA only).", registry=None
-)
+GPU_MEMORY_BYTES = Gauge("bark_gpu_memory_allocated_bytes", "GPU memory allocated by torch (CUDA only).", registry=None)
 GPU_MEMORY_RESERVED_BYTES = Gauge(
     "bark_gpu_memory_reserved_bytes",
     "GPU memory reserved by torch's caching allocator (CUDA only).",

@@ -183,9 +183,7 @@ class BarkTTS(Model):
                 }
                 request_logger.info("synthesis failed", extra={"fields": fields})
 
-    async def predict(
-        self, payload: list[SynthesisRequest], headers: dict[str, str] | None = None
-    ) -> dict[str, Any]:
+    async def predict(self, payload: list[SynthesisRequest], headers: dict[str, str] | None = None) -> dict[str, Any]:
         request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
         started = time.perf_counter()
         timeout = self.settings.request_timeout_s
@@ -202,9 +200,7 @@ class BarkTTS(Model):
         self._record(request_id, payload, predictions, wall, audio_seconds)
         return {"predictions": [prediction.model_dump() for prediction in predictions]}
 
-    def _encode_all(
-        self, requests: list[SynthesisRequest], results: list[Synthesis]
-    ) -> list[SynthesisResult]:
+    def _encode_all(self, requests: list[SynthesisRequest], results: list[Synthesis]) -> list[SynthesisResult]:
         started = time.perf_counter()
         predictions = [
             SynthesisResult(

@@ -85,9 +85,7 @@ class Scheduler(Generic[Key, Result]):
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue_chunks = max_queue_chunks
         self.retry_after_s = retry_after_s
-        self._pending: collections.OrderedDict[Key, collections.deque[_Chunk[Result]]] = (
-            collections.OrderedDict()
-        )
+        self._pending: collections.OrderedDict[Key, collections.deque[_Chunk[Result]]] = collections.OrderedDict()
         self._queued = 0
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -104,9 +102,7 @@ class Scheduler(Generic[Key, Result]):
             self._wakeup = asyncio.Event()
             self._worker = asyncio.get_running_loop().create_task(self._work(), name="bark-scheduler")
 
-    async def submit(
-        self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False
-    ) -> list[Result]:
+    async def submit(self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False) -> list[Result]:
         """Queue the chunks of one request and wait for all of their results, in order."""
         futures = self.enqueue(key, payloads, urgent_first=urgent_first)
         try:
@@ -208,9 +204,7 @@ class Scheduler(Generic[Key, Result]):
             metrics.BATCH_SIZE.observe(len(batch.chunks))
             metrics.INFLIGHT_CHUNKS.set(len(batch.chunks))
             try:
-                results = await loop.run_in_executor(
-                    self._executor, self._run_batch, batch.key, batch.payloads
-                )
+                results = await loop.run_in_executor(self._executor, self._run_batch, batch.key, batch.payloads)
             except Exception as error:  # the worker must survive any batch
                 logger.exception("batch of %d chunks failed", len(batch.chunks))
                 failure = BatchFailed(f"generation failed: {type(error).__name__}: {error}")

@@ -37,9 +37,7 @@ class SynthesisRequest(BaseModel):
         None, description="words per generated chunk; whole sentences are packed up to it"
     )
     format: AudioFormat = "wav"
-    seed: StrictInt | None = Field(
-        None, ge=0, le=2**32 - 1, description="fixes sampling for repeatable audio"
-    )
+    seed: StrictInt | None = Field(None, ge=0, le=2**32 - 1, description="fixes sampling for repeatable audio")
 
 
 class SynthesisResult(BaseModel):

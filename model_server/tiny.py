@@ -101,9 +101,7 @@ def _write_voice_presets(out_dir: Path, seed: int) -> None:
         arrays = {
             "semantic_prompt": rng.integers(0, SEMANTIC_VOCAB_SIZE, size=n_semantic, dtype=np.int64),
             "coarse_prompt": rng.integers(0, CODEBOOK_SIZE, size=(2, n_acoustic), dtype=np.int64),
-            "fine_prompt": rng.integers(
-                0, CODEBOOK_SIZE, size=(N_FINE_CODEBOOKS, n_acoustic), dtype=np.int64
-            ),
+            "fine_prompt": rng.integers(0, CODEBOOK_SIZE, size=(N_FINE_CODEBOOKS, n_acoustic), dtype=np.int64),
         }
         entry = {}
         for key, array in arrays.items():
@@ -179,9 +177,7 @@ def build_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> 
         sample_rate=24_000,
         codebook_size=CODEBOOK_SIZE,
     )
-    (out / "generation_config.json").write_text(
-        json.dumps(_without_nulls(generation_config.to_dict()), indent=1)
-    )
+    (out / "generation_config.json").write_text(json.dumps(_without_nulls(generation_config.to_dict()), indent=1))
     _write_tokenizer(out)
     _write_voice_presets(out, seed)
     logger.info("wrote a random-weight %s Bark checkpoint to %s", size, out)
@@ -189,9 +185,7 @@ def build_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", help="folder to write the checkpoint into")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)

@@ -90,13 +90,9 @@ def test_disconnected_client_chunks_are_dropped(one_chunk_server):
     while time.monotonic() < deadline:
         if (
             metric(url, "bark_queue_depth") == 0
-            and metric(url, 'bark_requests_total{code="499",reason="cancelled",route="v1_predict"}')
-            > cancelled_before
+            and metric(url, 'bark_requests_total{code="499",reason="cancelled",route="v1_predict"}') > cancelled_before
         ):
             break
         time.sleep(0.1)
     assert metric(url, "bark_queue_depth") == 0
-    assert (
-        metric(url, 'bark_requests_total{code="499",reason="cancelled",route="v1_predict"}')
-        == cancelled_before + 1
-    )
+    assert metric(url, 'bark_requests_total{code="499",reason="cancelled",route="v1_predict"}') == cancelled_before + 1

@@ -62,9 +62,7 @@ def model(tiny_checkpoint: Path) -> BarkModel:
 def with_eos_row(checkpoint: Path, norm: float) -> BarkModel:
     """The tiny model with a semantic EOS logit of `norm` along a fixed random direction."""
     loaded = BarkModel.from_pretrained(checkpoint).eval()
-    direction = torch.randn(
-        loaded.config.semantic_config.hidden_size, generator=torch.Generator().manual_seed(7)
-    )
+    direction = torch.randn(loaded.config.semantic_config.hidden_size, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         loaded.semantic.lm_head.weight[10_000] = direction / direction.norm() * norm
     return loaded
@@ -193,24 +191,18 @@ def test_min_eos_p_stops_before_greedy_would(hesitant_eos_model: BarkModel, proc
     for min_eos_p in (None, 1e-4):
         semantic_config, _ = configs(model, 30, min_eos_p=min_eos_p)
         expected = hf_semantic(model, encoded, None, semantic_config, [30, 30])
-        semantic = decoder.semantic(
-            encoded["input_ids"], encoded["attention_mask"], None, semantic_config, [30, 30]
-        )
+        semantic = decoder.semantic(encoded["input_ids"], encoded["attention_mask"], None, semantic_config, [30, 30])
         assert torch.equal(semantic, expected)
         lengths[min_eos_p] = semantic.shape[1]
     assert lengths[1e-4] < lengths[None] == 30
 
 
 @torch.inference_mode()
-def test_sampling_is_seeded_and_stays_in_each_stage_vocabulary(
-    model: BarkModel, processor: BarkProcessor
-) -> None:
+def test_sampling_is_seeded_and_stays_in_each_stage_vocabulary(model: BarkModel, processor: BarkProcessor) -> None:
     encoded = encode(processor, 3)
     voice_history = history(processor, VOICE)
     semantic_config, coarse_config = configs(model, 25, do_sample=True, temperature=0.7, top_k=20)
-    coarse_config = BarkCoarseGenerationConfig(
-        **{**coarse_config.to_dict(), "do_sample": True, "temperature": 0.7}
-    )
+    coarse_config = BarkCoarseGenerationConfig(**{**coarse_config.to_dict(), "do_sample": True, "temperature": 0.7})
     decoder = StaticBarkDecoder(model, CPU, max_batch_size=4)
 
     def run(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,9 +308,7 @@ def test_a_capture_failure_mid_request_continues_eagerly_with_a_warning(
     monkeypatch.setattr(decoder, "_capture", fail)
     expected = hf_semantic(model, encoded, None, semantic_config, [12, 12])
     with caplog.at_level(logging.WARNING, logger="model_server.decoding"):
-        semantic = decoder.semantic(
-            encoded["input_ids"], encoded["attention_mask"], None, semantic_config, [12, 12]
-        )
+        semantic = decoder.semantic(encoded["input_ids"], encoded["attention_mask"], None, semantic_config, [12, 12])
     assert torch.equal(semantic, expected)
     assert "decoding eagerly" in caplog.text and "stream is capturing" in caplog.text
     assert decoder.use_cuda_graphs is False

@@ -33,9 +33,7 @@ def test_each_part_has_its_own_length_not_the_batch_maximum(engine):
     assert lengths == sorted(lengths)
     # Each equals what the same chunk gives when generated alone: no padded tail from the batch.
     alone = [
-        len(
-            engine.generate_batch([text], "v2/en_speaker_1", Sampling(do_sample=False), [budget]).waveforms[0]
-        )
+        len(engine.generate_batch([text], "v2/en_speaker_1", Sampling(do_sample=False), [budget]).waveforms[0])
         for text, budget in zip(TEXTS, BUDGETS, strict=True)
     ]
     assert lengths == alone

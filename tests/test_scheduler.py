@@ -66,9 +66,7 @@ def test_batches_never_exceed_max_batch_size():
 
     async def scenario():
         scheduler = make(runner, max_batch_size=4)
-        result = await asyncio.gather(
-            *(scheduler.submit("k", [f"{i}-{j}" for j in range(3)]) for i in range(5))
-        )
+        result = await asyncio.gather(*(scheduler.submit("k", [f"{i}-{j}" for j in range(3)]) for i in range(5)))
         await scheduler.close()
         return result
 

@@ -47,9 +47,7 @@ def test_the_serving_container_runs_model_server_on_port_8080(default: Objects) 
     assert c["name"] == "kserve-container"
     assert c["image"] == "ghcr.io/bark-kserve/bark-kserve:0.1.0"
     assert c["command"] == ["python", "-m", "model_server"]
-    assert {"--model_name=bark", "--http_port=8080", "--enable_grpc=false", "--model_dir=/mnt/models"} <= set(
-        c["args"]
-    )
+    assert {"--model_name=bark", "--http_port=8080", "--enable_grpc=false", "--model_dir=/mnt/models"} <= set(c["args"])
     assert c["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
 
 

@@ -36,9 +36,7 @@ def test_upgrades_keep_the_keys_already_in_the_cluster(helm: Helm, tmp_path: Pat
         "data": {"api-keys": base64.b64encode(b"kept-key-0123456789").decode()},
     }
     with fake_apiserver([existing], tmp_path) as kubeconfig:
-        result = helm.template(
-            "--dry-run=server", "--kubeconfig", str(kubeconfig), "--set", "sidecar.enabled=true"
-        )
+        result = helm.template("--dry-run=server", "--kubeconfig", str(kubeconfig), "--set", "sidecar.enabled=true")
     assert result.returncode == 0, result.stderr
     secret = only([d for d in yaml.safe_load_all(result.stdout) if d], "Secret")
     data = decoded(secret)
@@ -90,9 +88,7 @@ def render_notes(helm: Helm, tmp_path: Path, *args: str) -> str:
 
 def test_notes_show_how_to_read_the_key_and_call_the_route(helm: Helm, tmp_path: Path) -> None:
     notes = render_notes(helm, tmp_path)
-    assert (
-        "kubectl -n default get secret bark-tts-secrets -o jsonpath='{.data.api-keys}' | base64 -d" in notes
-    )
+    assert "kubectl -n default get secret bark-tts-secrets -o jsonpath='{.data.api-keys}' | base64 -d" in notes
     assert 'curl -sS "$URL/v1/models/bark:predict" -H "Host: $HOST"' in notes
     assert '-H "Authorization: Bearer $API_KEY"' in notes
     assert "get inferenceservice bark-tts -o jsonpath='{.status.url}'" in notes

@@ -97,9 +97,7 @@ def test_kubernetes_validate_rejects_a_malformed_service() -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_objects_carry_standard_labels_and_no_namespace(
-    renders: dict[str, list[dict[str, Any]]], variant: str
-) -> None:
+def test_objects_carry_standard_labels_and_no_namespace(renders: dict[str, list[dict[str, Any]]], variant: str) -> None:
     # No hard-coded namespace: `kubectl apply -n <ns> -f manifests/` must work.
     for obj in renders[variant]:
         meta = obj["metadata"]

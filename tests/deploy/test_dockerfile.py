@@ -13,9 +13,7 @@ DOCKERFILE = REPO / "Dockerfile"
 TEXT = DOCKERFILE.read_text()
 # Instructions with continuation lines joined and comments dropped.
 INSTRUCTIONS = [
-    line
-    for line in re.sub(r"\\\n\s*", " ", TEXT).splitlines()
-    if line.strip() and not line.lstrip().startswith("#")
+    line for line in re.sub(r"\\\n\s*", " ", TEXT).splitlines() if line.strip() and not line.lstrip().startswith("#")
 ]
 
 

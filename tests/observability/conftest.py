@@ -39,9 +39,7 @@ def traffic(server: RunningServer, prometheus: Prometheus) -> Prometheus:
     """
     for _ in range(2):
         with server.client() as client:
-            ok = client.post(
-                PREDICT, json={"instances": [{"prompt": "Traffic for the dashboard. Two parts."}]}
-            )
+            ok = client.post(PREDICT, json={"instances": [{"prompt": "Traffic for the dashboard. Two parts."}]})
             bad = client.post(PREDICT, json={"instances": [{"prompt": "Hi.", "voice": "no/such_voice"}]})
         assert (ok.status_code, bad.status_code) == (200, 400), (ok.text, bad.text)
         prometheus.wait_for_scrapes(after=time.time())

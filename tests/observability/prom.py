@@ -113,9 +113,7 @@ class Prometheus:
                 if seen >= count:
                     return
             time.sleep(SCRAPE_INTERVAL_S / 4)
-        raise TimeoutError(
-            f"Prometheus did not scrape {count}x after {after} within {timeout_s} s:\n{self.log()}"
-        )
+        raise TimeoutError(f"Prometheus did not scrape {count}x after {after} within {timeout_s} s:\n{self.log()}")
 
     def wait_until(self, expr: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
         """Poll until `expr` returns a non-empty vector (recording rules lag a scrape behind)."""
@@ -209,7 +207,5 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     """Sum of the samples called `name` whose labels include `labels` (0 when there are none)."""
     wanted = set(labels.items())
     return sum(
-        value
-        for (sample, sample_labels), value in samples.items()
-        if sample == name and wanted <= sample_labels
+        value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= sample_labels
     )

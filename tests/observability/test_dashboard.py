@@ -29,9 +29,7 @@ VARIABLES = {
     "pod": TARGET_LABELS["pod"],
 }
 #: Series the CPU test server does not have: GPU memory (CUDA only) and the webhook sidecar's.
-MAY_BE_EMPTY = {name for name in catalog.server_sample_names() if "_gpu_" in name} | set(
-    catalog.sidecar_sample_names()
-)
+MAY_BE_EMPTY = {name for name in catalog.server_sample_names() if "_gpu_" in name} | set(catalog.sidecar_sample_names())
 SELECTOR_FILTER = 'namespace=~"$namespace"'
 
 
@@ -143,8 +141,7 @@ def test_every_server_and_sidecar_metric_has_a_panel() -> None:
 def test_every_expression_parses_with_promtool(tmp_path: Path) -> None:
     # A rules file of recording rules is the one input `promtool` parses PromQL from offline.
     rules = [
-        {"record": f"dashboard:panel_{index}", "expr": substitute(expr)}
-        for index, (_, expr) in enumerate(targets())
+        {"record": f"dashboard:panel_{index}", "expr": substitute(expr)} for index, (_, expr) in enumerate(targets())
     ]
     path = tmp_path / "dashboard.rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))

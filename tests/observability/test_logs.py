@@ -35,18 +35,14 @@ def request_lines(server: RunningServer) -> list[dict[str, Any]]:
 
 def synthesize(server: RunningServer, request_id: str) -> dict[str, Any]:
     with server.client() as client:
-        response = client.post(
-            PREDICT, json={"instances": [{"prompt": PROMPT}]}, headers={"x-request-id": request_id}
-        )
+        response = client.post(PREDICT, json={"instances": [{"prompt": PROMPT}]}, headers={"x-request-id": request_id})
     assert response.status_code == 200, response.text
     prediction: dict[str, Any] = response.json()["predictions"][0]
     return prediction
 
 
 @pytest.fixture(scope="module")
-def log_servers(
-    tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[bool, RunningServer]]:
+def log_servers(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[bool, RunningServer]]:
     """Two JSON-logging servers, started side by side: {log_prompts: server}."""
     environments = {
         False: {"BARK_LOG_FORMAT": "json", "BARK_WARMUP": "false"},  # the default: no prompts

@@ -22,9 +22,7 @@ def test_prometheus_sees_the_requests_we_made(server: RunningServer, prometheus:
     before = scrape(server.url)
     with server.client() as client:
         for index in range(GOOD_REQUESTS):
-            response = client.post(
-                PREDICT, json={"instances": [{"prompt": f"Request number {index}. Done."}]}
-            )
+            response = client.post(PREDICT, json={"instances": [{"prompt": f"Request number {index}. Done."}]})
             assert response.status_code == 200, response.text
         bad = client.post(PREDICT, json={"instances": [{"prompt": "Hello.", "voice": "v9/xx_speaker_99"}]})
         assert bad.status_code == 400, bad.text

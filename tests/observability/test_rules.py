@@ -50,9 +50,7 @@ def test_the_issue_alerts_exist() -> None:
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     cases = [
-        case
-        for test in yaml.safe_load(RULES_TESTS.read_text())["tests"]
-        for case in test.get("alert_rule_test", [])
+        case for test in yaml.safe_load(RULES_TESTS.read_text())["tests"] for case in test.get("alert_rule_test", [])
     ]
     for alert in alerts():
         own = [case for case in cases if case["alertname"] == alert["alert"]]
@@ -61,9 +59,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 
 
 def test_every_alert_says_how_bad_it_is_and_links_its_runbook() -> None:
-    headings = {
-        line.lstrip("#").strip().lower() for line in DOCS.read_text().splitlines() if line.startswith("#")
-    }
+    headings = {line.lstrip("#").strip().lower() for line in DOCS.read_text().splitlines() if line.startswith("#")}
     for alert in alerts():
         assert alert["labels"]["severity"] in {"warning", "critical"}, alert["alert"]
         annotations = alert["annotations"]
@@ -76,12 +72,8 @@ def test_every_alert_says_how_bad_it_is_and_links_its_runbook() -> None:
 def test_rules_name_only_exported_metrics() -> None:
     recorded = {rule["record"] for rule in rules() if "record" in rule}
     for rule in rules():
-        unknown = {
-            name for name in catalog.metric_names(rule["expr"]) if not catalog.is_known(name)
-        } - recorded
-        assert not unknown, (
-            f"{rule.get('alert') or rule.get('record')}: {sorted(unknown)} is exported by nothing"
-        )
+        unknown = {name for name in catalog.metric_names(rule["expr"]) if not catalog.is_known(name)} - recorded
+        assert not unknown, f"{rule.get('alert') or rule.get('record')}: {sorted(unknown)} is exported by nothing"
 
 
 def test_the_chart_deploys_the_rules_file_but_not_its_unit_tests() -> None:
