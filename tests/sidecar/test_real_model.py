@@ -1,0 +1,40 @@
+"""One job end to end against the real model server (tiny checkpoint): the webhook gets real audio."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from tests.serving import RunningServer
+from tests.sidecar.harness import SECRET, Receiver, fast_settings, in_process_sidecar
+from webhook_sidecar.signing import verify
+
+
+def test_a_job_on_the_real_model_delivers_decodable_wav(
+    server: RunningServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    settings = fast_settings(db_path=tmp_path / "jobs.sqlite3", model_url=f"{server.url}/v1/models/bark:predict")
+    with in_process_sidecar(settings) as sidecar, sidecar.client() as client:
+        response = client.post(
+            "/async_predict",
+            json={
+                "model_input": {"prompt": "Hello there. How are you?", "seed": 7},
+                "webhook_endpoint": receiver.url,
+            },
+        )
+        assert response.status_code == 202, response.text
+        status = sidecar.wait_state(response.json()["job_id"], "delivered", "dead", timeout_s=120)
+    assert status["state"] == "delivered" and status["outcome"] == "succeeded", status
+    (delivery,) = receiver.deliveries
+    verify(SECRET, delivery.headers, delivery.body)
+    event = delivery.event()
+    assert event["type"] == "com.barkkserve.tts.completed"
+    data = event["data"]
+    samples, rate = sf.read(io.BytesIO(base64.b64decode(data["audio"])))
+    assert rate == data["sample_rate"] == 24_000
+    assert abs(len(samples) / rate - data["duration_s"]) < 1e-3
+    assert np.isfinite(samples).all() and np.abs(samples).max() > 0

@@ -1,0 +1,130 @@
+"""The job store: transitions guarded by state, recovery after a crash, idempotency, retention."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from webhook_sidecar.store import JobStore, StaleJob
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[JobStore]:
+    store = JobStore(tmp_path / "sub" / "jobs.sqlite3", clock=clock)
+    store.open()
+    yield store
+    store.close()
+
+
+def add(store: JobStore, job_id: str = "j1", key: str | None = None) -> None:
+    store.create(job_id, {"prompt": "hi"}, "http://127.0.0.1/hook", "http://sidecar", "hash", key)
+
+
+def test_the_store_uses_wal_and_creates_its_folder(store: JobStore) -> None:
+    assert store.path.exists()
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_job_goes_through_every_state_to_delivered(store: JobStore) -> None:
+    add(store)
+    assert store.get("j1").state == "queued"  # type: ignore[union-attr]
+    claimed = store.claim_run()
+    assert claimed is not None and claimed.id == "j1" and claimed.state == "running"
+    assert store.claim_run() is None, "a running job is not claimed twice"
+    store.finish("j1", "succeeded", {"audio": "AAAA"}, status_code=200)
+    delivery = store.claim_delivery()
+    assert delivery is not None and delivery.result == {"audio": "AAAA"} and delivery.delivery_attempts == 1
+    assert store.claim_delivery() is None, "a delivery in flight is not claimed twice"
+    store.mark_delivered("j1", 204)
+    job = store.get("j1", with_result=True)
+    assert job is not None and job.state == "delivered" and job.last_status_code == 204
+    assert job.result is None, "delivered audio is not kept without a download link"
+
+
+def test_transitions_from_the_wrong_state_change_nothing(store: JobStore) -> None:
+    add(store)
+    with pytest.raises(StaleJob):
+        store.finish("j1", "succeeded", {})
+    with pytest.raises(StaleJob):
+        store.mark_delivered("j1", 200)
+    assert store.get("j1").state == "queued"  # type: ignore[union-attr]
+
+
+def test_retries_wait_for_their_time(store: JobStore, clock: Clock) -> None:
+    add(store)
+    store.claim_run()
+    store.finish("j1", "failed", {"error": "x"}, error="x", status_code=400)
+    store.claim_delivery()
+    store.schedule_retry("j1", 5.0, "webhook answered 500", 500)
+    assert store.claim_delivery() is None
+    assert store.next_delivery_due() == clock.now + 5.0
+    clock.now += 5.0
+    again = store.claim_delivery()
+    assert again is not None and again.delivery_attempts == 2 and again.last_error == "webhook answered 500"
+
+
+def test_recover_requeues_running_jobs_and_makes_interrupted_deliveries_due(store: JobStore, clock: Clock) -> None:
+    for job_id in ("run", "deliver", "waiting"):
+        add(store, job_id)
+    store.claim_run()  # "run"
+    store.claim_run()  # "deliver"
+    store.claim_run()  # "waiting"
+    for job_id in ("deliver", "waiting"):
+        store.finish(job_id, "succeeded", {"audio": "AAAA"})
+    store.claim_delivery()
+    store.claim_delivery()
+    store.schedule_retry("waiting", 60.0, "receiver down", None)
+    clock.now += 1
+    assert store.recover() == (1, 1)
+    assert store.get("run").state == "queued"  # type: ignore[union-attr]
+    deliver = store.get("deliver")
+    assert deliver is not None and deliver.state == "delivering" and not deliver.in_flight
+    assert deliver.next_attempt_at == clock.now
+    assert store.get("waiting").next_attempt_at == clock.now + 59  # type: ignore[union-attr]
+
+
+def test_the_same_idempotency_key_returns_the_first_job(store: JobStore) -> None:
+    add(store, "first", key="k")
+    job, created = store.create("second", {"prompt": "other"}, "http://x/", "http://s", "h2", "k")
+    assert (job.id, created) == ("first", False)
+    assert store.get("second") is None
+
+
+def test_counts_cover_every_state(store: JobStore) -> None:
+    add(store, "a")
+    add(store, "b")
+    store.claim_run()
+    counts = store.counts()
+    assert counts["queued"] == 1 and counts["running"] == 1 and counts["dead"] == 0 and len(counts) == 7
+
+
+def test_download_audio_is_kept_until_the_link_expires_then_jobs_are_purged(store: JobStore, clock: Clock) -> None:
+    add(store)
+    store.claim_run()
+    store.finish("j1", "succeeded", {"audio": "AAAA"}, download_token="tok", download_ttl_s=100)
+    store.claim_delivery()
+    store.mark_delivered("j1", 200)
+    assert store.get_by_download_token("tok").result == {"audio": "AAAA"}  # type: ignore[union-attr]
+    clock.now += 101
+    assert store.purge(retention_s=1000) == 0
+    assert store.get_by_download_token("tok").result is None  # type: ignore[union-attr]
+    clock.now += 1000
+    assert store.purge(retention_s=1000) == 1
+    assert store.get("j1") is None

@@ -1,0 +1,284 @@
+"""HTTP wiring of the job API (the logic lives in service.py, the wire format in protocol.py).
+
+Routes: `POST /async_predict` (the original API's body), `POST /` (a CloudEvent, binary or structured
+mode, as a Knative Trigger sends it), `GET /jobs/{id}`, `GET /downloads/{token}`, and the open
+`/healthz`, `/readyz`, `/metrics`. Every error is `{"error": "..."}` with the status saying what kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from cloudevents.conversion import to_binary
+from cloudevents.exceptions import GenericException as CloudEventError
+from cloudevents.http import CloudEvent, from_http
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
+
+from model_server.schema import _describe
+
+from .auth import matching_key, presented_key, principal
+from .config import Settings
+from .delivery import DEFAULT_EVENT_SOURCE, iso_time
+from .protocol import EVENT_ACCEPTED, AsyncPredictRequest, JobAccepted, JobStatus
+from .service import JobService, request_hash
+from .store import DELIVERABLE, Job
+from .urls import UnsafeUrl, check_webhook_url_async
+
+IDEMPOTENCY_HEADER = "idempotency-key"
+_MAX_IDEMPOTENCY_KEY_CHARS = 255
+_DRAIN_RETRY_AFTER_S = "5"
+_AUDIO_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
+
+
+class ApiError(Exception):
+    """An HTTP error answer; raised anywhere in a handler, turned into JSON in one place."""
+
+    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.headers = headers or {}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    service = JobService(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="bark-kserve job sidecar", lifespan=lifespan)
+    app.state.service = service
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse({"error": error.message}, status_code=error.status_code, headers=error.headers)
+
+    @app.post("/async_predict", status_code=202, tags=["jobs"])
+    async def async_predict(request: Request) -> Response:
+        """Queue a synthesis job; its result is POSTed to `webhook_endpoint` as a CloudEvent."""
+        caller = _authenticate(service, request)
+        _refuse_when_draining(service)
+        body = await _read_json(request, service.settings.max_body_bytes)
+        job_request = await _validate(body, service)
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None and not 0 < len(key) <= _MAX_IDEMPOTENCY_KEY_CHARS:
+            raise ApiError(400, f"Idempotency-Key: must be 1 to {_MAX_IDEMPOTENCY_KEY_CHARS} characters")
+        scoped = _scoped_key(caller, "http", key) if key else None
+        job, created = await service.submit(job_request, _public_base(service, request), scoped)
+        if not created and job.request_hash != request_hash(job_request):
+            raise ApiError(409, "Idempotency-Key: already used for a different request body")
+        accepted = _accepted(job)
+        headers = {"location": accepted.status_url}
+        if not created:
+            headers["idempotent-replayed"] = "true"
+        return JSONResponse(accepted.model_dump(), status_code=202, headers=headers)
+
+    @app.post("/", status_code=202, tags=["jobs"])
+    async def cloudevent_intake(request: Request) -> Response:
+        """A `com.barkkserve.tts.requested` CloudEvent whose data is the `/async_predict` body.
+
+        Deduplicated on the event's `source` + `id` (brokers redeliver). The answer is a 202 whose body
+        is itself a binary-mode CloudEvent (`com.barkkserve.tts.accepted`): Knative rejects non-empty
+        replies that are not CloudEvents.
+        """
+        caller = _authenticate(service, request) if service.settings.cloudevents_require_key else None
+        _refuse_when_draining(service)
+        raw = await _read_body(request, service.settings.max_body_bytes)
+        try:
+            event = from_http(dict(request.headers), raw)
+        except CloudEventError as error:
+            raise ApiError(400, f"not a CloudEvent: {error}") from None
+        event_type = event["type"]
+        if event_type != service.settings.request_event_type:
+            raise ApiError(400, f"type: expected {service.settings.request_event_type!r}, got {event_type!r}")
+        job_request = await _validate(_event_data(event), service)
+        scoped = _scoped_key(caller, "cloudevent", f"{event['source']}\n{event['id']}")
+        job, _created = await service.submit(job_request, _public_base(service, request), scoped)
+        accepted = _accepted(job)
+        reply = CloudEvent(
+            {
+                "type": EVENT_ACCEPTED,
+                "source": service.settings.event_source or DEFAULT_EVENT_SOURCE,
+                "id": f"{job.id}.accepted",
+                "subject": job.id,
+                "datacontenttype": "application/json",
+            },
+            accepted.model_dump(),
+        )
+        headers, content = to_binary(reply)
+        headers["location"] = accepted.status_url
+        return Response(content, status_code=202, headers=headers)
+
+    @app.get("/jobs/{job_id}", response_model=JobStatus, tags=["jobs"])
+    async def job_status(job_id: str, request: Request) -> JobStatus:
+        """State, attempts, timestamps and the last error of one job (never its audio)."""
+        _authenticate(service, request)
+        job = await _get_job(service, job_id)
+        return _status(job)
+
+    @app.get("/downloads/{token}", tags=["jobs"])
+    async def download(token: str) -> Response:
+        """Audio too large to deliver inline. The unguessable, expiring token is the credential
+        (receivers hold no API key), like a presigned URL."""
+        if not service.started:
+            raise ApiError(503, "starting")
+        job = await asyncio.to_thread(service.store.get_by_download_token, token)
+        if job is None:
+            raise ApiError(404, "no download with this token")
+        if (job.download_expires_at or 0) < time.time() or job.result is None:
+            raise ApiError(410, "this download link has expired")
+        try:
+            audio = base64.b64decode(job.result["audio"], validate=True)
+        except (KeyError, binascii.Error):
+            raise ApiError(410, "this download has no audio") from None
+        audio_format = str(job.result.get("format", "wav"))
+        return Response(
+            audio,
+            media_type=_AUDIO_TYPES.get(audio_format, "application/octet-stream"),
+            headers={
+                "content-disposition": f'attachment; filename="{job.id}.{audio_format}"',
+                "cache-control": "private, no-store",
+            },
+        )
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process serves HTTP (a drain is not a reason to restart it)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """Readiness: the store is open and the sidecar is not draining."""
+        if service.ready:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "draining" if service.draining else "starting"}, status_code=503)
+
+    @app.get("/metrics", tags=["health"])
+    def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _authenticate(service: JobService, request: Request) -> str | None:
+    """The matching key (None when auth is off); a 401 naming both accepted headers otherwise."""
+    if not service.api_keys:
+        return None
+    key = matching_key(presented_key(request.headers), service.api_keys)
+    if key is None:
+        raise ApiError(
+            401,
+            "missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+            {"www-authenticate": "Bearer"},
+        )
+    return key
+
+
+def _refuse_when_draining(service: JobService) -> None:
+    if not service.ready:
+        reason = "shutting down" if service.draining else "starting"
+        raise ApiError(503, f"not taking jobs: {reason}; retry shortly", {"retry-after": _DRAIN_RETRY_AFTER_S})
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"body: larger than {limit} bytes")
+    body = await request.body()
+    if len(body) > limit:
+        raise ApiError(413, f"body: larger than {limit} bytes")
+    return body
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    raw = await _read_body(request, limit)
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "body: not valid JSON") from None
+
+
+def _event_data(event: CloudEvent) -> Any:
+    data = event.get_data()
+    if isinstance(data, (bytes, str)):
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise ApiError(400, "data: not valid JSON") from None
+    return data
+
+
+async def _validate(body: Any, service: JobService) -> AsyncPredictRequest:
+    """Schema first (400 naming the field), then the webhook address (400 saying why it is refused)."""
+    try:
+        job_request = AsyncPredictRequest.model_validate(body)
+    except ValidationError as error:
+        raise ApiError(400, _describe(error)) from None
+    try:
+        await check_webhook_url_async(job_request.webhook_endpoint, service.allowlist)
+    except UnsafeUrl as error:
+        raise ApiError(400, str(error)) from None
+    return job_request
+
+
+def _scoped_key(caller: str | None, kind: str, value: str) -> str:
+    """Idempotency keys are per caller: another key holder reusing a key gets its own job, not ours."""
+    return f"{principal(caller)}:{kind}:{hashlib.sha256(value.encode()).hexdigest()}"
+
+
+def _public_base(service: JobService, request: Request) -> str:
+    return (service.settings.public_url or str(request.base_url)).rstrip("/")
+
+
+def _accepted(job: Job) -> JobAccepted:
+    return JobAccepted(job_id=job.id, status_url=f"{job.public_base}/jobs/{job.id}")
+
+
+async def _get_job(service: JobService, job_id: str) -> Job:
+    job = await asyncio.to_thread(service.store.get, job_id)
+    if job is None:
+        raise ApiError(404, "no job with this id")
+    return job
+
+
+def _status(job: Job) -> JobStatus:
+    def when(value: float | None) -> str | None:
+        return iso_time(value) if value is not None else None
+
+    waiting = job.state in DELIVERABLE and not job.in_flight
+    return JobStatus(
+        job_id=job.id,
+        state=job.state,
+        outcome=job.outcome,
+        error=job.error,
+        attempts=job.attempts,
+        delivery_attempts=job.delivery_attempts,
+        created_at=iso_time(job.created_at),
+        started_at=when(job.started_at),
+        finished_at=when(job.finished_at),
+        delivered_at=when(job.delivered_at),
+        next_attempt_at=when(job.next_attempt_at) if waiting else None,
+        last_error=job.last_error,
+        last_status_code=job.last_status_code,
+        webhook_host=urlsplit(job.webhook_endpoint).hostname or "",
+    )

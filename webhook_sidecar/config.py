@@ -1,0 +1,95 @@
+"""All sidecar settings in one typed place, read once at start (env prefix `SIDECAR_`).
+
+Secrets (`WEBHOOK_SECRET`, `API_KEYS`, `MODEL_API_KEY`) are `SecretStr`, so neither logs nor a
+printed `Settings` show them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .signing import generate_secret
+
+logger = logging.getLogger("webhook_sidecar")
+
+
+class Settings(BaseSettings):
+    """Sidecar settings. Defaults suit the predictor pod the Helm chart builds."""
+
+    model_config = SettingsConfigDict(env_prefix="SIDECAR_", extra="ignore")
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=9081, ge=1, le=65535)
+    model_url: str = "http://127.0.0.1:8080/v1/models/bark:predict"
+    model_api_key: SecretStr = Field(
+        default=SecretStr(""), description="sent to the model server; empty: the first of API_KEYS, if any"
+    )
+    db_path: Path = Path("/var/lib/bark-jobs/jobs.sqlite3")
+
+    webhook_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="HMAC key, `whsec_<base64>` or a raw string; empty: random per start",
+    )
+    concurrency: int = Field(default=2, ge=1, description="model calls in flight at once")
+    delivery_concurrency: int = Field(default=4, ge=1, description="webhook POSTs in flight at once")
+    job_timeout_s: float = Field(default=900.0, gt=0, description="one run of a job, 503 back-off included")
+    max_attempts: int = Field(default=8, ge=1, description="model calls (5xx) and webhook deliveries, each")
+    retry_base_s: float = Field(default=1.0, gt=0)
+    retry_max_s: float = Field(default=300.0, gt=0)
+    delivery_timeout_s: float = Field(default=30.0, gt=0)
+    webhook_allowlist: str = Field(default="", description="comma-separated hosts or CIDRs allowed although private")
+    public_url: str = Field(default="", description="base URL clients reach the sidecar at; empty: the request's")
+    inline_audio_max_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=0, description="larger audio is delivered as a download URL instead"
+    )
+    download_ttl_s: int = Field(default=86_400, ge=1)
+    api_keys: SecretStr = Field(default=SecretStr(""), description="comma-separated keys for the job routes")
+    api_keys_file: Path | None = Field(default=None, description="one key per line (a mounted Secret)")
+    cloudevents_require_key: bool = Field(
+        default=True,
+        description="false: `POST /` accepts CloudEvents without a key (Knative Triggers send none)",
+    )
+    request_event_type: str = "com.barkkserve.tts.requested"
+    event_source: str = Field(default="", description="CloudEvent `source` of results; empty: derived")
+    grace_period_s: float = Field(default=25.0, ge=0, description="SIGTERM: time to finish in-flight work")
+    poll_interval_s: float = Field(default=1.0, gt=0, description="longest idle wait between store checks")
+    job_retention_s: int = Field(default=7 * 86_400, ge=60, description="finished jobs are purged after this")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: object) -> object:
+        # An env var set to "" (a chart value left empty) means "no file", not the current folder.
+        return None if value == "" else value
+
+    def load_api_keys(self) -> tuple[str, ...]:
+        """Keys from `API_KEYS` then `API_KEYS_FILE`, in order, once each; none means auth is off."""
+        keys = [key.strip() for key in self.api_keys.get_secret_value().split(",")]
+        if self.api_keys_file is not None:
+            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines()]
+        return tuple(dict.fromkeys(key for key in keys if key and not key.startswith("#")))
+
+    def model_key(self, api_keys: tuple[str, ...]) -> str:
+        """The key for the model server: its own setting, else ours (the chart mounts one Secret)."""
+        return self.model_api_key.get_secret_value() or (api_keys[0] if api_keys else "")
+
+    def with_webhook_secret(self) -> Settings:
+        """Fill an empty secret with a random one: signing works, but receivers cannot verify it."""
+        if self.webhook_secret.get_secret_value():
+            return self
+        logger.warning(
+            "SIDECAR_WEBHOOK_SECRET is empty: signing with a random secret that changes at every start; "
+            "receivers cannot verify deliveries. Set it from a Secret."
+        )
+        return self.model_copy(update={"webhook_secret": SecretStr(generate_secret())})
+
+    @property
+    def retry_window_s(self) -> float:
+        """The longest a receiver may be down and still get its delivery (before jitter)."""
+        return sum(min(self.retry_max_s, self.retry_base_s * 2**n) for n in range(self.max_attempts - 1))

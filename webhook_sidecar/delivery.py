@@ -1,0 +1,178 @@
+"""Delivers a job's result: a structured-mode CloudEvent POSTed to its webhook, signed, retried.
+
+- The CloudEvent `id` and the `webhook-id` header are the job id, and the body is built from stored
+  data only, so every retry (and a redelivery after a crash) is the same message: receivers dedupe on
+  `webhook-id`. Only `webhook-timestamp` and the signature change per attempt.
+- Structured mode (`application/cloudevents+json`): the attributes are in the body, under the signature.
+- 2xx: delivered. Network errors, timeouts, 408, 429 and 5xx: retried with exponential back-off and
+  jitter (Retry-After honoured) up to `max_attempts`, then `dead`. Any other status (3xx: redirects
+  are not followed; 4xx): final, `dead`.
+- The address is checked again and the connection pinned to it (see urls.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+from cloudevents.conversion import to_structured
+from cloudevents.http import CloudEvent
+
+from .config import Settings
+from .metrics import SidecarMetrics
+from .protocol import EVENT_COMPLETED, EVENT_FAILED
+from .retry import backoff_s, parse_retry_after
+from .signing import signature_headers
+from .store import Job, JobStore, StaleJob
+from .urls import Allowlist, UnresolvableHost, UnsafeUrl, check_webhook_url_async
+
+logger = logging.getLogger("webhook_sidecar.delivery")
+
+DEFAULT_EVENT_SOURCE = "urn:bark-kserve:webhook-sidecar"
+USER_AGENT = "bark-kserve-webhook/0.1"
+_RETRYABLE_STATUS = (408, 429)
+_ERROR_BODY_CHARS = 300
+
+
+def iso_time(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def event_data(job: Job) -> dict[str, Any]:
+    """The prediction (or the failure); large audio replaced by a link to `/downloads/{token}`."""
+    assert job.result is not None, "deliverable jobs carry a result"
+    data = dict(job.result)
+    if job.outcome == "succeeded" and job.download_token is not None:
+        audio = data.pop("audio")
+        data["audio_url"] = f"{job.public_base}/downloads/{job.download_token}"
+        data["audio_url_expires_at"] = iso_time(job.download_expires_at or 0.0)
+        data["audio_bytes"] = len(audio) * 3 // 4 - audio[-2:].count("=")
+    return data
+
+
+def build_event(job: Job, source: str = DEFAULT_EVENT_SOURCE) -> CloudEvent:
+    attributes = {
+        "type": EVENT_COMPLETED if job.outcome == "succeeded" else EVENT_FAILED,
+        "source": source,
+        "id": job.id,
+        "subject": job.id,
+        "time": iso_time(job.finished_at or job.updated_at),
+        "datacontenttype": "application/json",
+    }
+    return CloudEvent(attributes, event_data(job))
+
+
+def encode_delivery(job: Job, secret: str, source: str, timestamp: int | None = None) -> tuple[dict[str, str], bytes]:
+    """Headers and body of one delivery attempt: the structured CloudEvent plus signature headers."""
+    headers, body = to_structured(build_event(job, source))
+    headers.update(signature_headers(secret, job.id, body, timestamp))
+    headers["user-agent"] = USER_AGENT
+    return headers, body
+
+
+class Deliverer:
+    """Makes one delivery attempt for a claimed (`delivering`) job and records what it led to."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        metrics: SidecarMetrics,
+        client: httpx.AsyncClient,
+        allowlist: Allowlist,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.client = client
+        self.allowlist = allowlist
+        self.secret = settings.webhook_secret.get_secret_value()
+        self.source = settings.event_source or DEFAULT_EVENT_SOURCE
+
+    async def deliver(self, job: Job) -> None:
+        try:
+            await self._attempt(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(StaleJob):
+                self.store.release(job.id)
+            raise
+
+    async def _attempt(self, job: Job) -> None:
+        if job.delivery_attempts > self.settings.max_attempts:  # only after repeated internal errors
+            await asyncio.to_thread(self.store.mark_dead, job.id, "gave up: too many attempts", None)
+            return
+        try:
+            target = await check_webhook_url_async(job.webhook_endpoint, self.allowlist)
+        except UnresolvableHost as error:
+            await self._retry(job, str(error), None, None)
+            return
+        except UnsafeUrl as error:
+            self.metrics.delivery_attempts.labels("blocked").inc()
+            await asyncio.to_thread(self.store.mark_dead, job.id, f"refused at delivery: {error}", None)
+            logger.warning("job %s: webhook refused at delivery: %s", job.id, error)
+            return
+
+        headers, body = await asyncio.to_thread(encode_delivery, job, self.secret, self.source)
+        original = httpx.URL(job.webhook_endpoint)
+        # Connect to the address we checked; the server still sees its name (Host, TLS SNI).
+        address = target.addresses[(job.delivery_attempts - 1) % len(target.addresses)]
+        headers["host"] = original.netloc.decode("ascii")
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        try:
+            async with self.client.stream(
+                "POST",
+                original.copy_with(host=str(address)),
+                content=body,
+                headers=headers,
+                extensions=extensions,
+                timeout=self.settings.delivery_timeout_s,
+            ) as response:
+                snippet = await _read_some(response)
+        except httpx.TransportError as error:
+            await self._retry(job, f"webhook unreachable: {error!r}", None, None)
+            return
+
+        status = response.status_code
+        if 200 <= status < 300:
+            await asyncio.to_thread(self.store.mark_delivered, job.id, status)
+            self.metrics.delivery_attempts.labels("delivered").inc()
+            self.metrics.delivery_latency.observe(max(0.0, time.time() - (job.finished_at or time.time())))
+            logger.info("job %s delivered (%d, attempt %d)", job.id, status, job.delivery_attempts)
+            return
+        problem = f"webhook answered {status}: {snippet}".rstrip(": ")
+        if status in _RETRYABLE_STATUS or status >= 500:
+            await self._retry(job, problem, status, parse_retry_after(response.headers.get("retry-after")))
+            return
+        self.metrics.delivery_attempts.labels("rejected").inc()
+        await asyncio.to_thread(self.store.mark_dead, job.id, f"{problem} (final: not retried)", status)
+        logger.warning("job %s: %s; final", job.id, problem)
+
+    async def _retry(self, job: Job, error: str, status: int | None, retry_after: float | None) -> None:
+        settings = self.settings
+        if job.delivery_attempts >= settings.max_attempts:
+            self.metrics.delivery_attempts.labels("gave_up").inc()
+            final = f"{error} (gave up after {job.delivery_attempts} attempts)"
+            await asyncio.to_thread(self.store.mark_dead, job.id, final, status)
+            logger.warning("job %s: %s", job.id, final)
+            return
+        delay = backoff_s(job.delivery_attempts, settings.retry_base_s, settings.retry_max_s)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, settings.retry_max_s))
+        self.metrics.delivery_attempts.labels("retry").inc()
+        await asyncio.to_thread(self.store.schedule_retry, job.id, delay, error, status)
+        logger.info("job %s: %s; retry in %.2f s", job.id, error, delay)
+
+
+async def _read_some(response: httpx.Response) -> str:
+    """The start of the receiver's answer, for last_error; the rest is not read into memory."""
+    collected = b""
+    async for chunk in response.aiter_bytes():
+        collected += chunk
+        if len(collected) >= _ERROR_BODY_CHARS:
+            break
+    return collected[:_ERROR_BODY_CHARS].decode("utf-8", "replace").strip()

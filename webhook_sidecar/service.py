@@ -1,0 +1,216 @@
+"""The job service: owns the store, the run loops, the delivery loops and the drain on shutdown.
+
+Loops poll the store (the source of truth) and are woken early by intake and finished runs, so a new
+job starts at once and a restart needs no in-memory state. Run loops stop claiming when draining;
+delivery loops keep going until `stop`, so results finished during the drain still go out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+
+from .config import Settings
+from .delivery import Deliverer
+from .metrics import SidecarMetrics
+from .protocol import AsyncPredictRequest
+from .store import Job, JobStore
+from .urls import Allowlist
+from .worker import JobRunner
+
+logger = logging.getLogger("webhook_sidecar")
+
+_PURGE_INTERVAL_S = 60.0
+T = TypeVar("T")
+
+
+def new_job_id() -> str:
+    """128 random bits, URL-safe: a job id is the only thing that lets someone read a job's status."""
+    return secrets.token_urlsafe(16)
+
+
+def request_hash(request: AsyncPredictRequest) -> str:
+    body = {
+        "model_input": request.model_input.model_dump(mode="json", exclude_unset=True),
+        "webhook_endpoint": request.webhook_endpoint,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+class JobService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings.with_webhook_secret()
+        self.metrics = SidecarMetrics()
+        self.store = JobStore(settings.db_path, on_transition=self.metrics.count_transition)
+        self.api_keys = self.settings.load_api_keys()
+        self.allowlist = Allowlist.parse(settings.webhook_allowlist)
+        self.started = False
+        self.draining = False
+        self.runs_in_flight = 0
+        self.deliveries_in_flight = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._clients: list[httpx.AsyncClient] = []
+        self._run_wakeup: asyncio.Event | None = None
+        self._delivery_wakeup: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        await asyncio.to_thread(self.store.open)
+        runs, deliveries = await asyncio.to_thread(self.store.recover)
+        if runs or deliveries:
+            logger.info("resuming %d interrupted runs and %d interrupted deliveries", runs, deliveries)
+        self.metrics.read_states_from(self.store.counts)
+        self._run_wakeup, self._delivery_wakeup = asyncio.Event(), asyncio.Event()
+        # Env proxies are ignored: webhooks go to the address we checked, the model is on localhost.
+        model_client = httpx.AsyncClient(trust_env=False)
+        webhook_client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        self._clients = [model_client, webhook_client]
+        runner = JobRunner(self.store, settings, model_client, settings.model_key(self.api_keys), self.wake_delivery)
+        deliverer = Deliverer(self.store, settings, self.metrics, webhook_client, self.allowlist)
+        self._tasks = [
+            *(asyncio.create_task(self._run_loop(runner)) for _ in range(settings.concurrency)),
+            *(asyncio.create_task(self._delivery_loop(deliverer)) for _ in range(settings.delivery_concurrency)),
+            asyncio.create_task(self._purge_loop()),
+        ]
+        self.started = True
+        logger.info(
+            "job service started: store %s, model %s, concurrency %d, retry window %.0f s",
+            settings.db_path,
+            settings.model_url,
+            settings.concurrency,
+            settings.retry_window_s,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining
+
+    async def submit(
+        self, request: AsyncPredictRequest, public_base: str, idempotency_key: str | None
+    ) -> tuple[Job, bool]:
+        """Store the job (committed before this returns); an idempotency key seen before returns that job."""
+        job, created = await asyncio.to_thread(
+            self.store.create,
+            new_job_id(),
+            request.model_input.model_dump(mode="json", exclude_unset=True),
+            request.webhook_endpoint,
+            public_base,
+            request_hash(request),
+            idempotency_key,
+        )
+        if created:
+            self.wake_runs()
+        return job, created
+
+    def wake_runs(self) -> None:
+        if self._run_wakeup is not None:
+            self._run_wakeup.set()
+
+    def wake_delivery(self) -> None:
+        if self._delivery_wakeup is not None:
+            self._delivery_wakeup.set()
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stop taking work; wait for runs and due deliveries to finish. False if grace ran out."""
+        self.draining = True
+        self.wake_runs()
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if self.runs_in_flight == 0 and self.deliveries_in_flight == 0:
+                due = await asyncio.to_thread(self.store.next_delivery_due)
+                if due is None or due > time.time():
+                    logger.info("drained: nothing in flight")
+                    return True
+            await asyncio.sleep(0.05)
+        logger.warning(
+            "grace period over with %d runs and %d deliveries in flight: handing them back",
+            self.runs_in_flight,
+            self.deliveries_in_flight,
+        )
+        return False
+
+    async def stop(self) -> None:
+        """Cancel the loops (in-flight work is handed back to the store), close clients and store."""
+        self.draining = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for client in self._clients:
+            await client.aclose()
+        if self.started:
+            # A claim still finishing in a thread when its task was cancelled is handed back here.
+            await asyncio.to_thread(self.store.recover)
+        self.store.close()
+        self.started = False
+
+    # -- loops -----------------------------------------------------------------------------------
+
+    async def _run_loop(self, runner: JobRunner) -> None:
+        assert self._run_wakeup is not None
+        while not self.draining:
+            self._run_wakeup.clear()
+            job = await self._guarded(self.store.claim_run)
+            if job is None:
+                await self._idle(self._run_wakeup, self.store.next_run_due)
+                continue
+            self.runs_in_flight += 1
+            try:
+                await runner.run(job)
+            except Exception as error:
+                # Nothing a job does may end a loop. Back to the queue: attempts bound the retries.
+                logger.exception("job %s: unexpected error while running", job.id)
+                await self._guarded(self.store.requeue, job.id, f"internal error: {error!r}", 1.0)
+            finally:
+                self.runs_in_flight -= 1
+
+    async def _delivery_loop(self, deliverer: Deliverer) -> None:
+        assert self._delivery_wakeup is not None
+        while True:
+            self._delivery_wakeup.clear()
+            job = await self._guarded(self.store.claim_delivery)
+            if job is None:
+                await self._idle(self._delivery_wakeup, self.store.next_delivery_due)
+                continue
+            self.deliveries_in_flight += 1
+            try:
+                await deliverer.deliver(job)
+            except Exception as error:
+                logger.exception("job %s: unexpected error while delivering", job.id)
+                await self._guarded(self.store.schedule_retry, job.id, 1.0, f"internal error: {error!r}", None)
+            finally:
+                self.deliveries_in_flight -= 1
+
+    async def _purge_loop(self) -> None:
+        while True:
+            purged = await self._guarded(self.store.purge, self.settings.job_retention_s)
+            if purged:
+                logger.info("purged %d finished jobs past retention", purged)
+            await asyncio.sleep(_PURGE_INTERVAL_S)
+
+    async def _idle(self, wakeup: asyncio.Event, next_due: Callable[[], float | None]) -> None:
+        """Sleep until woken, the next due time, or the poll interval, whichever comes first."""
+        timeout = self.settings.poll_interval_s
+        due = await self._guarded(next_due)
+        if due is not None:
+            timeout = min(timeout, max(0.01, due - time.time()))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), timeout)
+
+    async def _guarded(self, function: Callable[..., T], *args: Any) -> T | None:
+        """A store call in a thread; an error (disk full, locked) is logged, and the loop goes on."""
+        try:
+            return await asyncio.to_thread(function, *args)
+        except Exception:
+            logger.exception("store call %s failed", getattr(function, "__name__", function))
+            await asyncio.sleep(self.settings.poll_interval_s)
+            return None

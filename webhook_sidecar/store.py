@@ -1,0 +1,407 @@
+"""The durable job store: SQLite in WAL mode, every state change one short transaction.
+
+States: queued -> running -> succeeded | failed -> delivering -> delivered | dead. A transition
+names the states it may come from, so a stale caller changes nothing (and learns it). `in_flight`
+marks a row some task of this process is working on; only one process owns a store (one pod, one
+volume), so at start `recover` hands every in-flight row back: `running` -> `queued`, and `delivering`
+due at once. `synchronous=FULL` makes a commit survive a power cut, not only a killed process.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .protocol import JobState, Outcome
+
+STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "delivering", "delivered", "dead")
+#: States whose result waits for (another) webhook attempt.
+DELIVERABLE: tuple[JobState, ...] = ("succeeded", "failed", "delivering")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    idempotency_key TEXT UNIQUE,
+    request_hash TEXT NOT NULL,
+    model_input TEXT NOT NULL,
+    webhook_endpoint TEXT NOT NULL,
+    public_base TEXT NOT NULL,
+    state TEXT NOT NULL,
+    outcome TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    delivery_attempts INTEGER NOT NULL DEFAULT 0,
+    in_flight INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    delivered_at REAL,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    last_status_code INTEGER,
+    result TEXT,
+    download_token TEXT UNIQUE,
+    download_expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, in_flight, next_attempt_at);
+"""
+_COLUMNS = (
+    "id, idempotency_key, request_hash, model_input, webhook_endpoint, public_base, state, outcome, error, "
+    "attempts, delivery_attempts, in_flight, created_at, updated_at, started_at, finished_at, "
+    "delivered_at, next_attempt_at, last_error, last_status_code, download_token, download_expires_at"
+)
+
+
+class StaleJob(RuntimeError):
+    """A transition found the job in another state than expected (nothing was changed)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row. `result` is loaded only where it is needed (delivery, downloads): it holds the audio."""
+
+    id: str
+    idempotency_key: str | None
+    request_hash: str
+    model_input: dict[str, Any]
+    webhook_endpoint: str
+    public_base: str
+    state: JobState
+    outcome: Outcome | None
+    error: str | None
+    attempts: int
+    delivery_attempts: int
+    in_flight: bool
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    delivered_at: float | None
+    next_attempt_at: float
+    last_error: str | None
+    last_status_code: int | None
+    download_token: str | None
+    download_expires_at: float | None
+    result: dict[str, Any] | None = None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        values = dict(row)
+        values["model_input"] = json.loads(values["model_input"])
+        values["in_flight"] = bool(values["in_flight"])
+        if "result" in values:
+            values["result"] = json.loads(values["result"]) if values["result"] is not None else None
+        return cls(**values)
+
+
+class JobStore:
+    """Thread-safe access to one SQLite file; async callers wrap calls in `asyncio.to_thread`."""
+
+    def __init__(
+        self,
+        path: Path,
+        clock: Callable[[], float] = time.time,
+        on_transition: Callable[[JobState], None] | None = None,
+    ) -> None:
+        self.path = path
+        self._clock = clock
+        self._on_transition = on_transition or (lambda _state: None)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: take the write lock up front, so read-then-write cannot interleave."""
+        with self._lock:
+            if self._db is None:
+                raise RuntimeError("job store is not open")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _transition(
+        self,
+        job_id: str,
+        allowed_from: tuple[JobState, ...],
+        to: JobState,
+        count: bool = True,
+        **changes: Any,
+    ) -> None:
+        changes = {"state": to, "updated_at": self._clock(), **changes}
+        assignments = ", ".join(f"{name} = :{name}" for name in changes)
+        marks = ", ".join(f":from{index}" for index in range(len(allowed_from)))
+        params = {**changes, "id": job_id, **{f"from{i}": state for i, state in enumerate(allowed_from)}}
+        with self._transaction() as db:
+            cursor = db.execute(f"UPDATE jobs SET {assignments} WHERE id = :id AND state IN ({marks})", params)
+            if cursor.rowcount != 1:
+                raise StaleJob(f"job {job_id} is not in {allowed_from} (wanted {to})")
+        if count:
+            self._on_transition(to)
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    def create(
+        self,
+        job_id: str,
+        model_input: dict[str, Any],
+        webhook_endpoint: str,
+        public_base: str,
+        request_hash: str,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Store a queued job and commit; with a known idempotency key return that job instead."""
+        now = self._clock()
+        with self._transaction() as db:
+            if idempotency_key is not None:
+                row = db.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    return Job.from_row(row), False
+            db.execute(
+                "INSERT INTO jobs (id, idempotency_key, request_hash, model_input, webhook_endpoint, "
+                "public_base, state, created_at, updated_at, next_attempt_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (
+                    job_id,
+                    idempotency_key,
+                    request_hash,
+                    json.dumps(model_input),
+                    webhook_endpoint,
+                    public_base,
+                    now,
+                    now,
+                    now,
+                ),
+            )
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        self._on_transition("queued")
+        return Job.from_row(row), True
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def get(self, job_id: str, with_result: bool = False) -> Job | None:
+        columns = _COLUMNS + (", result" if with_result else "")
+        with self._lock:
+            assert self._db is not None, "job store is not open"
+            row = self._db.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return Job.from_row(row) if row is not None else None
+
+    def get_by_download_token(self, token: str) -> Job | None:
+        with self._lock:
+            assert self._db is not None, "job store is not open"
+            row = self._db.execute(f"SELECT {_COLUMNS}, result FROM jobs WHERE download_token = ?", (token,)).fetchone()
+        return Job.from_row(row) if row is not None else None
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state, every state present (a gauge should read 0, not vanish)."""
+        with self._lock:
+            assert self._db is not None, "job store is not open"
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        counts.update({row[0]: row[1] for row in rows})
+        return counts
+
+    def next_run_due(self) -> float | None:
+        return self._min_due("state = 'queued'")
+
+    def next_delivery_due(self) -> float | None:
+        return self._min_due("state IN ('succeeded', 'failed', 'delivering') AND in_flight = 0")
+
+    def _min_due(self, where: str) -> float | None:
+        with self._lock:
+            assert self._db is not None, "job store is not open"
+            value = self._db.execute(f"SELECT MIN(next_attempt_at) FROM jobs WHERE {where}").fetchone()[0]
+        return float(value) if value is not None else None
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def claim_run(self) -> Job | None:
+        """Take the oldest due queued job: it becomes `running` and ours."""
+        now = self._clock()
+        with self._transaction() as db:
+            row = db.execute(
+                f"UPDATE jobs SET state = 'running', in_flight = 1, started_at = ?, updated_at = ? "
+                "WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND next_attempt_at <= ? "
+                f"ORDER BY next_attempt_at, created_at LIMIT 1) RETURNING {_COLUMNS}",
+                (now, now, now),
+            ).fetchone()
+        if row is None:
+            return None
+        self._on_transition("running")
+        return Job.from_row(row)
+
+    def count_attempt(self, job_id: str, delta: int = 1, error: str | None = None) -> int:
+        """Count a model call (+1 before it, so one cut short by a crash counts; -1 after a 503)."""
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE jobs SET attempts = attempts + ?, last_error = COALESCE(?, last_error), "
+                "updated_at = ? WHERE id = ? RETURNING attempts",
+                (delta, error, self._clock(), job_id),
+            ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def requeue(self, job_id: str, error: str | None = None, delay_s: float = 0.0) -> None:
+        """Hand a running job back (shutdown, or a retry later); its next run starts afresh."""
+        self._transition(
+            job_id,
+            ("running",),
+            "queued",
+            in_flight=0,
+            next_attempt_at=self._clock() + delay_s,
+            last_error=error,
+        )
+
+    def finish(
+        self,
+        job_id: str,
+        outcome: Outcome,
+        result: dict[str, Any],
+        error: str | None = None,
+        status_code: int | None = None,
+        download_token: str | None = None,
+        download_ttl_s: float = 0.0,
+    ) -> None:
+        """Store the model's answer (or the failure) and make it due for delivery now."""
+        now = self._clock()
+        self._transition(
+            job_id,
+            ("running",),
+            outcome,
+            outcome=outcome,
+            in_flight=0,
+            finished_at=now,
+            next_attempt_at=now,
+            result=json.dumps(result),
+            error=error,
+            last_error=error,
+            last_status_code=status_code,
+            download_token=download_token,
+            download_expires_at=now + download_ttl_s if download_token else None,
+        )
+
+    # -- delivering ------------------------------------------------------------------------------
+
+    def claim_delivery(self) -> Job | None:
+        """Take the most overdue deliverable job, counting the attempt before it is made."""
+        now = self._clock()
+        with self._transaction() as db:
+            due = db.execute(
+                "SELECT id, state FROM jobs WHERE state IN ('succeeded', 'failed', 'delivering') "
+                "AND in_flight = 0 AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT 1",
+                (now,),
+            ).fetchone()
+            if due is None:
+                return None
+            row = db.execute(
+                "UPDATE jobs SET state = 'delivering', in_flight = 1, "
+                "delivery_attempts = delivery_attempts + 1, updated_at = ? "
+                f"WHERE id = ? RETURNING {_COLUMNS}, result",
+                (now, due["id"]),
+            ).fetchone()
+        if due["state"] != "delivering":  # a retry is no state change
+            self._on_transition("delivering")
+        return Job.from_row(row)
+
+    def schedule_retry(self, job_id: str, delay_s: float, error: str, status_code: int | None) -> None:
+        self._transition(
+            job_id,
+            ("delivering",),
+            "delivering",
+            count=False,
+            in_flight=0,
+            next_attempt_at=self._clock() + delay_s,
+            last_error=error,
+            last_status_code=status_code,
+        )
+
+    def mark_delivered(self, job_id: str, status_code: int) -> None:
+        """Done. The audio is dropped unless a download link still needs it."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = 'delivered', in_flight = 0, delivered_at = :now, updated_at = :now, "
+                "last_status_code = :code, last_error = NULL, "
+                "result = CASE WHEN download_token IS NULL THEN NULL ELSE result END "
+                "WHERE id = :id AND state = 'delivering'",
+                {"now": self._clock(), "code": status_code, "id": job_id},
+            )
+            if cursor.rowcount != 1:
+                raise StaleJob(f"job {job_id} is not delivering")
+        self._on_transition("delivered")
+
+    def mark_dead(self, job_id: str, error: str, status_code: int | None) -> None:
+        """Given up: kept (with its result) for inspection until retention purges it."""
+        self._transition(job_id, DELIVERABLE, "dead", in_flight=0, last_error=error, last_status_code=status_code)
+
+    def release(self, job_id: str) -> None:
+        """A delivery cut short (shutdown): due again at once, the attempt stays counted."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET in_flight = 0, next_attempt_at = ?, updated_at = ? "
+                "WHERE id = ? AND state = 'delivering'",
+                (self._clock(), self._clock(), job_id),
+            )
+
+    # -- housekeeping ----------------------------------------------------------------------------
+
+    def recover(self) -> tuple[int, int]:
+        """At start: what a previous process left in flight is ours to redo. Returns (runs, deliveries)."""
+        now = self._clock()
+        with self._transaction() as db:
+            runs = db.execute(
+                "UPDATE jobs SET state = 'queued', in_flight = 0, next_attempt_at = ?, updated_at = ?, "
+                "last_error = 'interrupted: the sidecar stopped during the model call' "
+                "WHERE state = 'running'",
+                (now, now),
+            ).rowcount
+            deliveries = db.execute(
+                "UPDATE jobs SET in_flight = 0, next_attempt_at = ?, updated_at = ? "
+                "WHERE state = 'delivering' AND in_flight = 1",
+                (now, now),
+            ).rowcount
+        for _ in range(runs):
+            self._on_transition("queued")
+        return runs, deliveries
+
+    def purge(self, retention_s: float) -> int:
+        """Forget finished jobs past retention, and audio whose download link expired."""
+        now = self._clock()
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET result = NULL WHERE state = 'delivered' AND download_expires_at < ? "
+                "AND result IS NOT NULL",
+                (now,),
+            )
+            return db.execute(
+                "DELETE FROM jobs WHERE state IN ('delivered', 'dead') AND updated_at < ?",
+                (now - retention_s,),
+            ).rowcount

@@ -1,0 +1,189 @@
+"""Runs jobs: one model call per job (`{"instances": [model_input]}`) against the model server.
+
+What the model's answer means for the job:
+- 200: `succeeded`, the prediction is stored for delivery.
+- 503/429 or no connection (overloaded, or still loading at pod start): wait (Retry-After when given)
+  and call again; not counted against `max_attempts`, bounded by the job timeout.
+- other 5xx or a dropped connection: counted; retried with back-off up to `max_attempts`.
+- 4xx (400: a bound the model server checks, e.g. prompt length): `failed` with its message.
+- no answer within the job timeout: `failed` (Bark may be stuck; a retry would double the load).
+A `failed` job is delivered as a `.failed` CloudEvent like any result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+
+import httpx
+
+from .config import Settings
+from .protocol import JobFailure
+from .retry import backoff_s, parse_retry_after
+from .store import Job, JobStore, StaleJob
+
+logger = logging.getLogger("webhook_sidecar.worker")
+
+_BUSY = (429, 503)
+
+
+class JobRunner:
+    """Turns one claimed (`running`) job into `succeeded` or `failed`, or hands it back on shutdown."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        model_key: str = "",
+        on_finished: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.client = client
+        self.headers = {"authorization": f"Bearer {model_key}"} if model_key else {}
+        self.on_finished = on_finished
+
+    async def run(self, job: Job) -> None:
+        try:
+            await self._run(job)
+        except asyncio.CancelledError:
+            # Shutdown mid-call: hand the job back now (a restart would do it too, from `recover`).
+            with contextlib.suppress(StaleJob):  # it finished while the cancel arrived
+                self.store.requeue(job.id, error="interrupted: the sidecar stopped during the model call")
+            raise
+
+    async def _run(self, job: Job) -> None:
+        settings = self.settings
+        deadline = time.monotonic() + settings.job_timeout_s
+        attempts, waits = job.attempts, 0
+        if attempts >= settings.max_attempts:
+            await self._finish_failed(job, f"gave up after {attempts} model calls", None)
+            return
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                await self._finish_failed(job, f"timed out after {settings.job_timeout_s:g} s", None)
+                return
+            attempts = await asyncio.to_thread(self.store.count_attempt, job.id, 1)
+            try:
+                response = await self.client.post(
+                    settings.model_url,
+                    json={"instances": [job.model_input]},
+                    headers=self.headers,
+                    timeout=httpx.Timeout(remaining, connect=min(remaining, 10.0)),
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                # Nothing reached the model (not up yet): not the job's fault.
+                waits += 1
+                await asyncio.to_thread(self.store.count_attempt, job.id, -1, f"model server unreachable: {error!r}")
+                await self._sleep(backoff_s(waits, settings.retry_base_s, settings.retry_max_s), deadline)
+                continue
+            except httpx.TimeoutException:
+                await self._finish_failed(
+                    job,
+                    f"the model did not answer within the job timeout ({settings.job_timeout_s:g} s)",
+                    None,
+                )
+                return
+            except httpx.TransportError as error:
+                if await self._retry_counted(job, attempts, f"model call broke off: {error!r}", None, deadline):
+                    continue
+                return
+
+            if response.status_code == 200:
+                await self._finish_succeeded(job, response)
+                return
+            message = _error_message(response)
+            if response.status_code in _BUSY:
+                waits += 1
+                await asyncio.to_thread(
+                    self.store.count_attempt, job.id, -1, f"model busy ({response.status_code}): {message}"
+                )
+                delay = parse_retry_after(response.headers.get("retry-after"))
+                if delay is None:
+                    delay = backoff_s(waits, settings.retry_base_s, settings.retry_max_s)
+                await self._sleep(delay, deadline)
+                continue
+            if response.status_code >= 500:
+                problem = f"model error ({response.status_code}): {message}"
+                if await self._retry_counted(job, attempts, problem, response.status_code, deadline):
+                    continue
+                return
+            await self._finish_failed(job, message, response.status_code)
+            return
+
+    async def _retry_counted(
+        self, job: Job, attempts: int, error: str, status_code: int | None, deadline: float
+    ) -> bool:
+        """After a counted failure: True after waiting to call again, False once the job has failed."""
+        settings = self.settings
+        if attempts >= settings.max_attempts:
+            await self._finish_failed(job, f"{error} (gave up after {attempts} attempts)", status_code)
+            return False
+        logger.warning("job %s: %s; retrying", job.id, error)
+        await asyncio.to_thread(self.store.count_attempt, job.id, 0, error)
+        await self._sleep(backoff_s(attempts, settings.retry_base_s, settings.retry_max_s), deadline)
+        return True
+
+    @staticmethod
+    async def _sleep(delay_s: float, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, min(delay_s, deadline - time.monotonic())))
+
+    async def _finish_succeeded(self, job: Job, response: httpx.Response) -> None:
+        try:
+            body = await asyncio.to_thread(response.json)
+            prediction = body["predictions"][0]
+            audio = prediction["audio"]
+            if not isinstance(prediction, dict) or not isinstance(audio, str):
+                raise TypeError("audio is not a string")
+        except (ValueError, KeyError, IndexError, TypeError) as error:
+            await self._finish_failed(job, f"the model answered 200 without a prediction ({error!r})", 200)
+            return
+        token = None
+        if _decoded_size(audio) > self.settings.inline_audio_max_bytes:
+            token = secrets.token_urlsafe(32)
+        await asyncio.to_thread(
+            self.store.finish,
+            job.id,
+            "succeeded",
+            prediction,
+            None,
+            200,
+            token,
+            self.settings.download_ttl_s,
+        )
+        logger.info("job %s succeeded", job.id)
+        self.on_finished()
+
+    async def _finish_failed(self, job: Job, error: str, status_code: int | None) -> None:
+        failure = JobFailure(error=error, status_code=status_code).model_dump()
+        await asyncio.to_thread(self.store.finish, job.id, "failed", failure, error, status_code)
+        logger.warning("job %s failed: %s", job.id, error)
+        self.on_finished()
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The model server's own words: KServe answers `{"error": "..."}`."""
+    try:
+        body = response.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            return str(body["error"])
+        if isinstance(body, dict) and "detail" in body:
+            return str(body["detail"])
+    except ValueError:
+        pass
+    return response.text[:500] or f"HTTP {response.status_code}"
+
+
+def _decoded_size(audio_base64: str) -> int:
+    return len(audio_base64) * 3 // 4 - audio_base64[-2:].count("=")
+
+
+def decode_audio(audio_base64: str) -> bytes:
+    return base64.b64decode(audio_base64)
