@@ -13,9 +13,13 @@ whole batch (its longest chunk's), ours applies each chunk's own.
 Mode `server` starts `python -m model_server` and measures throughput (audio seconds per wall
 second) with 1, 4 and 16 concurrent clients, each sending the same request.
 
+Mode `stream` starts the server and measures, for the same text on `/v1/audio/speech`, the time to
+the first audio byte when streaming against the time to the whole file when not streaming.
+
 Usage:
   python benchmarks/original_vs_ours.py --mode pipeline --size tiny
   python benchmarks/original_vs_ours.py --mode server --size tiny --requests 16
+  python benchmarks/original_vs_ours.py --mode stream --size tiny
 """
 
 from __future__ import annotations
@@ -175,9 +179,43 @@ def server_mode(args: argparse.Namespace, checkpoint: Path) -> None:
             )
 
 
+def stream_mode(args: argparse.Namespace, checkpoint: Path) -> None:
+    import httpx
+
+    from tests.serving import running_server
+
+    env = {
+        "BARK_SEMANTIC_TOKENS_PER_WORD": str(args.tokens_per_word),
+        "BARK_SEMANTIC_TOKENS_MIN": "1",
+        "BARK_ATTENTION": args.attention,
+    }
+    body = {"model": "bark", "input": ONE_MINUTE_TEXT, "voice": "v2/en_speaker_6", "response_format": "pcm"}
+    print(f"# stream, size={args.size}, {len(ONE_MINUTE_TEXT.split())} words, {machine()}")
+    with tempfile.TemporaryDirectory() as logs, running_server(checkpoint, Path(logs), env=env) as server:
+        url = server.url + "/v1/audio/speech"
+        httpx.post(url, json={**body, "input": "Warm up."}, timeout=600)
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            whole = httpx.post(url, json=body, timeout=3600)
+            whole.raise_for_status()
+            not_streaming = time.perf_counter() - started
+            started = time.perf_counter()
+            first = None
+            with httpx.stream("POST", url, json={**body, "stream": True}, timeout=3600) as response:
+                for piece in response.iter_raw():
+                    if piece and first is None:
+                        first = time.perf_counter() - started
+            streaming_total = time.perf_counter() - started
+            assert first is not None
+            print(
+                f"not streaming: whole file after {not_streaming:6.2f} s; streaming: first audio after {first:6.2f} s "
+                f"(total {streaming_total:6.2f} s); first audio {not_streaming / first:5.1f}x sooner"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["pipeline", "server", "both"], default="both")
+    parser.add_argument("--mode", choices=["pipeline", "server", "stream", "both"], default="both")
     parser.add_argument("--size", choices=["tiny", "small", "large"], default="tiny")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
     parser.add_argument("--tokens-per-word", type=float, default=20.0)
@@ -192,6 +230,8 @@ def main() -> None:
         pipeline_mode(args, checkpoint)
     if args.mode in ("server", "both"):
         server_mode(args, checkpoint)
+    if args.mode == "stream":
+        stream_mode(args, checkpoint)
 
 
 if __name__ == "__main__":

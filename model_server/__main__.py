@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from pathlib import Path
+from types import FrameType
 
+from fastapi import FastAPI
 from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 
@@ -17,8 +20,10 @@ from .auth import ApiKeyAuth, load_api_keys
 from .config import Settings
 from .disconnect import CancelOnDisconnect
 from .errors import register_error_handlers
+from .limits import BodySizeLimit
 from .logs import configure_logging
 from .model import BarkTTS
+from .openapi import document_api
 from .routes import register_routes
 from .tiny import build_checkpoint
 
@@ -60,6 +65,32 @@ def ensure_demo_checkpoint(folder: Path) -> None:
         build_checkpoint(folder)
 
 
+def drain_on_shutdown_signal(app: FastAPI, model: BarkTTS) -> None:
+    """On SIGTERM/SIGINT, turn not-ready at once while in-flight requests finish.
+
+    uvicorn (under KServe's ModelServer) already drains on a signal: it stops accepting connections,
+    waits up to `grace_period` (our `shutdown_grace_s`) for running requests, then exits; KServe's
+    own handler, which marks the model not ready, only runs after that drain. Ours runs first: it is
+    chained in front of uvicorn's handler, which uvicorn installs when it starts serving, hence the
+    startup hook. A request that still reaches the model (a kept-alive connection) gets a 503.
+    """
+
+    def chain_handlers() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
+
+            def handler(number: int, frame: FrameType | None, previous: object = previous) -> None:
+                if model.ready:
+                    logger.info("signal %d: not ready any more; draining in-flight requests", number)
+                model.stop()
+                if callable(previous):
+                    previous(number, frame)
+
+            signal.signal(signum, handler)
+
+    app.router.on_startup.append(chain_handlers)
+
+
 def main(argv: list[str] | None = None) -> None:
     args, _ = build_parser().parse_known_args(argv)
     settings = settings_from(args)
@@ -71,18 +102,21 @@ def main(argv: list[str] | None = None) -> None:
         http_port=args.http_port,
         enable_grpc=args.enable_grpc,
         workers=1,
-        grace_period=args.grace_period if hasattr(args, "grace_period") else 30,
+        grace_period=settings.shutdown_grace_s,
     )
     configure_logging(settings.log_format)  # ModelServer() re-configures logging; ours goes on top
     model.load()
     app = kserve_model_server.app
     register_error_handlers(app)
     app.add_middleware(CancelOnDisconnect)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # inside auth: a 401 comes first
     keys = load_api_keys(settings.api_keys, settings.api_keys_file)
     if keys:
         app.add_middleware(ApiKeyAuth, keys=keys, protect_metrics=settings.metrics_require_auth)
     logger.info("API-key auth %s", f"on ({len(keys)} keys)" if keys else "off (no keys configured)")
     register_routes(app, model)
+    document_api(app, settings)
+    drain_on_shutdown_signal(app, model)
     server.start([model])
 
 

@@ -67,7 +67,12 @@ class ApiKeyAuth:
         if key_is_valid(presented_key(headers), self.keys):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error": UNAUTHORIZED_MESSAGE}).encode()
+        if str(scope.get("path", "")).startswith("/v1/audio/"):  # OpenAI clients parse OpenAI's error shape
+            error: Any = {"message": UNAUTHORIZED_MESSAGE, "type": "invalid_request_error", "param": None}
+            error["code"] = "invalid_api_key"
+        else:
+            error = UNAUTHORIZED_MESSAGE
+        body = json.dumps({"error": error}).encode()
         await send(
             {
                 "type": "http.response.start",

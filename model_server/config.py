@@ -55,6 +55,23 @@ class Settings(BaseSettings):
     semantic_tokens_per_word: float = Field(25.0, gt=0)
     semantic_tokens_min: int = Field(50, ge=1)
 
+    # OpenAI's voice names mapped to Bark presets (the /v1/audio/speech route and v1 predict accept both).
+    voice_aliases: dict[str, str] = Field(
+        default_factory=lambda: {
+            "alloy": "v2/en_speaker_0",
+            "ash": "v2/en_speaker_1",
+            "ballad": "v2/en_speaker_2",
+            "coral": "v2/en_speaker_3",
+            "echo": "v2/en_speaker_4",
+            "fable": "v2/en_speaker_5",
+            "onyx": "v2/en_speaker_6",
+            "nova": "v2/en_speaker_7",
+            "sage": "v2/en_speaker_8",
+            "shimmer": "v2/en_speaker_9",
+            "verse": "v2/en_speaker_1",
+        }
+    )
+
     # Auth: with no key configured, auth is off (the Helm chart configures keys by default).
     api_keys: str | None = Field(None, description="comma-separated API keys", repr=False)
     api_keys_file: Path | None = Field(None, description="file with one API key per line")
@@ -64,6 +81,16 @@ class Settings(BaseSettings):
     warmup: bool = True
     log_format: Literal["text", "json"] = "text"
     log_prompts: bool = False
+
+    # -- hardening (issue #9): bounds on one request's size and work, and the drain on SIGTERM --
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1, description="request bodies larger than this get a 413 (limits.BodySizeLimit)"
+    )
+    max_words_per_request: int = Field(10_000, ge=1, description="words over all instances of one request (400)")
+    max_output_seconds: float = Field(
+        3600.0, gt=0, description="estimated audio of one request, from its semantic token budgets (400)"
+    )
+    shutdown_grace_s: int = Field(30, ge=0, description="on SIGTERM, in-flight requests get this long to finish")
 
     @model_validator(mode="after")
     def _chunk_bounds_are_ordered(self) -> Settings:

@@ -118,7 +118,7 @@ class BarkEngine:
         self._coarse_defaults = dict(generation.coarse_acoustics_config)
         self._fine_defaults = dict(generation.fine_acoustics_config)
         self.max_semantic_tokens = int(self._semantic_defaults.get("max_new_tokens") or 768)
-        self.voices = VoiceLibrary(self.processor, self.device)
+        self.voices = VoiceLibrary(self.processor, self.device, settings.voice_aliases)
         self.source = source
         kind = choose_decoder(settings.decoder, self.device)
         self.decoder: StaticBarkDecoder | None = build_decoder(

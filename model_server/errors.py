@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from kserve.errors import InvalidInput
 
-__all__ = ["InvalidInput", "Overloaded", "RequestTimedOut", "register_error_handlers"]
+__all__ = ["GenerationFailed", "InvalidInput", "Overloaded", "RequestTimedOut", "register_error_handlers"]
 
 
 class Overloaded(RuntimeError):
@@ -21,6 +21,14 @@ class RequestTimedOut(RuntimeError):
     """The request ran past `request_timeout_s`; its queued chunks were cancelled (HTTP 504)."""
 
 
+class GenerationFailed(RuntimeError):
+    """Generation raised for this request (HTTP 500 with its request id); other requests go on."""
+
+    def __init__(self, message: str, request_id: str):
+        super().__init__(message)
+        self.request_id = request_id
+
+
 async def _timeout_handler(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=504, content={"error": str(exc)})
 
@@ -30,7 +38,18 @@ async def _overloaded_handler(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=503, content={"error": str(exc)}, headers={"Retry-After": str(exc.retry_after_s)})
 
 
+async def _generation_failed_handler(_: Request, exc: Exception) -> JSONResponse:
+    # KServe's catch-all answers 500 too, but without the id that ties the answer to the log.
+    assert isinstance(exc, GenerationFailed)
+    return JSONResponse(
+        status_code=500,
+        content={"error": str(exc), "request_id": exc.request_id},
+        headers={"x-request-id": exc.request_id},
+    )
+
+
 def register_error_handlers(app: FastAPI) -> None:
     """KServe maps InvalidInput to 400 itself; we add the statuses it does not know."""
     app.add_exception_handler(Overloaded, _overloaded_handler)
     app.add_exception_handler(RequestTimedOut, _timeout_handler)
+    app.add_exception_handler(GenerationFailed, _generation_failed_handler)

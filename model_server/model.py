@@ -22,7 +22,9 @@ from kserve.errors import InvalidInput
 from . import audio, metrics
 from .config import Settings
 from .engine import BarkEngine, Sampling
-from .errors import Overloaded, RequestTimedOut
+from .errors import GenerationFailed, Overloaded, RequestTimedOut
+from .faults import release_cached_memory, run_splitting_on_oom
+from .limits import check_output_seconds
 from .scheduler import BatchFailed, Scheduler
 from .schema import SynthesisRequest, SynthesisResult, parse_predict_body
 from .text import chunk_text
@@ -65,10 +67,15 @@ class BarkTTS(Model):
         self.settings = settings
         self.engine: BarkEngine | None = None  # type: ignore[assignment]
         self.scheduler: Scheduler[BatchKey, np.ndarray] | None = None
+        self.stopped = False  # set by stop() (SIGTERM): never load again in this process
 
     # -- lifecycle -----------------------------------------------------------------------------
     def load(self) -> bool:
         """Load weights and run a warm-up generation; only then is the model ready."""
+        if self.stopped:
+            # KServe's DataPlane.get_model() calls load() on a model that is not ready: a request
+            # that passed the readiness check just before SIGTERM must not reload Bark mid-drain.
+            return False
         started = time.perf_counter()
         engine = BarkEngine(self.settings)
         if self.settings.warmup:
@@ -97,18 +104,26 @@ class BarkTTS(Model):
         """KServe's default start() marks any model ready; ours is ready only after load()."""
 
     def stop(self) -> None:
+        """Not ready from now on (SIGTERM, or KServe unloading); requests already running go on."""
+        self.stopped = True
         self.ready = False
 
     # -- the engine side (runs in the scheduler's worker thread) -------------------------------
     def _run_batch(self, key: BatchKey, payloads: list[ChunkPayload]) -> list[np.ndarray]:
         assert self.engine is not None
+        engine = self.engine
         voice, sampling = key
-        output = self.engine.generate_batch(
-            [payload.text for payload in payloads], voice, sampling, [payload.budget for payload in payloads]
-        )
-        for stage, seconds in output.stage_seconds.items():
-            metrics.STAGE_LATENCY.labels(stage=stage).observe(seconds)
-        return output.waveforms
+
+        def generate(part: list[ChunkPayload]) -> list[np.ndarray]:
+            output = engine.generate_batch(
+                [payload.text for payload in part], voice, sampling, [payload.budget for payload in part]
+            )
+            for stage, seconds in output.stage_seconds.items():
+                metrics.STAGE_LATENCY.labels(stage=stage).observe(seconds)
+            return output.waveforms
+
+        # An out-of-memory batch runs again as halves (faults.py) before any of its requests fail.
+        return run_splitting_on_oom(generate, payloads, lambda: release_cached_memory(engine.device))
 
     # -- the request side ----------------------------------------------------------------------
     @property
@@ -124,24 +139,26 @@ class BarkTTS(Model):
                 raise InvalidInput(f"body is not valid JSON: {error}") from None
         instances = parse_predict_body(payload, self.settings)
         assert self.engine is not None
-        for index, instance in enumerate(instances):
-            self.engine.voices.check(instance.voice, field=f"instances[{index}].voice")
-        return instances
+        return [
+            instance.model_copy(update={"voice": self.engine.voices.resolve(instance.voice, f"instances[{i}].voice")})
+            for i, instance in enumerate(instances)
+        ]
 
-    def plan_chunks(self, request: SynthesisRequest) -> list[ChunkPayload]:
+    def plan_chunks(self, request: SynthesisRequest, first_sentence_alone: bool = False) -> list[ChunkPayload]:
         """Sentences packed into chunks, each with its own semantic token budget."""
         assert self.engine is not None
         started = time.perf_counter()
-        texts = chunk_text(request.prompt, request.batch_chunk_size or self.settings.default_chunk_words)
+        max_words = request.batch_chunk_size or self.settings.default_chunk_words
+        texts = chunk_text(request.prompt, max_words, first_sentence_alone=first_sentence_alone)
         metrics.STAGE_LATENCY.labels(stage="split").observe(time.perf_counter() - started)
         if not texts:
             raise InvalidInput("prompt: has no words to speak")
         return [ChunkPayload(text, self.engine.semantic_budget(len(text.split()))) for text in texts]
 
-    async def synthesize(self, request: SynthesisRequest) -> Synthesis:
+    async def synthesize(self, request: SynthesisRequest, chunks: list[ChunkPayload] | None = None) -> Synthesis:
         """Generate one instance's audio: all its chunks batched, trimmed and joined in order."""
         assert self.scheduler is not None
-        chunks = self.plan_chunks(request)
+        chunks = self.plan_chunks(request) if chunks is None else chunks
         try:
             parts = await self.scheduler.submit((request.voice, sampling_of(request)), chunks)
         except BatchFailed as error:
@@ -153,6 +170,9 @@ class BarkTTS(Model):
         """Count every request by outcome, whichever stage (validation, queue, generation) ends it."""
         outcome = ("200", "ok")
         started = time.perf_counter()
+        # One id for the log lines and the error body; predict() reads it from the same headers.
+        request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
+        headers = {**(headers or {}), "x-request-id": request_id}
         try:
             if verb is None:
                 return await super().__call__(body, headers=headers)
@@ -169,14 +189,16 @@ class BarkTTS(Model):
         except asyncio.CancelledError:
             outcome = ("499", "cancelled")
             raise
-        except Exception:
+        except Exception as error:
             outcome = ("500", "generation_error")
-            raise
+            # Only this request fails; its id in the 500 body finds the traceback in the log.
+            logger.exception("request %s failed", request_id)
+            raise GenerationFailed(str(error) or type(error).__name__, request_id) from error
         finally:
             metrics.REQUESTS.labels(route="v1_predict", code=outcome[0], reason=outcome[1]).inc()
             if outcome[0] != "200":
                 fields = {
-                    "request_id": (headers or {}).get("x-request-id"),
+                    "request_id": request_id,
                     "code": int(outcome[0]),
                     "reason": outcome[1],
                     "wall_s": round(time.perf_counter() - started, 3),
@@ -187,17 +209,20 @@ class BarkTTS(Model):
         request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
         started = time.perf_counter()
         timeout = self.settings.request_timeout_s
+        # Planned up front so that the whole request's estimated audio is checked before any chunk queues.
+        plans = [self.plan_chunks(instance) for instance in payload]
+        check_output_seconds((chunk.budget for plan in plans for chunk in plan), self.settings.max_output_seconds)
         try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*(self.synthesize(instance) for instance in payload)), timeout
-            )
+            work = (self.synthesize(instance, plan) for instance, plan in zip(payload, plans, strict=True))
+            results = await asyncio.wait_for(asyncio.gather(*work), timeout)
         except asyncio.TimeoutError:
             message = f"request took longer than {timeout:g} s (request_timeout_s); its work was dropped"
             raise RequestTimedOut(message) from None
         predictions = await asyncio.to_thread(self._encode_all, payload, results)
         wall = time.perf_counter() - started
         audio_seconds = sum(prediction.duration_s for prediction in predictions)
-        self._record(request_id, payload, predictions, wall, audio_seconds)
+        chunks = sum(prediction.chunks for prediction in predictions)
+        self.record_success("v1_predict", request_id, payload, chunks, wall, audio_seconds)
         return {"predictions": [prediction.model_dump() for prediction in predictions]}
 
     def _encode_all(self, requests: list[SynthesisRequest], results: list[Synthesis]) -> list[SynthesisResult]:
@@ -215,24 +240,27 @@ class BarkTTS(Model):
         metrics.STAGE_LATENCY.labels(stage="encode").observe(time.perf_counter() - started)
         return predictions
 
-    def _record(
+    def record_success(
         self,
+        route: str,
         request_id: str,
         requests: list[SynthesisRequest],
-        predictions: list[SynthesisResult],
+        chunks: int,
         wall: float,
         audio_seconds: float,
     ) -> None:
-        metrics.REQUEST_LATENCY.labels(route="v1_predict").observe(wall)
-        metrics.AUDIO_SECONDS.labels(route="v1_predict").inc(audio_seconds)
+        """Metrics and the one structured log line of a finished request (any route)."""
+        metrics.REQUEST_LATENCY.labels(route=route).observe(wall)
+        metrics.AUDIO_SECONDS.labels(route=route).inc(audio_seconds)
         if audio_seconds > 0:
-            metrics.REAL_TIME_FACTOR.labels(route="v1_predict").observe(wall / audio_seconds)
+            metrics.REAL_TIME_FACTOR.labels(route=route).observe(wall / audio_seconds)
         for request in requests:
             metrics.VOICE_REQUESTS.labels(voice=request.voice).inc()
         fields: dict[str, Any] = {
             "request_id": request_id,
+            "route": route,
             "instances": len(requests),
-            "chunks": sum(prediction.chunks for prediction in predictions),
+            "chunks": chunks,
             "audio_s": round(audio_seconds, 3),
             "wall_s": round(wall, 3),
             "rtf": round(wall / audio_seconds, 3) if audio_seconds else None,

@@ -7,13 +7,17 @@ from typing import Any
 from fastapi import FastAPI
 
 from .model import BarkTTS
+from .openai_speech.api_router import register_speech_route
 from .voices import VOICES_ROUTE
 
 
 def register_routes(app: FastAPI, model: BarkTTS) -> None:
     async def list_voices() -> dict[str, Any]:
-        """The voice presets this model has, with their language."""
+        """The voice presets this model has, with their language, and the OpenAI-name aliases."""
         assert model.engine is not None
-        return {"voices": model.engine.voices.describe()}
+        return {"voices": model.engine.voices.describe(), "aliases": model.engine.voices.aliases}
 
     app.add_api_route(VOICES_ROUTE, list_voices, methods=["GET"], tags=["voices"])
+    # KServe-style: the same listing under the model's own path.
+    app.add_api_route(f"/v1/models/{model.name}/voices", list_voices, methods=["GET"], tags=["voices"])
+    register_speech_route(app, model)

@@ -187,7 +187,15 @@ class Scheduler(Generic[Key, Result]):
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
                 continue
-            chunks = [queue.popleft() for _ in range(min(self.max_batch_size, len(queue)))]
+            if queue[0].urgent:
+                # A streaming request's first chunk runs with other first chunks only, not behind
+                # the rest of its request: the client hears audio after one chunk's generation.
+                count = 0
+                while count < min(self.max_batch_size, len(queue)) and queue[count].urgent:
+                    count += 1
+            else:
+                count = min(self.max_batch_size, len(queue))
+            chunks = [queue.popleft() for _ in range(count)]
             if not queue:
                 del self._pending[key]
             self._queued -= len(chunks)

@@ -116,6 +116,13 @@ def pack_chunks(sentences: Iterable[str], max_words: int) -> list[str]:
     return chunks
 
 
-def chunk_text(text: str, max_words: int) -> list[str]:
-    """Sentences of `text` packed into chunks of at most `max_words` words."""
-    return pack_chunks(split_sentences(text), max_words)
+def chunk_text(text: str, max_words: int, first_sentence_alone: bool = False) -> list[str]:
+    """Sentences of `text` packed into chunks of at most `max_words` words.
+
+    With `first_sentence_alone`, the first sentence is a chunk of its own: a streaming client then
+    hears audio after one sentence's generation instead of a whole packed chunk's.
+    """
+    sentences = split_sentences(text)
+    if first_sentence_alone and sentences:
+        return pack_chunks(sentences[:1], max_words) + pack_chunks(sentences[1:], max_words)
+    return pack_chunks(sentences, max_words)

@@ -27,12 +27,20 @@ def language_of(preset: str) -> str:
 class VoiceLibrary:
     """The model's speaker presets, loaded lazily and cached as tensors on the model's device."""
 
-    def __init__(self, processor: Any, device: torch.device):
+    def __init__(self, processor: Any, device: torch.device, aliases: dict[str, str] | None = None):
         self._processor = processor
         self._device = device
         self._cache: dict[str, dict[str, torch.Tensor]] = {}
         self._lock = threading.Lock()
         self.names: tuple[str, ...] = tuple(sorted(processor.available_voice_presets))
+        # Aliases pointing at presets this model lacks are dropped rather than failing later.
+        self.aliases = {alias: preset for alias, preset in (aliases or {}).items() if preset in self.names}
+
+    def resolve(self, voice: str, field: str = "voice") -> str:
+        """The preset behind `voice` (a preset name or an alias); a 400 when it is neither."""
+        preset = self.aliases.get(voice, voice)
+        self.check(preset, field)
+        return preset
 
     def describe(self) -> list[dict[str, str]]:
         return [
@@ -47,7 +55,7 @@ class VoiceLibrary:
     def check(self, voice: str, field: str = "voice") -> None:
         """Raise a 400 for a voice the model does not have, saying where the list is."""
         if voice not in self.names:
-            examples = ", ".join(self.names[:3])
+            examples = ", ".join([*self.names[:3], *list(self.aliases)[:2]])
             raise InvalidInput(
                 f"{field}: unknown voice {voice!r}; GET {VOICES_ROUTE} lists the {len(self.names)} "
                 f"available voices (e.g. {examples})"

@@ -80,3 +80,14 @@ def test_key_parsing_and_comparison(tmp_path):
     assert presented_key({"authorization": "Bearer tok"}) == "tok"
     assert presented_key({"x-api-key": "tok2"}) == "tok2"
     assert presented_key({"authorization": "Token tok"}) is None
+
+
+def test_speech_route_needs_a_key_and_answers_in_openai_shape(guarded_server):
+    body = {"model": "tts-1", "input": "hi", "voice": "alloy", "response_format": "wav"}
+    refused = httpx.post(guarded_server.url + "/v1/audio/speech", json=body, timeout=60)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    allowed = httpx.post(
+        guarded_server.url + "/v1/audio/speech", json=body, headers={"authorization": f"Bearer {KEYS[0]}"}, timeout=60
+    )
+    assert allowed.status_code == 200 and allowed.headers["content-type"] == "audio/wav"

@@ -1,0 +1,116 @@
+"""Request limits that are not a field's bound: body bytes (413) and estimated output seconds (400).
+
+Field bounds (prompt characters, instances, chunk size, words per request) live in `schema.py`.
+Here are the two limits that need something else: the body size must be enforced before the body
+is parsed (KServe's v1 route reads the whole raw body into memory first), and the output estimate
+needs the planned chunks and their semantic token budgets.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import orjson
+
+from .disconnect import ASGIApp, Message, Receive, Send
+from .errors import InvalidInput
+
+logger = logging.getLogger(__name__)
+
+#: Bark's semantic tokens per second of speech: a chunk's token budget bounds its audio length.
+SEMANTIC_TOKENS_PER_SECOND = 49.9
+
+
+def estimated_output_seconds(budgets: Iterable[int]) -> float:
+    """Upper bound of the audio seconds that chunks with these semantic token budgets can produce."""
+    return sum(budgets) / SEMANTIC_TOKENS_PER_SECOND
+
+
+def check_output_seconds(budgets: Iterable[int], limit_s: float) -> None:
+    """400 before anything is queued when a request could produce more audio than `max_output_seconds`."""
+    estimate = estimated_output_seconds(budgets)
+    if estimate > limit_s:
+        raise InvalidInput(
+            f"request may produce up to {estimate:.1f} s of audio, over the limit of {limit_s:g} s "
+            "(max_output_seconds); send a shorter text"
+        )
+
+
+class BodyTooLarge(Exception):
+    """Raised from the wrapped `receive` when a body without (or with a false) Content-Length grows too big."""
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`, from Content-Length or while it streams in.
+
+    A declared Content-Length over the limit is refused without reading the body; a chunked (or
+    lying) body is counted as it arrives and refused as soon as it passes the limit, so no more than
+    `max_bytes` plus one network read is ever buffered for a request.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(send, f"request body of {declared} bytes")
+            return
+        received = 0
+        response_started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge:
+            if response_started:  # nothing sensible left to say; the server closes the connection
+                raise
+            await self._refuse(send, f"request body of more than {self.max_bytes} bytes")
+
+    async def _refuse(self, send: Send, what: str) -> None:
+        message = f"{what} is over the limit of {self.max_bytes} bytes (max_body_bytes)"
+        logger.info("refused: %s", message)
+        body = orjson.dumps({"error": message})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                # The unread rest of the body cannot be skipped safely: end the connection after this.
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope: MutableMapping[str, Any]) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the HTTP server itself rejects a malformed Content-Length
+    return None

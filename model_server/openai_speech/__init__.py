@@ -1,0 +1,1 @@
+"""OpenAI-compatible `POST /v1/audio/speech`: protocol (wire format), serving (logic), api_router (HTTP)."""

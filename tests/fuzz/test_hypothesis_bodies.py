@@ -1,0 +1,108 @@
+"""Hypothesis-made bodies POSTed to the v1 route: every answer is a 200 or a 4xx, quickly; never a 5xx."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from tests.fuzz.conftest import PREDICT, assert_healthy
+from tests.serving import RunningServer
+
+#: One answer, valid or not, must come back within this (the fuzz server generates < 1 s of audio).
+DEADLINE_S = 20.0
+
+VALID_INSTANCE: dict[str, Any] = {
+    "prompt": "Hello there. This is a short test.",
+    "voice": "v2/en_speaker_1",
+    "do_sample": False,
+    "semantic_temperature": 0.7,
+    "coarse_temperature": 0.7,
+    "fine_temperature": 0.5,
+    "batch_chunk_size": 10,
+    "format": "wav",
+    "seed": 7,
+}
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+awkward_values = (
+    json_values
+    | st.integers(min_value=2**63, max_value=2**80)  # past int64 and uint32 (seed)
+    | st.sampled_from([1e308, -1e308, 5e-324, 0.0, -0.0, 2.0000001])
+    | st.text(alphabet=st.characters(codec="utf-8"), min_size=0, max_size=300)  # any unicode, no surrogates
+)
+
+
+@st.composite
+def mutated_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid instance with a few fields replaced, removed or added, sometimes wrapped oddly."""
+    instance = dict(VALID_INSTANCE)
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        action = draw(st.sampled_from(["replace", "remove", "add"]))
+        if action == "replace":
+            instance[draw(st.sampled_from(sorted(VALID_INSTANCE)))] = draw(awkward_values)
+        elif action == "remove" and instance:
+            instance.pop(draw(st.sampled_from(sorted(instance))))
+        else:
+            instance[draw(st.text(min_size=1, max_size=12))] = draw(json_values)
+    shape = draw(st.sampled_from(["instances", "flat", "many", "instances-not-list"]))
+    if shape == "flat":
+        return instance
+    if shape == "many":
+        return {"instances": [instance] * draw(st.integers(min_value=0, max_value=6))}
+    if shape == "instances-not-list":
+        return {"instances": instance}
+    return {"instances": [instance]}
+
+
+bodies = (
+    mutated_bodies().map(lambda body: json.dumps(body).encode())
+    | json_values.map(lambda value: json.dumps(value).encode())
+    | st.just(b'{"instances": [{"prompt": NaN}]}')
+    | st.just(b'{"prompt": "\\ud800 lone surrogate"}')
+    | st.binary(max_size=200)  # not JSON at all
+)
+
+
+@pytest.fixture(scope="module")
+def client(fuzz_server: RunningServer) -> Any:
+    with fuzz_server.client(timeout=DEADLINE_S + 10) as http:
+        yield http
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies)
+def test_any_body_gets_a_200_or_a_4xx_in_time(client: httpx.Client, body: bytes) -> None:
+    started = time.monotonic()
+    response = client.post(PREDICT, content=body, headers={"content-type": "application/json"})
+    elapsed = time.monotonic() - started
+    event(f"status {response.status_code}")  # the mix shows with --hypothesis-show-statistics
+    assert response.status_code < 500, f"{response.status_code} for {body[:300]!r}: {response.text[:500]}"
+    assert elapsed < DEADLINE_S, f"{elapsed:.1f} s for {body[:300]!r}"
+    if response.status_code == 200:
+        predictions = response.json()["predictions"]
+        assert all(prediction["duration_s"] > 0 for prediction in predictions)
+    else:
+        assert response.json()["error"], "a refusal says why"
+
+
+def test_server_is_healthy_after_fuzzing(fuzz_server: RunningServer, client: httpx.Client) -> None:
+    for body in (b"", b"{", b"[]", b"null", json.dumps({"instances": [VALID_INSTANCE]}).encode()):
+        assert client.post(PREDICT, content=body).status_code < 500
+    assert_healthy(fuzz_server)
