@@ -26,9 +26,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from model_server.schema import _describe
+from model_server.schema import describe_validation_error
 
-from .auth import matching_key, presented_key, principal
+from .auth import Unauthorized, authenticated_key, principal
 from .config import Settings
 from .delivery import DEFAULT_EVENT_SOURCE, iso_time
 from .protocol import EVENT_ACCEPTED, AsyncPredictRequest, JobAccepted, JobStatus
@@ -182,16 +182,10 @@ def create_app(settings: Settings) -> FastAPI:
 
 def _authenticate(service: JobService, request: Request) -> str | None:
     """The matching key (None when auth is off); a 401 naming both accepted headers otherwise."""
-    if not service.api_keys:
-        return None
-    key = matching_key(presented_key(request.headers), service.api_keys)
-    if key is None:
-        raise ApiError(
-            401,
-            "missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
-            {"www-authenticate": "Bearer"},
-        )
-    return key
+    try:
+        return authenticated_key(request.headers, service.api_keys)
+    except Unauthorized as error:
+        raise ApiError(401, str(error), {"www-authenticate": "Bearer"}) from None
 
 
 def _refuse_when_draining(service: JobService) -> None:
@@ -233,7 +227,7 @@ async def _validate(body: Any, service: JobService) -> AsyncPredictRequest:
     try:
         job_request = AsyncPredictRequest.model_validate(body)
     except ValidationError as error:
-        raise ApiError(400, _describe(error)) from None
+        raise ApiError(400, describe_validation_error(error)) from None
     try:
         await check_webhook_url_async(job_request.webhook_endpoint, service.allowlist)
     except UnsafeUrl as error:

@@ -1,35 +1,34 @@
-"""API keys on the job routes: `Authorization: Bearer <key>` or `x-api-key: <key>`.
+"""API keys on the job routes, with the model server's own rules (`model_server.auth`, one definition).
 
-Compared with `hmac.compare_digest` against every configured key, so the time taken says nothing
-about how much of a key was right. Keys are never logged; a caller is known by a short hash of its key.
+`Authorization: Bearer <key>` or `x-api-key: <key>`, compared in constant time against every
+configured key. Keys are never logged; a caller is known by a short hash of its key, which scopes
+idempotency keys.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Mapping
+
+from model_server.auth import UNAUTHORIZED_MESSAGE, key_is_valid, presented_key
+
+__all__ = ["UNAUTHORIZED_MESSAGE", "Unauthorized", "authenticated_key", "principal"]
 
 ANONYMOUS = "-"
 
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
-    authorization = headers.get("authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return headers.get("x-api-key") or None
+class Unauthorized(Exception):
+    """No key, or not one of ours (HTTP 401)."""
 
 
-def matching_key(presented: str | None, keys: tuple[str, ...]) -> str | None:
-    """The configured key equal to `presented`, checking all of them in constant time each."""
-    if presented is None:
+def authenticated_key(headers: Mapping[str, str], keys: tuple[str, ...]) -> str | None:
+    """The caller's valid key; None when auth is off (no keys); Unauthorized otherwise."""
+    if not keys:
         return None
-    found = None
-    for key in keys:
-        if hmac.compare_digest(presented.encode(), key.encode()):
-            found = key
-    return found
+    key = presented_key(dict(headers))
+    if key is None or not key_is_valid(key, keys):
+        raise Unauthorized(UNAUTHORIZED_MESSAGE)
+    return key
 
 
 def principal(key: str | None) -> str:

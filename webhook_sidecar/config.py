@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model_server.auth import load_api_keys
+
 from .signing import generate_secret
 
 logger = logging.getLogger("webhook_sidecar")
@@ -38,7 +40,7 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=2, ge=1, description="model calls in flight at once")
     delivery_concurrency: int = Field(default=4, ge=1, description="webhook POSTs in flight at once")
     job_timeout_s: float = Field(default=900.0, gt=0, description="one run of a job, 503 back-off included")
-    max_attempts: int = Field(default=8, ge=1, description="model calls (5xx) and webhook deliveries, each")
+    max_attempts: int = Field(default=14, ge=1, description="model calls (5xx) and webhook deliveries, each")
     retry_base_s: float = Field(default=1.0, gt=0)
     retry_max_s: float = Field(default=300.0, gt=0)
     delivery_timeout_s: float = Field(default=30.0, gt=0)
@@ -70,10 +72,7 @@ class Settings(BaseSettings):
 
     def load_api_keys(self) -> tuple[str, ...]:
         """Keys from `API_KEYS` then `API_KEYS_FILE`, in order, once each; none means auth is off."""
-        keys = [key.strip() for key in self.api_keys.get_secret_value().split(",")]
-        if self.api_keys_file is not None:
-            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines()]
-        return tuple(dict.fromkeys(key for key in keys if key and not key.startswith("#")))
+        return load_api_keys(self.api_keys.get_secret_value(), self.api_keys_file)
 
     def model_key(self, api_keys: tuple[str, ...]) -> str:
         """The key for the model server: its own setting, else ours (the chart mounts one Secret)."""

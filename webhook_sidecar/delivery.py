@@ -124,20 +124,19 @@ class Deliverer:
         headers["host"] = original.netloc.decode("ascii")
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         try:
-            async with self.client.stream(
-                "POST",
-                original.copy_with(host=str(address)),
-                content=body,
-                headers=headers,
-                extensions=extensions,
-                timeout=self.settings.delivery_timeout_s,
-            ) as response:
-                snippet = await _read_some(response)
+            # httpx's timeout is per read; wait_for bounds the whole exchange (a receiver trickling bytes).
+            status, retry_after, snippet = await asyncio.wait_for(
+                self._post(original.copy_with(host=str(address)), headers, body, extensions),
+                self.settings.delivery_timeout_s,
+            )
+        except (httpx.TimeoutException, asyncio.TimeoutError):
+            timeout = f"webhook did not answer within {self.settings.delivery_timeout_s:g} s"
+            await self._retry(job, timeout, None, None)
+            return
         except httpx.TransportError as error:
             await self._retry(job, f"webhook unreachable: {error!r}", None, None)
             return
 
-        status = response.status_code
         if 200 <= status < 300:
             await asyncio.to_thread(self.store.mark_delivered, job.id, status)
             self.metrics.delivery_attempts.labels("delivered").inc()
@@ -145,12 +144,29 @@ class Deliverer:
             logger.info("job %s delivered (%d, attempt %d)", job.id, status, job.delivery_attempts)
             return
         problem = f"webhook answered {status}: {snippet}".rstrip(": ")
+        if 300 <= status < 400:
+            problem += " (redirects are not followed)"
         if status in _RETRYABLE_STATUS or status >= 500:
-            await self._retry(job, problem, status, parse_retry_after(response.headers.get("retry-after")))
+            await self._retry(job, problem, status, parse_retry_after(retry_after))
             return
         self.metrics.delivery_attempts.labels("rejected").inc()
         await asyncio.to_thread(self.store.mark_dead, job.id, f"{problem} (final: not retried)", status)
         logger.warning("job %s: %s; final", job.id, problem)
+
+    async def _post(
+        self, url: httpx.URL, headers: dict[str, str], body: bytes, extensions: dict[str, str]
+    ) -> tuple[int, str | None, str]:
+        """POST; the status, Retry-After and the start of the answer (the rest is never read)."""
+        async with self.client.stream(
+            "POST",
+            url,
+            content=body,
+            headers=headers,
+            extensions=extensions,
+            timeout=self.settings.delivery_timeout_s,
+        ) as response:
+            snippet = await _read_some(response)
+            return response.status_code, response.headers.get("retry-after"), snippet
 
     async def _retry(self, job: Job, error: str, status: int | None, retry_after: float | None) -> None:
         settings = self.settings

@@ -25,9 +25,12 @@ class _JobStates(Collector):
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("bark_jobs", "Jobs in the store by state.", labels=["state"])
-        if self.counts is not None:
-            for state, count in self.counts().items():
-                family.add_metric([state], count)
+        try:
+            counts = self.counts() if self.counts is not None else {}
+        except RuntimeError:  # the store is closed (shutting down): no series rather than a failed scrape
+            counts = {}
+        for state, count in counts.items():
+            family.add_metric([state], count)
         yield family
 
 

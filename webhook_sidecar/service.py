@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import httpx
@@ -47,6 +48,8 @@ def request_hash(request: AsyncPredictRequest) -> str:
 
 
 class JobService:
+    """One per process: the API calls `submit`; `start`/`drain`/`stop` follow the server's lifecycle."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.with_webhook_secret()
         self.metrics = SidecarMetrics()
@@ -64,6 +67,11 @@ class JobService:
 
     async def start(self) -> None:
         settings = self.settings
+        # Store calls and DNS lookups run in threads; the default pool (CPUs + 4) is small on a pod
+        # with one or two CPUs, and slow DNS for a few webhooks must not stall intake.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=32, thread_name_prefix="sidecar")
+        )
         await asyncio.to_thread(self.store.open)
         runs, deliveries = await asyncio.to_thread(self.store.recover)
         if runs or deliveries:
@@ -149,7 +157,7 @@ class JobService:
             await client.aclose()
         if self.started:
             # A claim still finishing in a thread when its task was cancelled is handed back here.
-            await asyncio.to_thread(self.store.recover)
+            await asyncio.to_thread(self.store.recover, False)
         self.store.close()
         self.started = False
 

@@ -134,19 +134,23 @@ class JobStore:
                 self._db.close()
                 self._db = None
 
+    def _open_db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("job store is not open")
+        return self._db
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE: take the write lock up front, so read-then-write cannot interleave."""
         with self._lock:
-            if self._db is None:
-                raise RuntimeError("job store is not open")
-            self._db.execute("BEGIN IMMEDIATE")
+            db = self._open_db()
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
 
     def _transition(
         self,
@@ -212,21 +216,22 @@ class JobStore:
     def get(self, job_id: str, with_result: bool = False) -> Job | None:
         columns = _COLUMNS + (", result" if with_result else "")
         with self._lock:
-            assert self._db is not None, "job store is not open"
-            row = self._db.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = self._open_db().execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return Job.from_row(row) if row is not None else None
 
     def get_by_download_token(self, token: str) -> Job | None:
         with self._lock:
-            assert self._db is not None, "job store is not open"
-            row = self._db.execute(f"SELECT {_COLUMNS}, result FROM jobs WHERE download_token = ?", (token,)).fetchone()
+            row = (
+                self._open_db()
+                .execute(f"SELECT {_COLUMNS}, result FROM jobs WHERE download_token = ?", (token,))
+                .fetchone()
+            )
         return Job.from_row(row) if row is not None else None
 
     def counts(self) -> dict[str, int]:
         """Jobs per state, every state present (a gauge should read 0, not vanish)."""
         with self._lock:
-            assert self._db is not None, "job store is not open"
-            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+            rows = self._open_db().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         counts: dict[str, int] = dict.fromkeys(STATES, 0)
         counts.update({row[0]: row[1] for row in rows})
         return counts
@@ -239,8 +244,7 @@ class JobStore:
 
     def _min_due(self, where: str) -> float | None:
         with self._lock:
-            assert self._db is not None, "job store is not open"
-            value = self._db.execute(f"SELECT MIN(next_attempt_at) FROM jobs WHERE {where}").fetchone()[0]
+            value = self._open_db().execute(f"SELECT MIN(next_attempt_at) FROM jobs WHERE {where}").fetchone()[0]
         return float(value) if value is not None else None
 
     # -- running ---------------------------------------------------------------------------------
@@ -261,7 +265,7 @@ class JobStore:
         return Job.from_row(row)
 
     def count_attempt(self, job_id: str, delta: int = 1, error: str | None = None) -> int:
-        """Count a model call (+1 before it, so one cut short by a crash counts; -1 after a 503)."""
+        """Count `delta` model calls (0: only note the error); returns the new count."""
         with self._transaction() as db:
             row = db.execute(
                 "UPDATE jobs SET attempts = attempts + ?, last_error = COALESCE(?, last_error), "
@@ -373,15 +377,18 @@ class JobStore:
 
     # -- housekeeping ----------------------------------------------------------------------------
 
-    def recover(self) -> tuple[int, int]:
-        """At start: what a previous process left in flight is ours to redo. Returns (runs, deliveries)."""
+    def recover(self, count_interrupted: bool = True) -> tuple[int, int]:
+        """At start: what a previous process left in flight is ours to redo. Returns (runs, deliveries).
+
+        A run found `running` was cut short mid-call (a crash): it counts as an attempt.
+        """
         now = self._clock()
         with self._transaction() as db:
             runs = db.execute(
                 "UPDATE jobs SET state = 'queued', in_flight = 0, next_attempt_at = ?, updated_at = ?, "
-                "last_error = 'interrupted: the sidecar stopped during the model call' "
+                "attempts = attempts + ?, last_error = 'interrupted: the sidecar stopped during the model call' "
                 "WHERE state = 'running'",
-                (now, now),
+                (now, now, int(count_interrupted)),
             ).rowcount
             deliveries = db.execute(
                 "UPDATE jobs SET in_flight = 0, next_attempt_at = ?, updated_at = ? "

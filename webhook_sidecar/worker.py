@@ -4,6 +4,8 @@ What the model's answer means for the job:
 - 200: `succeeded`, the prediction is stored for delivery.
 - 503/429 or no connection (overloaded, or still loading at pod start): wait (Retry-After when given)
   and call again; not counted against `max_attempts`, bounded by the job timeout.
+Every other answered call counts as an attempt, and so does a call cut short by a crash (`recover`
+counts it), so a job that keeps killing the sidecar gives up after `max_attempts` restarts.
 - other 5xx or a dropped connection: counted; retried with back-off up to `max_attempts`.
 - 4xx (400: a bound the model server checks, e.g. prompt length): `failed` with its message.
 - no answer within the job timeout: `failed` (Bark may be stuck; a retry would double the load).
@@ -61,73 +63,75 @@ class JobRunner:
     async def _run(self, job: Job) -> None:
         settings = self.settings
         deadline = time.monotonic() + settings.job_timeout_s
-        attempts, waits = job.attempts, 0
-        if attempts >= settings.max_attempts:
-            await self._finish_failed(job, f"gave up after {attempts} model calls", None)
+        waits = 0
+        if job.attempts >= settings.max_attempts:
+            await self._finish_failed(job, f"gave up after {job.attempts} attempts", None)
             return
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 await self._finish_failed(job, f"timed out after {settings.job_timeout_s:g} s", None)
                 return
-            attempts = await asyncio.to_thread(self.store.count_attempt, job.id, 1)
             try:
-                response = await self.client.post(
-                    settings.model_url,
-                    json={"instances": [job.model_input]},
-                    headers=self.headers,
-                    timeout=httpx.Timeout(remaining, connect=min(remaining, 10.0)),
+                # httpx's timeout is per read; wait_for holds the whole call to the job's deadline.
+                response = await asyncio.wait_for(
+                    self.client.post(
+                        settings.model_url,
+                        json={"instances": [job.model_input]},
+                        headers=self.headers,
+                        timeout=httpx.Timeout(remaining, connect=min(remaining, 10.0)),
+                    ),
+                    remaining,
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-                # Nothing reached the model (not up yet): not the job's fault.
+                # Nothing reached the model (not up yet): not counted, the job timeout bounds it.
                 waits += 1
-                await asyncio.to_thread(self.store.count_attempt, job.id, -1, f"model server unreachable: {error!r}")
+                await self._note(job, 0, f"model server unreachable: {error!r}")
                 await self._sleep(backoff_s(waits, settings.retry_base_s, settings.retry_max_s), deadline)
                 continue
-            except httpx.TimeoutException:
-                await self._finish_failed(
-                    job,
-                    f"the model did not answer within the job timeout ({settings.job_timeout_s:g} s)",
-                    None,
-                )
+            except (httpx.TimeoutException, asyncio.TimeoutError):
+                await self._note(job, 1)
+                timeout = f"the model did not answer within the job timeout ({settings.job_timeout_s:g} s)"
+                await self._finish_failed(job, timeout, None)
                 return
             except httpx.TransportError as error:
-                if await self._retry_counted(job, attempts, f"model call broke off: {error!r}", None, deadline):
+                if await self._retry_counted(job, f"model call broke off: {error!r}", None, deadline):
                     continue
                 return
 
-            if response.status_code == 200:
-                await self._finish_succeeded(job, response)
-                return
-            message = _error_message(response)
-            if response.status_code in _BUSY:
+            status = response.status_code
+            if status in _BUSY:
                 waits += 1
-                await asyncio.to_thread(
-                    self.store.count_attempt, job.id, -1, f"model busy ({response.status_code}): {message}"
-                )
+                await self._note(job, 0, f"model busy ({status}): {_error_message(response)}")
                 delay = parse_retry_after(response.headers.get("retry-after"))
                 if delay is None:
                     delay = backoff_s(waits, settings.retry_base_s, settings.retry_max_s)
                 await self._sleep(delay, deadline)
                 continue
-            if response.status_code >= 500:
-                problem = f"model error ({response.status_code}): {message}"
-                if await self._retry_counted(job, attempts, problem, response.status_code, deadline):
+            if status >= 500:
+                problem = f"model error ({status}): {_error_message(response)}"
+                if await self._retry_counted(job, problem, status, deadline):
                     continue
                 return
-            await self._finish_failed(job, message, response.status_code)
+            await self._note(job, 1)
+            if status == 200:
+                await self._finish_succeeded(job, response)
+            else:
+                await self._finish_failed(job, _error_message(response), status)
             return
 
-    async def _retry_counted(
-        self, job: Job, attempts: int, error: str, status_code: int | None, deadline: float
-    ) -> bool:
+    async def _note(self, job: Job, counted: int, error: str | None = None) -> int:
+        """Count an answered model call (a 503 or no connection is not counted); keep the error."""
+        return await asyncio.to_thread(self.store.count_attempt, job.id, counted, error)
+
+    async def _retry_counted(self, job: Job, error: str, status_code: int | None, deadline: float) -> bool:
         """After a counted failure: True after waiting to call again, False once the job has failed."""
+        attempts = await self._note(job, 1, error)
         settings = self.settings
         if attempts >= settings.max_attempts:
             await self._finish_failed(job, f"{error} (gave up after {attempts} attempts)", status_code)
             return False
         logger.warning("job %s: %s; retrying", job.id, error)
-        await asyncio.to_thread(self.store.count_attempt, job.id, 0, error)
         await self._sleep(backoff_s(attempts, settings.retry_base_s, settings.retry_max_s), deadline)
         return True
 
@@ -139,9 +143,9 @@ class JobRunner:
         try:
             body = await asyncio.to_thread(response.json)
             prediction = body["predictions"][0]
+            if not isinstance(prediction, dict) or not isinstance(prediction.get("audio"), str):
+                raise TypeError("the prediction has no base64 `audio` string")
             audio = prediction["audio"]
-            if not isinstance(prediction, dict) or not isinstance(audio, str):
-                raise TypeError("audio is not a string")
         except (ValueError, KeyError, IndexError, TypeError) as error:
             await self._finish_failed(job, f"the model answered 200 without a prediction ({error!r})", 200)
             return

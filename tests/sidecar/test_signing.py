@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from typing import Any
 
 import pytest
 
+from tests.serving import REPO_ROOT
 from webhook_sidecar.signing import (
     InvalidSignature,
     generate_secret,
@@ -85,3 +87,17 @@ def test_any_of_several_signatures_may_match_for_secret_rotation() -> None:
     headers["webhook-signature"] = sign("old", "job-1", NOW, BODY) + " " + headers["webhook-signature"]
     verify("new", headers, BODY, now=NOW)
     verify("old", headers, BODY, now=NOW)
+
+
+def test_the_documented_receiver_snippet_verifies_our_signatures() -> None:
+    """docs/WEBHOOKS.md's standard-library `verify` accepts what we send and refuses a tampered body."""
+    docs = (REPO_ROOT / "docs" / "WEBHOOKS.md").read_text()
+    snippet = docs.split("Standard library only:", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)
+    documented_verify = namespace["verify"]
+    for secret in (generate_secret(), "a raw secret"):
+        headers = signature_headers(secret, "job-1", BODY)
+        documented_verify(secret, headers, BODY)
+        with pytest.raises(ValueError):
+            documented_verify(secret, headers, BODY + b" ")

@@ -93,7 +93,8 @@ def test_recover_requeues_running_jobs_and_makes_interrupted_deliveries_due(stor
     store.schedule_retry("waiting", 60.0, "receiver down", None)
     clock.now += 1
     assert store.recover() == (1, 1)
-    assert store.get("run").state == "queued"  # type: ignore[union-attr]
+    run = store.get("run")
+    assert run is not None and run.state == "queued" and run.attempts == 1, "the cut-short call counts"
     deliver = store.get("deliver")
     assert deliver is not None and deliver.state == "delivering" and not deliver.in_flight
     assert deliver.next_attempt_at == clock.now
