@@ -45,6 +45,7 @@ from transformers.models.bark.generation_configuration_bark import (  # noqa: E4
 
 from model_server.attention import use_sdpa_attention  # noqa: E402
 from model_server.decoding import StaticBarkDecoder  # noqa: E402
+from model_server.engine import tokenize_chunks  # noqa: E402
 from model_server.tiny import build_checkpoint  # noqa: E402
 
 TEXTS = [
@@ -182,15 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         for batch in args.batches:
             texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]
-            encoded = processor.tokenizer(
-                texts,
-                return_tensors="pt",
-                padding="max_length",
-                truncation=True,
-                max_length=semantic_config.max_input_semantic_length,
-                add_special_tokens=False,
-                return_attention_mask=True,
-            ).to(device)
+            encoded = tokenize_chunks(processor.tokenizer, texts, semantic_config.max_input_semantic_length, device)
             reference: dict[str, torch.Tensor] = {}
             for kind in kinds:
                 capture_s = None

@@ -10,12 +10,11 @@ Keys are compared in constant time and never logged.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
-from .disconnect import ASGIApp, Receive, Send
+from .asgi import ASGIApp, Receive, Send, send_json_error
 
 UNAUTHORIZED_MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
 
@@ -72,16 +71,4 @@ class ApiKeyAuth:
             error["code"] = "invalid_api_key"
         else:
             error = UNAUTHORIZED_MESSAGE
-        body = json.dumps({"error": error}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 401, {"error": error}, [(b"www-authenticate", b"Bearer")])

@@ -67,6 +67,19 @@ class _PerRowTokenBudget(StoppingCriteria):
         return generated >= self._budgets  # type: ignore[return-value]
 
 
+def tokenize_chunks(tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device) -> Any:
+    """Text ids as Bark's semantic stage wants them: no special tokens, padded to its fixed input length."""
+    return tokenizer(
+        list(texts),
+        return_tensors="pt",
+        padding="max_length",
+        truncation=True,
+        max_length=max_length,
+        add_special_tokens=False,
+        return_attention_mask=True,
+    ).to(device)
+
+
 def choose_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -168,15 +181,9 @@ class BarkEngine:
             torch.manual_seed(sampling.seed)
         history = self.voices.prompt(voice) if voice else None
         semantic_config, coarse_config, fine_config = self._configs(sampling, max(budgets))
-        encoded = self.processor.tokenizer(
-            list(texts),
-            return_tensors="pt",
-            padding="max_length",
-            truncation=True,
-            max_length=semantic_config.max_input_semantic_length,
-            add_special_tokens=False,
-            return_attention_mask=True,
-        ).to(self.device)
+        encoded = tokenize_chunks(
+            self.processor.tokenizer, texts, semantic_config.max_input_semantic_length, self.device
+        )
         stages: dict[str, float] = {}
         clock = time.perf_counter()
 

@@ -12,9 +12,7 @@ import logging
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
-import orjson
-
-from .disconnect import ASGIApp, Message, Receive, Send
+from .asgi import ASGIApp, Message, Receive, Send, send_json_error
 from .errors import InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -90,20 +88,8 @@ class BodySizeLimit:
     async def _refuse(self, send: Send, what: str) -> None:
         message = f"{what} is over the limit of {self.max_bytes} bytes (max_body_bytes)"
         logger.info("refused: %s", message)
-        body = orjson.dumps({"error": message})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                # The unread rest of the body cannot be skipped safely: end the connection after this.
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        # The unread rest of the body cannot be skipped safely: end the connection after this.
+        await send_json_error(send, 413, {"error": message}, [(b"connection", b"close")])
 
 
 def _content_length(scope: MutableMapping[str, Any]) -> int | None:
