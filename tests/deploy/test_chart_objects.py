@@ -71,6 +71,15 @@ def test_unset_server_settings_are_not_rendered(default: Objects) -> None:
     assert env["BARK_LOG_FORMAT"] == "json"
 
 
+def test_server_times_out_just_before_knative_cuts_the_request(default: Objects, helm: Helm) -> None:
+    """A clean 504 from the server beats a connection reset from the platform's timeout."""
+    assert env_of(container(default, "kserve-container"))["BARK_REQUEST_TIMEOUT_S"] == "590"
+    shorter = helm.render("--set", "requestTimeoutSeconds=120")
+    assert env_of(container(shorter, "kserve-container"))["BARK_REQUEST_TIMEOUT_S"] == "110"
+    explicit = helm.render("--set", "server.requestTimeoutS=45")
+    assert env_of(container(explicit, "kserve-container"))["BARK_REQUEST_TIMEOUT_S"] == "45"
+
+
 def test_set_server_settings_become_bark_env_vars(helm: Helm) -> None:
     objects = helm.render(
         "--set", "server.maxBatchSize=8", "--set", "server.maxWaitMs=0", "--set", "server.attention=sdpa",
