@@ -24,6 +24,7 @@ from .limits import BodySizeLimit
 from .logs import configure_logging
 from .model import BarkTTS
 from .openapi import document_api
+from .outcomes import CountOutcomes
 from .routes import register_routes
 from .tiny import build_checkpoint
 
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     keys = load_api_keys(settings.api_keys, settings.api_keys_file)
     if keys:
         app.add_middleware(ApiKeyAuth, keys=keys, protect_metrics=settings.metrics_require_auth)
+    app.add_middleware(CountOutcomes)  # outermost of ours: sees 401 and 413 too
     logger.info("API-key auth %s", f"on ({len(keys)} keys)" if keys else "off (no keys configured)")
     register_routes(app, model)
     document_api(app, settings)

@@ -25,6 +25,7 @@ from .engine import BarkEngine, Sampling
 from .errors import GenerationFailed, Overloaded, RequestTimedOut
 from .faults import release_cached_memory, run_splitting_on_oom
 from .limits import check_output_seconds
+from .outcomes import note_reason
 from .scheduler import BatchFailed, Scheduler
 from .schema import SynthesisRequest, SynthesisResult, parse_predict_body
 from .text import chunk_text
@@ -167,7 +168,7 @@ class BarkTTS(Model):
         return Synthesis(waveform=joined, chunks=len(chunks))
 
     async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
-        """Count every request by outcome, whichever stage (validation, queue, generation) ends it."""
+        """One request id for logs and errors; a log line for every outcome (outcomes.py counts them)."""
         outcome = ("200", "ok")
         started = time.perf_counter()
         # One id for the log lines and the error body; predict() reads it from the same headers.
@@ -195,7 +196,7 @@ class BarkTTS(Model):
             logger.exception("request %s failed", request_id)
             raise GenerationFailed(str(error) or type(error).__name__, request_id) from error
         finally:
-            metrics.REQUESTS.labels(route="v1_predict", code=outcome[0], reason=outcome[1]).inc()
+            note_reason(outcome[1])
             if outcome[0] != "200":
                 fields = {
                     "request_id": request_id,

@@ -91,3 +91,12 @@ def test_speech_route_needs_a_key_and_answers_in_openai_shape(guarded_server):
         guarded_server.url + "/v1/audio/speech", json=body, headers={"authorization": f"Bearer {KEYS[0]}"}, timeout=60
     )
     assert allowed.status_code == 200 and allowed.headers["content-type"] == "audio/wav"
+
+
+def test_refused_keys_are_counted_as_401_outcomes(guarded_server):
+    from tests.test_batching_http import metric
+
+    series = 'bark_requests_total{code="401",reason="unauthorized",route="v1_predict"}'
+    before = metric(guarded_server.url, series)
+    httpx.post(guarded_server.url + PREDICT, json=short_body(), timeout=60)
+    assert metric(guarded_server.url, series) == before + 1

@@ -139,3 +139,19 @@ def test_voices_are_listed_with_their_language(server):
     names = {voice["name"] for voice in voices}
     assert {f"v2/en_speaker_{n}" for n in range(10)} <= names
     assert all(voice["language"] == "en" for voice in voices)
+
+
+def test_every_outcome_is_counted_even_when_kserve_rejects_the_body(server):
+    from tests.test_batching_http import metric
+
+    series = 'bark_requests_total{code="400",reason="invalid_input",route="v1_predict"}'
+    ok_series = 'bark_requests_total{code="200",reason="ok",route="v1_predict"}'
+    before, ok_before = metric(server.url, series), metric(server.url, ok_series)
+    with server.client() as client:
+        assert (
+            client.post(PREDICT, content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+        )
+        assert client.post(PREDICT, json={"instances": [{"prompt": ""}]}).status_code == 400
+        assert client.post(PREDICT, json={"prompt": "Counted once."}).status_code == 200
+    assert metric(server.url, series) == before + 2
+    assert metric(server.url, ok_series) == ok_before + 1

@@ -9,12 +9,12 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from .. import metrics
 from ..audio import FORMATS
 from ..errors import InvalidInput, Overloaded, RequestTimedOut
 from ..model import BarkTTS
+from ..outcomes import DEFAULT_REASONS, note_reason
 from .protocol import SpeechRequest, openai_error
-from .serving import ROUTE, SpeechService
+from .serving import SpeechService
 
 SPEECH_PATH = "/v1/audio/speech"
 logger = logging.getLogger(__name__)
@@ -27,7 +27,8 @@ def _param_of(message: str) -> str | None:
 
 
 def _error(status: int, message: str, kind: str, code: str | None = None, headers: dict | None = None) -> JSONResponse:
-    metrics.REQUESTS.labels(route=ROUTE, code=str(status), reason=code or kind).inc()
+    # The metric's reason uses the same bounded words as v1 predict (outcomes.DEFAULT_REASONS).
+    note_reason(code or DEFAULT_REASONS.get(status, "other"))
     body = openai_error(message, kind, _param_of(message) if status == 400 else None, code)
     return JSONResponse(status_code=status, content=body, headers=headers)
 
@@ -49,7 +50,6 @@ def register_speech_route(app: FastAPI, model: BarkTTS) -> None:
             fmt = plan.request.response_format
             content_type = FORMATS[fmt].content_type
             if plan.request.streaming is not None:
-                metrics.REQUESTS.labels(route=ROUTE, code="200", reason="ok").inc()
                 stream = service.sse_events(plan) if plan.request.streaming == "sse" else service.audio_pieces(plan)
                 return StreamingResponse(stream, media_type=media[plan.request.streaming] or content_type)
             data = await asyncio.wait_for(service.whole(plan), model.settings.request_timeout_s)
@@ -64,7 +64,6 @@ def register_speech_route(app: FastAPI, model: BarkTTS) -> None:
             logger.exception("speech request %s failed", request_id)
             message = f"generation failed (request id {request_id}): {type(error).__name__}"
             return _error(500, message, "server_error", "generation_error", {"x-request-id": request_id})
-        metrics.REQUESTS.labels(route=ROUTE, code="200", reason="ok").inc()
         return Response(content=data, media_type=content_type)
 
     app.add_api_route(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import ValidationError
 
+from .. import metrics
 from ..audio import FORMATS, change_speed, encode, stream_encoder, streaming_formats
 from ..errors import InvalidInput
 from ..limits import check_output_seconds
@@ -67,7 +68,9 @@ class SpeechService:
         started = time.perf_counter()
         result = await self.model.synthesize(plan.synthesis, plan.chunks)
         waveform = change_speed(result.waveform, plan.request.speed)
+        encoding_started = time.perf_counter()
         data = await asyncio.to_thread(encode, waveform, self.model.sample_rate, plan.request.response_format)
+        metrics.STAGE_LATENCY.labels(stage="encode").observe(time.perf_counter() - encoding_started)
         self._done(plan, result.chunks, started, len(waveform))
         return data
 

@@ -41,12 +41,13 @@ def test_prometheus_sees_the_requests_we_made(server: RunningServer, prometheus:
     # Outcomes: three 200s and exactly one 400 (invalid_input) more than before.
     for code, reason, added in (("200", "ok", GOOD_REQUESTS), ("400", "invalid_input", 1)):
         expected = total(before, "bark_requests_total", code=code, reason=reason) + added
-        assert prometheus.value(f'sum(bark_requests_total{{{SELECT}, code="{code}"}})') == expected, code
+        query = f'sum(bark_requests_total{{{SELECT}, code="{code}", reason="{reason}"}})'
+        assert prometheus.value(query) == expected, code
 
     # Audio was produced, and Prometheus holds the same total as the server.
     audio = prometheus.value(f'bark_audio_seconds_total{{{SELECT}, route="v1_predict"}}')
-    assert audio > total(before, "bark_audio_seconds_total") >= 0
-    assert math.isclose(audio, total(after, "bark_audio_seconds_total"), rel_tol=1e-9)
+    assert audio > total(before, "bark_audio_seconds_total", route="v1_predict") >= 0
+    assert math.isclose(audio, total(after, "bark_audio_seconds_total", route="v1_predict"), rel_tol=1e-9)
 
     # Batches: at least one generate call, each timed once per model stage.
     batches = prometheus.value(f"bark_batch_size_count{{{SELECT}}}") - total(before, "bark_batch_size_count")

@@ -1,0 +1,86 @@
+"""Count every synthesis request by outcome, whichever layer answers it.
+
+A request can end in KServe's body decoding (not JSON: 400), in our middlewares (no key: 401, too
+large: 413), in the model (400, 503, 504, 500), or with the client gone (499). Counting inside the
+model alone misses the first two, so this outermost ASGI middleware counts the status that was
+actually sent. Inner layers may name a finer reason with `note_reason` (it travels in a context
+variable holding a mutable record, so it crosses into the tasks that run the handler).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import MutableMapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from . import metrics
+from .asgi import ASGIApp, Message, Receive, Send
+
+_PREDICT = re.compile(r"^/v1/models/[^/]+:predict$")
+_ROUTES = {"/v1/audio/speech": "openai_speech"}
+
+#: The reason recorded when no layer named one; bounded, like every label value.
+DEFAULT_REASONS = {
+    200: "ok",
+    400: "invalid_input",
+    401: "unauthorized",
+    404: "not_found",
+    413: "body_too_large",
+    499: "cancelled",
+    500: "generation_error",
+    503: "unavailable",
+    504: "timeout",
+}
+
+
+@dataclass
+class _Outcome:
+    reason: str | None = None
+
+
+_current: ContextVar[_Outcome | None] = ContextVar("bark_request_outcome", default=None)
+
+
+def note_reason(reason: str) -> None:
+    """Name why the current request ends as it does (e.g. `overloaded` for a 503)."""
+    outcome = _current.get()
+    if outcome is not None:
+        outcome.reason = reason
+
+
+def route_of(path: str) -> str | None:
+    if _PREDICT.match(path):
+        return "v1_predict"
+    return _ROUTES.get(path)
+
+
+class CountOutcomes:
+    """ASGI middleware: `bark_requests_total{route, code, reason}` once per synthesis request."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        route = route_of(str(scope.get("path", ""))) if scope["type"] == "http" else None
+        if route is None or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        outcome = _Outcome()
+        token = _current.set(outcome)
+        status: int | None = None
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        finally:
+            _current.reset(token)
+            code = status if status is not None else 499  # no response: the client went away
+            reason = outcome.reason or DEFAULT_REASONS.get(code, "other")
+            metrics.REQUESTS.labels(route=route, code=str(code), reason=reason).inc()
