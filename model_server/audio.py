@@ -46,11 +46,16 @@ _AV_FORMATS = {
 _SOUNDFILE_FORMATS = {"wav": "WAV", "flac": "FLAC"}
 
 
+def silence(sample_rate: int, pause_ms: int) -> np.ndarray:
+    """The pause put between chunks, whether they are joined whole or streamed one by one."""
+    return np.zeros(int(sample_rate * pause_ms / 1000), dtype=np.float32)
+
+
 def join_with_pauses(parts: Sequence[np.ndarray], sample_rate: int, pause_ms: int) -> np.ndarray:
     """Concatenate mono float waveforms in order with `pause_ms` of silence between them."""
     if not parts:
         return np.zeros(0, dtype=np.float32)
-    pause = np.zeros(int(sample_rate * pause_ms / 1000), dtype=np.float32)
+    pause = silence(sample_rate, pause_ms)
     pieces: list[np.ndarray] = []
     for index, part in enumerate(parts):
         if index:

@@ -123,8 +123,26 @@ def hf_semantic(
         attention_mask=encoded["attention_mask"],
         history_prompt=voice_history,
         semantic_generation_config=config,
-        stopping_criteria=StoppingCriteriaList([_PerRowTokenBudget(budgets, 257, CPU)]),
+        stopping_criteria=StoppingCriteriaList([_PerRowTokenBudget(budgets, 257, model.device)]),
         pad_token_id=config.semantic_pad_token,
+    )
+
+
+def hf_coarse(
+    model: BarkModel,
+    semantic: torch.Tensor,
+    voice_history: dict[str, torch.Tensor] | None,
+    semantic_config: BarkSemanticGenerationConfig,
+    coarse_config: BarkCoarseGenerationConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' coarse stage with output lengths, on a copy (it overwrites its input in place)."""
+    return model.coarse_acoustics.generate(
+        semantic.clone(),
+        history_prompt=voice_history,
+        semantic_generation_config=semantic_config,
+        coarse_generation_config=coarse_config,
+        codebook_size=1024,
+        return_output_lengths=True,
     )
 
 
@@ -149,14 +167,7 @@ def test_greedy_semantic_and_coarse_tokens_equal_transformers(
     # Each row stopped at its own budget and was padded with the pad (= EOS) token after it.
     assert (semantic != semantic_config.semantic_pad_token).sum(1).tolist() == budgets
 
-    expected_coarse, expected_lengths = model.coarse_acoustics.generate(
-        expected.clone(),  # transformers overwrites its input in place
-        history_prompt=voice_history,
-        semantic_generation_config=semantic_config,
-        coarse_generation_config=coarse_config,
-        codebook_size=1024,
-        return_output_lengths=True,
-    )
+    expected_coarse, expected_lengths = hf_coarse(model, expected, voice_history, semantic_config, coarse_config)
     coarse, lengths = decoder.coarse(semantic, voice_history, semantic_config, coarse_config, 1024)
     assert coarse.shape[1] > coarse_config.sliding_window_len  # more than one sliding window ran
     assert torch.equal(coarse, expected_coarse)
@@ -276,14 +287,7 @@ def test_the_graph_replay_path_reproduces_transformers(
         encoded["input_ids"], encoded["attention_mask"], voice_history, semantic_config, [30, 20, 30]
     )
     assert torch.equal(semantic, expected)
-    expected_coarse, _ = model.coarse_acoustics.generate(
-        expected.clone(),
-        history_prompt=voice_history,
-        semantic_generation_config=semantic_config,
-        coarse_generation_config=coarse_config,
-        codebook_size=1024,
-        return_output_lengths=True,
-    )
+    expected_coarse, _ = hf_coarse(model, expected, voice_history, semantic_config, coarse_config)
     coarse, _ = decoder.coarse(semantic, voice_history, semantic_config, coarse_config, 1024)
     assert torch.equal(coarse, expected_coarse)
     assert len(graphs) == 18  # nothing was captured during generation
@@ -324,26 +328,12 @@ def test_real_cuda_graphs_reproduce_transformers(tiny_checkpoint: Path, processo
     semantic_config, coarse_config = configs(on_gpu, 30)
     decoder = build_decoder(on_gpu, "cudagraph", cuda, max_batch_size=4)
     assert isinstance(decoder, StaticBarkDecoder) and decoder.use_cuda_graphs
-    expected = on_gpu.semantic.generate(
-        encoded["input_ids"],
-        attention_mask=encoded["attention_mask"],
-        history_prompt=voice_history,
-        semantic_generation_config=semantic_config,
-        stopping_criteria=StoppingCriteriaList([_PerRowTokenBudget([30, 20, 30], 257, cuda)]),
-        pad_token_id=semantic_config.semantic_pad_token,
-    )
+    expected = hf_semantic(on_gpu, encoded, voice_history, semantic_config, [30, 20, 30])
     semantic = decoder.semantic(
         encoded["input_ids"], encoded["attention_mask"], voice_history, semantic_config, [30, 20, 30]
     )
     assert torch.equal(semantic, expected)
-    expected_coarse, _ = on_gpu.coarse_acoustics.generate(
-        expected.clone(),
-        history_prompt=voice_history,
-        semantic_generation_config=semantic_config,
-        coarse_generation_config=coarse_config,
-        codebook_size=1024,
-        return_output_lengths=True,
-    )
+    expected_coarse, _ = hf_coarse(on_gpu, expected, voice_history, semantic_config, coarse_config)
     coarse, _ = decoder.coarse(semantic, voice_history, semantic_config, coarse_config, 1024)
     assert torch.equal(coarse, expected_coarse)
     assert decoder.use_cuda_graphs  # no capture failed along the way

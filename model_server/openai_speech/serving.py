@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from .. import metrics
-from ..audio import FORMATS, change_speed, encode, stream_encoder, streaming_formats
+from ..audio import FORMATS, change_speed, encode, silence, stream_encoder, streaming_formats
 from ..errors import InvalidInput
 from ..limits import check_output_seconds
 from ..model import BarkTTS, ChunkPayload, sampling_of
@@ -83,7 +83,7 @@ class SpeechService:
         key = (plan.synthesis.voice, sampling_of(plan.synthesis))
         futures = model.scheduler.enqueue(key, chunks, urgent_first=True)
         encoder = stream_encoder(plan.request.response_format, model.sample_rate)
-        pause = np.zeros(int(model.sample_rate * model.settings.pause_ms / 1000), dtype=np.float32)
+        pause = silence(model.sample_rate, model.settings.pause_ms)
         samples = 0
         try:
             for index, future in enumerate(futures):

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serving import free_port
+from tests.serving import free_port, stop_process
 
 #: Scrape and rule evaluation period of the test Prometheus: short, so tests wait seconds, not minutes.
 SCRAPE_INTERVAL_S = 1.0
@@ -170,12 +170,7 @@ def running_prometheus(
         _wait_ready(prometheus, ready_timeout_s)
         yield prometheus
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace_s=15)
 
 
 def _wait_ready(prometheus: Prometheus, timeout_s: float) -> None:
