@@ -3,7 +3,7 @@
 Why this exists: transformers' `generate` runs every decoding step eagerly with a growing cache.
 For Bark's small transformers that is almost all kernel-launch overhead: one step of bark-small's
 12 blocks takes 5.3 ms eagerly and 0.53 ms replayed as a CUDA graph (H200, fp16, see
-`/work/shared/probes`), and a minute of speech needs ~3,000 sequential semantic + coarse steps.
+`benchmarks/RESULTS.md`), and a minute of speech needs ~3,000 sequential semantic + coarse steps.
 
 What it does: it reads the loaded `BarkCausalModel` weights in place (no new checkpoint format) and
 re-implements its forward with a preallocated K/V cache of shape

@@ -21,8 +21,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bark-tts"
-# shared/ sits beside the clone, in CI as here.
-CRD_PATH = REPO.parent / "shared" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
+# Vendored with its license (third_party/kserve/README.md says where and which version it came from).
+CRD_PATH = REPO / "third_party" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
 RELEASE = "bark-tts"
 NAMESPACE = "default"
 # Every variant the docs describe: the defaults plus each ci/*.yaml file.

@@ -34,7 +34,7 @@ def test_values_schema_is_a_valid_draft7_schema() -> None:
 @pytest.fixture(scope="module")
 def isvc_validator() -> Any:
     jsonschema = require_module("jsonschema")
-    assert CRD_PATH.is_file(), f"KServe CRD not found at {CRD_PATH} (shared/ must sit beside the repo)"
+    assert CRD_PATH.is_file(), f"KServe CRD not found at {CRD_PATH} (vendored in third_party/kserve/)"
     return jsonschema.Draft202012Validator(load_crd_schema(CRD_PATH))
 
 
