@@ -41,6 +41,7 @@ WORKDIR /opt/bark-kserve
 COPY pyproject.toml README.md ./
 COPY model_server/ model_server/
 COPY webhook_sidecar/ webhook_sidecar/
+COPY bark_common/ bark_common/
 RUN pip install . \
  && if [ "$WITH_FLASH_ATTN" = "1" ]; then \
       pip install packaging==25.0 ninja==1.13.0 psutil==7.1.3 \

@@ -13,29 +13,15 @@ import base64
 import io
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import soundfile as sf
 
-AudioFormat = Literal["wav", "flac", "mp3", "opus", "aac", "pcm"]
-
-
-@dataclass(frozen=True)
-class FormatInfo:
-    content_type: str
-    streams: bool
-
-
-FORMATS: dict[str, FormatInfo] = {
-    "wav": FormatInfo("audio/wav", streams=True),
-    "flac": FormatInfo("audio/flac", streams=False),
-    "mp3": FormatInfo("audio/mpeg", streams=True),
-    "opus": FormatInfo("audio/ogg; codecs=opus", streams=True),
-    "aac": FormatInfo("audio/aac", streams=False),
-    "pcm": FormatInfo("audio/pcm", streams=True),
-}
+# One format table for the server and the sidecar's downloads (bark_common has no heavy imports).
+from bark_common.formats import FORMATS as FORMATS
+from bark_common.formats import AudioFormat as AudioFormat
+from bark_common.formats import FormatInfo as FormatInfo
 
 #: PyAV container format, codec and muxer options per compressed format.
 _AV_FORMATS = {

@@ -26,14 +26,14 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from model_server.schema import describe_validation_error
+from bark_common.schema import describe_validation_error
 
 from .auth import Unauthorized, authenticated_key, principal
 from .config import Settings
 from .delivery import DEFAULT_EVENT_SOURCE, iso_time
+from .jobs import DELIVERABLE, Job
 from .protocol import EVENT_ACCEPTED, AsyncPredictRequest, JobAccepted, JobStatus
 from .service import JobService, request_hash
-from .store import DELIVERABLE, Job
 from .urls import UnsafeUrl, check_webhook_url_async
 
 IDEMPOTENCY_HEADER = "idempotency-key"

@@ -18,6 +18,7 @@ from model_server.auth import load_api_keys
 from .signing import generate_secret
 
 logger = logging.getLogger("webhook_sidecar")
+_STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 
 
 class Settings(BaseSettings):
@@ -32,6 +33,15 @@ class Settings(BaseSettings):
         default=SecretStr(""), description="sent to the model server; empty: the first of API_KEYS, if any"
     )
     db_path: Path = Path("/var/lib/bark-jobs/jobs.sqlite3")
+    database_url: SecretStr = Field(
+        default=SecretStr(""),
+        description="sqlite:///abs/path (one sidecar) or postgresql://user:pass@host:5432/db (shared by "
+        "any number of sidecars); empty: SQLite at db_path",
+    )
+    lease_s: float = Field(
+        default=60.0, ge=1, description="PostgreSQL store: a claimed job's lease, renewed every lease_s/3"
+    )
+    db_pool_size: int = Field(default=10, ge=1, description="PostgreSQL store: connections per sidecar")
 
     webhook_secret: SecretStr = Field(
         default=SecretStr(""),
@@ -63,6 +73,29 @@ class Settings(BaseSettings):
     job_retention_s: int = Field(default=7 * 86_400, ge=60, description="finished jobs are purged after this")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_store(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url and not url.startswith(_STORE_SCHEMES):
+            raise ValueError("must start with sqlite:/// or postgresql:// (postgres:// also accepted)")
+        return value
+
+    @property
+    def store_url(self) -> str:
+        """The job store's URL; `sqlite:///<db_path>` when none is set."""
+        return self.database_url.get_secret_value() or f"sqlite:///{self.db_path}"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file of `store_url` (`sqlite:///var/x.db` is `/var/x.db`), or None for PostgreSQL."""
+        url = self.database_url.get_secret_value()
+        if not url:
+            return self.db_path
+        if not url.startswith("sqlite:"):
+            return None
+        return Path("/" + url.removeprefix("sqlite:").lstrip("/"))
 
     @field_validator("api_keys_file", mode="before")
     @classmethod

@@ -24,11 +24,11 @@ from cloudevents.conversion import to_structured
 from cloudevents.http import CloudEvent
 
 from .config import Settings
+from .jobs import Job, StaleJob, Store
 from .metrics import SidecarMetrics
 from .protocol import EVENT_COMPLETED, EVENT_FAILED
 from .retry import backoff_s, parse_retry_after
 from .signing import signature_headers
-from .store import Job, JobStore, StaleJob
 from .urls import Allowlist, UnresolvableHost, UnsafeUrl, check_webhook_url_async
 
 logger = logging.getLogger("webhook_sidecar.delivery")
@@ -80,7 +80,7 @@ class Deliverer:
 
     def __init__(
         self,
-        store: JobStore,
+        store: Store,
         settings: Settings,
         metrics: SidecarMetrics,
         client: httpx.AsyncClient,

@@ -1,6 +1,6 @@
 """The wire format of the job API: what `/async_predict` and a CloudEvent carry, what comes back.
 
-`model_input` is the model server's own `SynthesisRequest` (imported, one definition), so a job accepts
+`model_input` is the model server's own `SynthesisRequest` (bark_common.schema, one definition), so a job accepts
 exactly what `/v1/models/bark:predict` accepts as an instance.
 """
 
@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from model_server.schema import SynthesisRequest
+from bark_common.schema import SynthesisRequest
 
 from .urls import UnsafeUrl, parse_webhook_url
 

@@ -3,6 +3,10 @@
 Loops poll the store (the source of truth) and are woken early by intake and finished runs, so a new
 job starts at once and a restart needs no in-memory state. Run loops stop claiming when draining;
 delivery loops keep going until `stop`, so results finished during the drain still go out.
+
+With a shared (PostgreSQL) store a lease loop renews this sidecar's leases and takes over rows whose
+lease lapsed (another sidecar died); jobs queued by another replica are found by polling
+(`poll_interval_s`). At stop everything still held is released at once for the other replicas.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import httpx
 
 from .config import Settings
 from .delivery import Deliverer
+from .jobs import Job, StaleJob, Store
 from .metrics import SidecarMetrics
 from .protocol import AsyncPredictRequest
-from .store import Job, JobStore
+from .store import JobStore
+from .store_postgres import PostgresJobStore
 from .urls import Allowlist
 from .worker import JobRunner
 
@@ -32,6 +38,15 @@ logger = logging.getLogger("webhook_sidecar")
 
 _PURGE_INTERVAL_S = 60.0
 T = TypeVar("T")
+
+
+def open_store(settings: Settings, on_transition: Callable[[str], None]) -> Store:
+    """The store `SIDECAR_DATABASE_URL` names: SQLite (one process) or PostgreSQL (shared)."""
+    path = settings.sqlite_path
+    if path is not None:
+        return JobStore(path, on_transition=on_transition)
+    pool_size = settings.db_pool_size
+    return PostgresJobStore(settings.store_url, settings.lease_s, on_transition=on_transition, pool_size=pool_size)
 
 
 def new_job_id() -> str:
@@ -53,7 +68,7 @@ class JobService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.with_webhook_secret()
         self.metrics = SidecarMetrics()
-        self.store = JobStore(settings.db_path, on_transition=self.metrics.count_transition)
+        self.store = open_store(self.settings, self.metrics.count_transition)
         self.api_keys = self.settings.load_api_keys()
         self.allowlist = Allowlist.parse(settings.webhook_allowlist)
         self.started = False
@@ -89,10 +104,12 @@ class JobService:
             *(asyncio.create_task(self._delivery_loop(deliverer)) for _ in range(settings.delivery_concurrency)),
             asyncio.create_task(self._purge_loop()),
         ]
+        if self.store.shared:
+            self._tasks.append(asyncio.create_task(self._lease_loop()))
         self.started = True
         logger.info(
             "job service started: store %s, model %s, concurrency %d, retry window %.0f s",
-            settings.db_path,
+            self.store.describe(),
             settings.model_url,
             settings.concurrency,
             settings.retry_window_s,
@@ -134,6 +151,9 @@ class JobService:
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             if self.runs_in_flight == 0 and self.deliveries_in_flight == 0:
+                if self.store.shared:  # due deliveries are the other replicas' to make
+                    logger.info("drained: nothing in flight")
+                    return True
                 due = await asyncio.to_thread(self.store.next_delivery_due)
                 if due is None or due > time.time():
                     logger.info("drained: nothing in flight")
@@ -156,8 +176,14 @@ class JobService:
         for client in self._clients:
             await client.aclose()
         if self.started:
-            # A claim still finishing in a thread when its task was cancelled is handed back here.
-            await asyncio.to_thread(self.store.recover, False)
+            # A claim still finishing in a thread when its task was cancelled is handed back here;
+            # with a shared store the other replicas take it over at once, not after the lease.
+            try:
+                runs, deliveries = await asyncio.to_thread(self.store.release_all)
+                if runs or deliveries:
+                    logger.info("handed back %d runs and %d deliveries", runs, deliveries)
+            except Exception:
+                logger.exception("could not hand work back; it returns when its lease lapses")
         self.store.close()
         self.started = False
 
@@ -174,6 +200,8 @@ class JobService:
             self.runs_in_flight += 1
             try:
                 await runner.run(job)
+            except StaleJob as error:
+                logger.warning("job %s: %s (its lease lapsed; another sidecar took it over)", job.id, error)
             except Exception as error:
                 # Nothing a job does may end a loop. Back to the queue: attempts bound the retries.
                 logger.exception("job %s: unexpected error while running", job.id)
@@ -192,6 +220,8 @@ class JobService:
             self.deliveries_in_flight += 1
             try:
                 await deliverer.deliver(job)
+            except StaleJob as error:
+                logger.warning("job %s: %s (its lease lapsed; another sidecar took it over)", job.id, error)
             except Exception as error:
                 logger.exception("job %s: unexpected error while delivering", job.id)
                 await self._guarded(self.store.schedule_retry, job.id, 1.0, f"internal error: {error!r}", None)
@@ -204,6 +234,26 @@ class JobService:
             if purged:
                 logger.info("purged %d finished jobs past retention", purged)
             await asyncio.sleep(_PURGE_INTERVAL_S)
+
+    async def _lease_loop(self) -> None:
+        """Shared store: renew our leases every lease/3; take over lapsed ones every lease/4 at most."""
+        lease_s = self.settings.lease_s
+        renew_every = lease_s / 3
+        recover_every = max(self.settings.poll_interval_s, min(lease_s / 4, 5.0))
+        next_renew = next_recover = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_renew:
+                await self._guarded(self.store.renew)
+                next_renew = now + renew_every
+            if now >= next_recover:
+                taken = await self._guarded(self.store.recover)
+                if taken and any(taken):
+                    logger.warning("took over %d runs and %d deliveries whose lease lapsed", *taken)
+                    self.wake_runs()
+                    self.wake_delivery()
+                next_recover = now + recover_every
+            await asyncio.sleep(max(0.01, min(next_renew, next_recover) - time.monotonic()))
 
     async def _idle(self, wakeup: asyncio.Event, next_due: Callable[[], float | None]) -> None:
         """Sleep until woken, the next due time, or the poll interval, whichever comes first."""

@@ -1,10 +1,9 @@
-"""The durable job store: SQLite in WAL mode, every state change one short transaction.
+"""The single-process job store (`sqlite:///path`): SQLite in WAL mode, one short transaction per change.
 
-States: queued -> running -> succeeded | failed -> delivering -> delivered | dead. A transition
-names the states it may come from, so a stale caller changes nothing (and learns it). `in_flight`
-marks a row some task of this process is working on; only one process owns a store (one pod, one
-volume), so at start `recover` hands every in-flight row back: `running` -> `queued`, and `delivering`
-due at once. `synchronous=FULL` makes a commit survive a power cut, not only a killed process.
+States and transitions are in jobs.py. `in_flight` marks a row some task of this process is working on;
+only one process owns a store (one pod, one volume), so at start `recover` hands every in-flight row
+back: `running` -> `queued`, and `delivering` due at once. `synchronous=FULL` makes a commit survive a
+power cut, not only a killed process. Several sidecars need the PostgreSQL store (store_postgres.py).
 """
 
 from __future__ import annotations
@@ -15,15 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .jobs import COLUMNS as _COLUMNS
+from .jobs import DELIVERABLE, INTERRUPTED_RUN, STATES, Job, StaleJob, TransitionHook
 from .protocol import JobState, Outcome
 
-STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "delivering", "delivered", "dead")
-#: States whose result waits for (another) webhook attempt.
-DELIVERABLE: tuple[JobState, ...] = ("succeeded", "failed", "delivering")
+__all__ = ["DELIVERABLE", "STATES", "Job", "JobStore", "StaleJob"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -53,63 +51,18 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, in_flight, next_attempt_at);
 """
-_COLUMNS = (
-    "id, idempotency_key, request_hash, model_input, webhook_endpoint, public_base, state, outcome, error, "
-    "attempts, delivery_attempts, in_flight, created_at, updated_at, started_at, finished_at, "
-    "delivered_at, next_attempt_at, last_error, last_status_code, download_token, download_expires_at"
-)
-
-
-class StaleJob(RuntimeError):
-    """A transition found the job in another state than expected (nothing was changed)."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """One row. `result` is loaded only where it is needed (delivery, downloads): it holds the audio."""
-
-    id: str
-    idempotency_key: str | None
-    request_hash: str
-    model_input: dict[str, Any]
-    webhook_endpoint: str
-    public_base: str
-    state: JobState
-    outcome: Outcome | None
-    error: str | None
-    attempts: int
-    delivery_attempts: int
-    in_flight: bool
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-    delivered_at: float | None
-    next_attempt_at: float
-    last_error: str | None
-    last_status_code: int | None
-    download_token: str | None
-    download_expires_at: float | None
-    result: dict[str, Any] | None = None
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
-        values = dict(row)
-        values["model_input"] = json.loads(values["model_input"])
-        values["in_flight"] = bool(values["in_flight"])
-        if "result" in values:
-            values["result"] = json.loads(values["result"]) if values["result"] is not None else None
-        return cls(**values)
 
 
 class JobStore:
     """Thread-safe access to one SQLite file; async callers wrap calls in `asyncio.to_thread`."""
 
+    shared = False
+
     def __init__(
         self,
         path: Path,
         clock: Callable[[], float] = time.time,
-        on_transition: Callable[[JobState], None] | None = None,
+        on_transition: TransitionHook | None = None,
     ) -> None:
         self.path = path
         self._clock = clock
@@ -133,6 +86,9 @@ class JobStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+    def describe(self) -> str:
+        return f"sqlite:///{self.path}"
 
     def _open_db(self) -> sqlite3.Connection:
         if self._db is None:
@@ -377,6 +333,14 @@ class JobStore:
 
     # -- housekeeping ----------------------------------------------------------------------------
 
+    def renew(self) -> int:
+        """No leases here: the file has one owner."""
+        return 0
+
+    def release_all(self) -> tuple[int, int]:
+        """Shutdown: whatever is still in flight goes back (the cut-short call is not counted)."""
+        return self.recover(count_interrupted=False)
+
     def recover(self, count_interrupted: bool = True) -> tuple[int, int]:
         """At start: what a previous process left in flight is ours to redo. Returns (runs, deliveries).
 
@@ -386,9 +350,9 @@ class JobStore:
         with self._transaction() as db:
             runs = db.execute(
                 "UPDATE jobs SET state = 'queued', in_flight = 0, next_attempt_at = ?, updated_at = ?, "
-                "attempts = attempts + ?, last_error = 'interrupted: the sidecar stopped during the model call' "
+                "attempts = attempts + ?, last_error = ? "
                 "WHERE state = 'running'",
-                (now, now, int(count_interrupted)),
+                (now, now, int(count_interrupted), INTERRUPTED_RUN),
             ).rowcount
             deliveries = db.execute(
                 "UPDATE jobs SET in_flight = 0, next_attempt_at = ?, updated_at = ? "

@@ -25,9 +25,9 @@ from collections.abc import Callable
 import httpx
 
 from .config import Settings
+from .jobs import Job, StaleJob, Store
 from .protocol import JobFailure
 from .retry import backoff_s, parse_retry_after
-from .store import Job, JobStore, StaleJob
 
 logger = logging.getLogger("webhook_sidecar.worker")
 
@@ -39,7 +39,7 @@ class JobRunner:
 
     def __init__(
         self,
-        store: JobStore,
+        store: Store,
         settings: Settings,
         client: httpx.AsyncClient,
         model_key: str = "",

@@ -1,0 +1,423 @@
+"""The shared job store (`postgresql://...`): any number of sidecars, one database, leases.
+
+- Claims take the most overdue row with `FOR UPDATE SKIP LOCKED` (two sidecars never wait on or take
+  the same row) and stamp it with this sidecar's `lease_owner` and a `lease_expires_at` that the
+  service renews every `lease_s / 3` while it works.
+- Every later write of a claimed row names its owner: a sidecar whose lease lapsed (it hung, lost the
+  network) finds its job taken over and changes nothing (`StaleJob`).
+- `recover` runs on every sidecar every few seconds: rows whose lease lapsed (a sidecar SIGKILLed, a
+  node lost) go back: a run to `queued` (the cut-short call counts as an attempt), a delivery due at
+  once. The result and `webhook-id` are stored, so a redelivery is the same message.
+- `release_all` (SIGTERM) hands back what this sidecar holds at once instead of letting leases lapse.
+- Lease times use the database's clock (`clock_timestamp()`), so pods with skewed clocks agree; the
+  other timestamps are the sidecar's, like the SQLite store's.
+- Schema migrations run at start under `pg_advisory_xact_lock`: sidecars starting together apply each
+  migration once; a database already up to date is left alone.
+
+psycopg 3 with a connection pool; calls block, the service runs them in threads like SQLite's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from .jobs import COLUMNS, DELIVERABLE, INTERRUPTED_RUN, STATES, Job, StaleJob, TransitionHook
+from .protocol import JobState, Outcome
+
+TABLE = "bark_jobs"
+#: `pg_advisory_xact_lock` key serialising migrations ("barkjobs" in ASCII).
+MIGRATION_LOCK = 0x6261726B6A6F6273
+_DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
+LEASE_LAPSED = "interrupted: the sidecar running it stopped (its lease lapsed)"
+
+#: (version, statements). Append only: a released migration never changes.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            f"""CREATE TABLE {TABLE} (
+                id text PRIMARY KEY,
+                idempotency_key text UNIQUE,
+                request_hash text NOT NULL,
+                model_input text NOT NULL,
+                webhook_endpoint text NOT NULL,
+                public_base text NOT NULL,
+                state text NOT NULL,
+                outcome text,
+                error text,
+                attempts integer NOT NULL DEFAULT 0,
+                delivery_attempts integer NOT NULL DEFAULT 0,
+                in_flight boolean NOT NULL DEFAULT false,
+                created_at double precision NOT NULL,
+                updated_at double precision NOT NULL,
+                started_at double precision,
+                finished_at double precision,
+                delivered_at double precision,
+                next_attempt_at double precision NOT NULL,
+                last_error text,
+                last_status_code integer,
+                result text,
+                download_token text UNIQUE,
+                download_expires_at double precision,
+                lease_owner text,
+                lease_expires_at double precision
+            )""",
+            f"CREATE INDEX {TABLE}_queued ON {TABLE} (next_attempt_at, created_at) WHERE state = 'queued'",
+            f"CREATE INDEX {TABLE}_deliverable ON {TABLE} (next_attempt_at) "
+            "WHERE state IN ('succeeded', 'failed', 'delivering') AND NOT in_flight",
+            f"CREATE INDEX {TABLE}_leased ON {TABLE} (lease_expires_at) WHERE in_flight",
+            f"CREATE INDEX {TABLE}_finished ON {TABLE} (updated_at) WHERE state IN ('delivered', 'dead')",
+        ),
+    ),
+)
+
+
+def migrate(conn: psycopg.Connection[Any]) -> list[int]:
+    """Apply the migrations this database lacks, in one transaction under an advisory lock."""
+    applied: list[int] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE}_migrations "
+            "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in conn.execute(f"SELECT version FROM {TABLE}_migrations").fetchall()}
+        for version, statements in MIGRATIONS:
+            if version in done:
+                continue
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(f"INSERT INTO {TABLE}_migrations (version) VALUES (%s)", (version,))
+            applied.append(version)
+    return applied
+
+
+def redact(url: str) -> str:
+    """`postgresql://user@host:port/db`: the DSN without its password, for logs."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://<unparsable DSN>"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
+
+
+class PostgresJobStore:
+    """The `Store` interface on PostgreSQL, shared by every sidecar of a deployment."""
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        lease_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        on_transition: TransitionHook | None = None,
+        pool_size: int = 10,
+        connect_timeout_s: float = 60.0,
+    ) -> None:
+        self.url = url
+        self.lease_s = lease_s
+        #: Who holds a lease: unique per process start (a restarted pod is a new owner).
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+        self._clock = clock
+        self._on_transition = on_transition or (lambda _state: None)
+        self._pool_size = pool_size
+        self._connect_timeout_s = connect_timeout_s
+        self._pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect (waiting up to `connect_timeout_s` for the server) and bring the schema up to date."""
+        pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self._pool_size,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            check=ConnectionPool.check_connection,  # a restarted server leaves dead connections behind
+            open=False,
+            name="sidecar-jobs",
+        )
+        pool.open(wait=True, timeout=self._connect_timeout_s)
+        self._pool = pool
+        with pool.connection() as conn:
+            migrate(conn)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def describe(self) -> str:
+        return redact(self.url)
+
+    def _conn(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError("job store is not open")
+        return self._pool.connection()
+
+    def _one(self, sql: str, params: dict[str, Any] | Sequence[Any] = ()) -> dict[str, Any] | None:
+        with self._conn() as conn:
+            row: dict[str, Any] | None = conn.execute(sql, params).fetchone()
+            return row
+
+    def _rowcount(self, sql: str, params: dict[str, Any]) -> int:
+        with self._conn() as conn:
+            return int(conn.execute(sql, params).rowcount)
+
+    def _owned_update(self, job_id: str, allowed_from: tuple[JobState, ...], changes: dict[str, Any]) -> None:
+        """Update a row this sidecar holds; its lease ends with it (every caller leaves the row idle)."""
+        changes = {"updated_at": self._clock(), "in_flight": False, "lease_owner": None, **changes}
+        changes["lease_expires_at"] = None
+        assignments = ", ".join(f"{name} = %({name})s" for name in changes)
+        params = {**changes, "id": job_id, "allowed": list(allowed_from), "me": self.owner}
+        count = self._rowcount(
+            f"UPDATE {TABLE} SET {assignments} WHERE id = %(id)s AND state = ANY(%(allowed)s) AND lease_owner = %(me)s",
+            params,
+        )
+        if count != 1:
+            raise StaleJob(f"job {job_id} is not in {allowed_from} under this sidecar's lease")
+
+    def _transition(
+        self, job_id: str, allowed_from: tuple[JobState, ...], to: JobState, count: bool = True, **changes: Any
+    ) -> None:
+        self._owned_update(job_id, allowed_from, {"state": to, **changes})
+        if count:
+            self._on_transition(to)
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    def create(
+        self,
+        job_id: str,
+        model_input: dict[str, Any],
+        webhook_endpoint: str,
+        public_base: str,
+        request_hash: str,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Insert a queued job; a known idempotency key (from any replica) returns that job instead."""
+        now = self._clock()
+        row = self._one(
+            f"INSERT INTO {TABLE} (id, idempotency_key, request_hash, model_input, webhook_endpoint, "
+            "public_base, state, created_at, updated_at, next_attempt_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s) "
+            f"ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}",
+            [job_id, idempotency_key, request_hash, json.dumps(model_input), webhook_endpoint, public_base] + [now] * 3,
+        )
+        if row is None:  # the key exists: committed by someone else, so it is visible now
+            existing = self._one(f"SELECT {COLUMNS} FROM {TABLE} WHERE idempotency_key = %s", (idempotency_key,))
+            if existing is None:
+                raise StaleJob("idempotency key conflict on a job that vanished (purged?)")
+            return Job.from_row(existing), False
+        self._on_transition("queued")
+        return Job.from_row(row), True
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def get(self, job_id: str, with_result: bool = False) -> Job | None:
+        columns = COLUMNS + (", result" if with_result else "")
+        row = self._one(f"SELECT {columns} FROM {TABLE} WHERE id = %s", (job_id,))
+        return Job.from_row(row) if row is not None else None
+
+    def get_by_download_token(self, token: str) -> Job | None:
+        row = self._one(f"SELECT {COLUMNS}, result FROM {TABLE} WHERE download_token = %s", (token,))
+        return Job.from_row(row) if row is not None else None
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state in the whole store (every replica reports the same numbers)."""
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT state, COUNT(*) AS n FROM {TABLE} GROUP BY state").fetchall()
+        counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        counts.update({row["state"]: int(row["n"]) for row in rows})
+        return counts
+
+    def next_run_due(self) -> float | None:
+        return self._min_due("state = 'queued'")
+
+    def next_delivery_due(self) -> float | None:
+        return self._min_due("state IN ('succeeded', 'failed', 'delivering') AND NOT in_flight")
+
+    def _min_due(self, where: str) -> float | None:
+        row = self._one(f"SELECT MIN(next_attempt_at) AS due FROM {TABLE} WHERE {where}")
+        return float(row["due"]) if row is not None and row["due"] is not None else None
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def claim_run(self) -> Job | None:
+        """Take the oldest due queued job under a lease: it becomes `running` and ours."""
+        now = self._clock()
+        row = self._one(
+            f"UPDATE {TABLE} SET state = 'running', in_flight = true, started_at = %(now)s, "
+            f"updated_at = %(now)s, lease_owner = %(me)s, lease_expires_at = {_DB_NOW} + %(lease)s "
+            f"WHERE id = (SELECT id FROM {TABLE} WHERE state = 'queued' AND next_attempt_at <= %(now)s "
+            "ORDER BY next_attempt_at, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {COLUMNS}",
+            {"now": now, "me": self.owner, "lease": self.lease_s},
+        )
+        if row is None:
+            return None
+        self._on_transition("running")
+        return Job.from_row(row)
+
+    def count_attempt(self, job_id: str, delta: int = 1, error: str | None = None) -> int:
+        row = self._one(
+            f"UPDATE {TABLE} SET attempts = attempts + %s, last_error = COALESCE(%s, last_error), "
+            "updated_at = %s WHERE id = %s RETURNING attempts",
+            (delta, error, self._clock(), job_id),
+        )
+        return int(row["attempts"]) if row is not None else 0
+
+    def requeue(self, job_id: str, error: str | None = None, delay_s: float = 0.0) -> None:
+        self._transition(job_id, ("running",), "queued", next_attempt_at=self._clock() + delay_s, last_error=error)
+
+    def finish(
+        self,
+        job_id: str,
+        outcome: Outcome,
+        result: dict[str, Any],
+        error: str | None = None,
+        status_code: int | None = None,
+        download_token: str | None = None,
+        download_ttl_s: float = 0.0,
+    ) -> None:
+        """Store the answer (any replica can then deliver it or serve its download) and end the lease."""
+        now = self._clock()
+        self._transition(
+            job_id,
+            ("running",),
+            outcome,
+            outcome=outcome,
+            finished_at=now,
+            next_attempt_at=now,
+            result=json.dumps(result),
+            error=error,
+            last_error=error,
+            last_status_code=status_code,
+            download_token=download_token,
+            download_expires_at=now + download_ttl_s if download_token else None,
+        )
+
+    # -- delivering ------------------------------------------------------------------------------
+
+    def claim_delivery(self) -> Job | None:
+        """Take the most overdue deliverable job under a lease, counting the attempt before it is made."""
+        now = self._clock()
+        row = self._one(
+            f"WITH due AS (SELECT id, state AS prior FROM {TABLE} "
+            "WHERE state IN ('succeeded', 'failed', 'delivering') AND NOT in_flight "
+            "AND next_attempt_at <= %(now)s ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {TABLE} AS j SET state = 'delivering', in_flight = true, "
+            "delivery_attempts = j.delivery_attempts + 1, updated_at = %(now)s, lease_owner = %(me)s, "
+            f"lease_expires_at = {_DB_NOW} + %(lease)s FROM due WHERE j.id = due.id RETURNING due.prior, j.*",
+            {"now": now, "me": self.owner, "lease": self.lease_s},
+        )
+        if row is None:
+            return None
+        if row["prior"] != "delivering":  # a retry is no state change
+            self._on_transition("delivering")
+        return Job.from_row(row)
+
+    def schedule_retry(self, job_id: str, delay_s: float, error: str, status_code: int | None) -> None:
+        self._transition(
+            job_id,
+            ("delivering",),
+            "delivering",
+            count=False,
+            next_attempt_at=self._clock() + delay_s,
+            last_error=error,
+            last_status_code=status_code,
+        )
+
+    def mark_delivered(self, job_id: str, status_code: int) -> None:
+        """Done. The audio is dropped unless a download link still needs it."""
+        now = self._clock()
+        count = self._rowcount(
+            f"UPDATE {TABLE} SET state = 'delivered', in_flight = false, lease_owner = NULL, "
+            "lease_expires_at = NULL, delivered_at = %(now)s, updated_at = %(now)s, "
+            "last_status_code = %(code)s, last_error = NULL, "
+            "result = CASE WHEN download_token IS NULL THEN NULL ELSE result END "
+            "WHERE id = %(id)s AND state = 'delivering' AND lease_owner = %(me)s",
+            {"now": now, "code": status_code, "id": job_id, "me": self.owner},
+        )
+        if count != 1:
+            raise StaleJob(f"job {job_id} is not delivering under this sidecar's lease")
+        self._on_transition("delivered")
+
+    def mark_dead(self, job_id: str, error: str, status_code: int | None) -> None:
+        self._transition(job_id, DELIVERABLE, "dead", last_error=error, last_status_code=status_code)
+
+    def release(self, job_id: str) -> None:
+        """A delivery cut short (shutdown): due again at once for any sidecar; the attempt stays counted."""
+        self._rowcount(
+            f"UPDATE {TABLE} SET in_flight = false, lease_owner = NULL, lease_expires_at = NULL, "
+            "next_attempt_at = %(now)s, updated_at = %(now)s "
+            "WHERE id = %(id)s AND state = 'delivering' AND lease_owner = %(me)s",
+            {"now": self._clock(), "id": job_id, "me": self.owner},
+        )
+
+    # -- leases and housekeeping ------------------------------------------------------------------
+
+    def renew(self) -> int:
+        """Push out the lease of every row this sidecar works on (the service calls it every lease/3)."""
+        return self._rowcount(
+            f"UPDATE {TABLE} SET lease_expires_at = {_DB_NOW} + %(lease)s WHERE lease_owner = %(me)s AND in_flight",
+            {"lease": self.lease_s, "me": self.owner},
+        )
+
+    def recover(self, count_interrupted: bool = True) -> tuple[int, int]:
+        """Take over rows whose lease lapsed (their sidecar died): runs re-queued, deliveries due now."""
+        return self._hand_back(f"lease_expires_at < {_DB_NOW}", {}, count_interrupted, LEASE_LAPSED)
+
+    def release_all(self) -> tuple[int, int]:
+        """SIGTERM: everything this sidecar holds goes back now (no waiting for the lease to lapse)."""
+        return self._hand_back("lease_owner = %(me)s", {"me": self.owner}, False, INTERRUPTED_RUN)
+
+    def _hand_back(self, which: str, params: dict[str, Any], count: bool, error: str) -> tuple[int, int]:
+        now = self._clock()
+        params = {**params, "now": now, "count": int(count), "error": error}
+        ended = "in_flight = false, lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = %(now)s"
+        with self._conn() as conn:
+            runs = conn.execute(
+                f"UPDATE {TABLE} SET state = 'queued', {ended}, updated_at = %(now)s, "
+                "attempts = attempts + %(count)s, last_error = %(error)s "
+                f"WHERE state = 'running' AND in_flight AND {which}",
+                params,
+            ).rowcount
+            deliveries = conn.execute(
+                f"UPDATE {TABLE} SET {ended}, updated_at = %(now)s "
+                f"WHERE state = 'delivering' AND in_flight AND {which}",
+                params,
+            ).rowcount
+        for _ in range(runs):
+            self._on_transition("queued")
+        return int(runs), int(deliveries)
+
+    def purge(self, retention_s: float) -> int:
+        """Forget finished jobs past retention, and audio whose download link expired."""
+        now = self._clock()
+        with self._conn() as conn:
+            conn.execute(
+                f"UPDATE {TABLE} SET result = NULL WHERE state = 'delivered' AND download_expires_at < %s "
+                "AND result IS NOT NULL",
+                (now,),
+            )
+            return int(
+                conn.execute(
+                    f"DELETE FROM {TABLE} WHERE state IN ('delivered', 'dead') AND updated_at < %s",
+                    (now - retention_s,),
+                ).rowcount
+            )
