@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
+from bark_common.formats import content_type
 from bark_common.schema import describe_validation_error
 
 from .auth import Unauthorized, authenticated_key, principal
@@ -39,7 +40,6 @@ from .urls import UnsafeUrl, check_webhook_url_async
 IDEMPOTENCY_HEADER = "idempotency-key"
 _MAX_IDEMPOTENCY_KEY_CHARS = 255
 _DRAIN_RETRY_AFTER_S = "5"
-_AUDIO_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
 
 
 class ApiError(Exception):
@@ -151,7 +151,7 @@ def create_app(settings: Settings) -> FastAPI:
         audio_format = str(job.result.get("format", "wav"))
         return Response(
             audio,
-            media_type=_AUDIO_TYPES.get(audio_format, "application/octet-stream"),
+            media_type=content_type(audio_format),
             headers={
                 "content-disposition": f'attachment; filename="{job.id}.{audio_format}"',
                 "cache-control": "private, no-store",
@@ -195,13 +195,21 @@ def _refuse_when_draining(service: JobService) -> None:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known or seen to exceed `limit`.
+
+    A declared Content-Length is checked first; a chunked body (no length) is counted while it
+    streams in, so a client cannot make us buffer more than `limit` bytes.
+    """
+    too_large = ApiError(413, f"body: larger than {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"body: larger than {limit} bytes")
-    body = await request.body()
-    if len(body) > limit:
-        raise ApiError(413, f"body: larger than {limit} bytes")
-    return body
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 async def _read_json(request: Request, limit: int) -> Any:

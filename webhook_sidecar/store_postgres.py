@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool
 
 from .jobs import COLUMNS, DELIVERABLE, INTERRUPTED_RUN, STATES, Job, StaleJob, TransitionHook
@@ -92,7 +92,8 @@ def migrate(conn: psycopg.Connection[Any]) -> list[int]:
             f"CREATE TABLE IF NOT EXISTS {TABLE}_migrations "
             "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {row[0] for row in conn.execute(f"SELECT version FROM {TABLE}_migrations").fetchall()}
+        with conn.cursor(row_factory=tuple_row) as cursor:  # the pool's connections make dicts
+            done = {row[0] for row in cursor.execute(f"SELECT version FROM {TABLE}_migrations").fetchall()}
         for version, statements in MIGRATIONS:
             if version in done:
                 continue

@@ -17,6 +17,7 @@ from tests.sidecar.harness import (
     fast_settings,
     in_process_sidecar,
 )
+from tests.sidecar.postgres import PostgresServer, postgres_server
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +65,16 @@ def make_sidecar(tmp_path: Path, fake_model: FakeModel) -> Iterator[Callable[...
 @pytest.fixture
 def sidecar(make_sidecar: Callable[..., InProcessSidecar]) -> InProcessSidecar:
     return make_sidecar()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (a fresh database per test: `pg_url`)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """`SIDECAR_DATABASE_URL` of a new, empty database on the session's server."""
+    return postgres.new_database()

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -121,13 +121,19 @@ class FakeModel:
     """The model server's v1 predict route. `script` answers first (status, body, headers), then audio.
 
     Close `gate` to hold requests open (the job stays `running`); `in_flight` counts held requests.
+    `overlaps` lists prompts that arrived while a call with the same prompt was still in flight (a
+    job run by two sidecars at once).
     """
 
     gate: threading.Event = field(default_factory=threading.Event)
     script: deque[tuple[int, Any, dict[str, str]]] = field(default_factory=deque)
     prompts: list[str] = field(default_factory=list)
+    overlaps: list[str] = field(default_factory=list)
     in_flight: int = 0
     url: str = ""
+    running: Counter[str] = field(default_factory=Counter)
+    #: Seconds every call takes (0: answer at once), so concurrent runs of one job would overlap.
+    delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -140,6 +146,9 @@ class FakeModel:
         with self._lock:
             self.script.clear()
             self.prompts.clear()
+            self.overlaps.clear()
+            self.running.clear()
+            self.delay_s = 0.0
 
     @property
     def predict_url(self) -> str:
@@ -155,13 +164,19 @@ class FakeModel:
             with self._lock:
                 self.prompts.append(prompt)
                 self.in_flight += 1
+                if self.running[prompt]:
+                    self.overlaps.append(prompt)
+                self.running[prompt] += 1
             try:
                 await asyncio.to_thread(self.gate.wait, 60)
+                if request_delay_s := self.delay_s:
+                    await asyncio.sleep(request_delay_s)
                 with self._lock:
                     scripted = self.script.popleft() if self.script else None
             finally:
                 with self._lock:
                     self.in_flight -= 1
+                    self.running[prompt] -= 1
             if scripted is not None:
                 status, content, headers = scripted
                 return JSONResponse(content, status_code=status, headers=headers)

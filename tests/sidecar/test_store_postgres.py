@@ -1,0 +1,201 @@
+"""The PostgreSQL job store on a real server: migrations, SKIP LOCKED claims, leases, hand-back.
+
+Several `PostgresJobStore`s on one database stand for several sidecars (each has its own lease owner).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+
+from webhook_sidecar.store import StaleJob
+from webhook_sidecar.store_postgres import MIGRATIONS, TABLE, PostgresJobStore, migrate, redact
+
+StoreFactory = Callable[..., PostgresJobStore]
+
+
+@pytest.fixture
+def make_store(pg_url: str) -> Iterator[StoreFactory]:
+    stores: list[PostgresJobStore] = []
+
+    def make(lease_s: float = 30.0) -> PostgresJobStore:
+        store = PostgresJobStore(pg_url, lease_s=lease_s, pool_size=4)
+        store.open()
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+def add(store: PostgresJobStore, job_id: str, key: str | None = None) -> bool:
+    return store.create(job_id, {"prompt": job_id}, "http://127.0.0.1/hook", "http://sidecar", "hash", key)[1]
+
+
+def finish_and_claim_delivery(store: PostgresJobStore, job_id: str) -> None:
+    claimed = store.claim_run()
+    assert claimed is not None and claimed.id == job_id
+    store.finish(job_id, "succeeded", {"audio": "AAAA"}, status_code=200)
+    delivery = store.claim_delivery()
+    assert delivery is not None and delivery.id == job_id
+
+
+def test_migrations_are_idempotent_and_safe_when_sidecars_start_together(pg_url: str) -> None:
+    results: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                results.append(migrate(conn))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    everything = [version for version, _ in MIGRATIONS]
+    assert sorted(v for applied in results for v in applied) == everything, "each migration applied once"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert migrate(conn) == []
+        rows = conn.execute(f"SELECT version FROM {TABLE}_migrations ORDER BY version").fetchall()
+    assert [row[0] for row in rows] == everything
+
+
+def test_a_job_goes_through_every_state_and_another_replica_reads_it(make_store: StoreFactory) -> None:
+    a, b = make_store(), make_store()
+    add(a, "j1")
+    finish_and_claim_delivery(a, "j1")
+    a.mark_delivered("j1", 204)
+    job = b.get("j1", with_result=True)
+    assert job is not None and job.state == "delivered" and job.last_status_code == 204 and job.result is None
+    assert b.counts()["delivered"] == 1 and len(b.counts()) == 7
+
+
+def test_skip_locked_claims_never_hand_one_job_to_two_sidecars(make_store: StoreFactory) -> None:
+    stores = [make_store() for _ in range(4)]
+    for index in range(120):
+        add(stores[0], f"j{index:03d}")
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claim_all(store: PostgresJobStore) -> None:
+        while (job := store.claim_run()) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=claim_all, args=(store,)) for store in stores for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert Counter(claimed) == Counter(f"j{index:03d}" for index in range(120))
+
+
+def test_only_the_lease_holder_may_change_a_claimed_job(make_store: StoreFactory) -> None:
+    a, b = make_store(), make_store()
+    add(a, "j1")
+    assert a.claim_run() is not None
+    assert b.claim_run() is None
+    with pytest.raises(StaleJob):
+        b.finish("j1", "succeeded", {"audio": "AAAA"})
+    with pytest.raises(StaleJob):
+        b.requeue("j1")
+    a.finish("j1", "succeeded", {"audio": "AAAA"})
+    assert b.claim_delivery() is not None
+    with pytest.raises(StaleJob):
+        a.mark_delivered("j1", 200)
+
+
+def test_a_lapsed_lease_is_taken_over_and_the_old_holder_changes_nothing(make_store: StoreFactory) -> None:
+    a, b = make_store(lease_s=1.0), make_store(lease_s=1.0)
+    add(a, "run")
+    add(a, "deliver")
+    assert a.claim_run() is not None  # "run"
+    finish_and_claim_delivery(a, "deliver")
+    assert b.recover() == (0, 0), "a live lease is not taken over"
+    time.sleep(1.3)
+    assert b.recover() == (1, 1)
+    run = b.get("run")
+    assert run is not None and run.state == "queued" and run.attempts == 1 and "lease lapsed" in (run.last_error or "")
+    with pytest.raises(StaleJob):
+        a.finish("run", "succeeded", {"audio": "AAAA"})
+    with pytest.raises(StaleJob):
+        a.mark_delivered("deliver", 200)
+    again = b.claim_delivery()
+    assert again is not None and again.id == "deliver" and again.delivery_attempts == 2
+    assert again.result == {"audio": "AAAA"}, "the stored result is delivered again, unchanged"
+
+
+def test_renewing_keeps_a_lease_alive(make_store: StoreFactory) -> None:
+    a, b = make_store(lease_s=1.0), make_store(lease_s=1.0)
+    add(a, "j1")
+    assert a.claim_run() is not None
+    for _ in range(3):
+        time.sleep(0.5)
+        assert a.renew() == 1
+        assert b.recover() == (0, 0)
+
+
+def test_release_all_hands_everything_back_at_once(make_store: StoreFactory) -> None:
+    a, b = make_store(lease_s=60.0), make_store(lease_s=60.0)
+    add(a, "run")
+    add(a, "deliver")
+    assert a.claim_run() is not None
+    finish_and_claim_delivery(a, "deliver")
+    assert b.claim_run() is None and b.claim_delivery() is None
+    assert a.release_all() == (1, 1)
+    run = b.claim_run()
+    delivery = b.claim_delivery()
+    assert run is not None and run.id == "run" and run.attempts == 0, "a handed-back run is not counted"
+    assert delivery is not None and delivery.id == "deliver"
+
+
+def test_an_idempotency_key_is_shared_by_every_replica_even_when_they_race(make_store: StoreFactory) -> None:
+    a, b = make_store(), make_store()
+    assert add(a, "first", key="k") is True
+    job, created = b.create("second", {"prompt": "other"}, "http://x/", "http://s", "h2", "k")
+    assert (job.id, created) == ("first", False)
+
+    outcomes: list[tuple[str, bool]] = []
+    barrier = threading.Barrier(6)
+
+    def race(store: PostgresJobStore, job_id: str) -> None:
+        barrier.wait()
+        job, created = store.create(job_id, {"prompt": "x"}, "http://x/", "http://s", "h", "raced")
+        outcomes.append((job.id, created))
+
+    threads = [threading.Thread(target=race, args=(store, f"r{i}")) for i, store in enumerate([a, b] * 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sum(created for _, created in outcomes) == 1
+    assert len({job_id for job_id, _ in outcomes}) == 1
+
+
+def test_download_audio_is_kept_until_the_link_expires(make_store: StoreFactory) -> None:
+    a, b = make_store(), make_store()
+    add(a, "j1")
+    assert a.claim_run() is not None
+    a.finish("j1", "succeeded", {"audio": "AAAA"}, download_token="tok", download_ttl_s=0.2)
+    assert b.get_by_download_token("tok").result == {"audio": "AAAA"}  # type: ignore[union-attr]
+    delivery = b.claim_delivery()
+    assert delivery is not None
+    b.mark_delivered("j1", 200)
+    time.sleep(0.3)
+    assert b.purge(retention_s=3600) == 0
+    assert a.get_by_download_token("tok").result is None  # type: ignore[union-attr]
+
+
+def test_logs_never_show_the_password() -> None:
+    assert redact("postgresql://jobs:s3cret@db.example:5432/jobs") == "postgresql://jobs@db.example:5432/jobs"
