@@ -25,6 +25,7 @@ from .logs import configure_logging
 from .model import BarkTTS
 from .openapi import document_api
 from .outcomes import CountOutcomes
+from .playground import register_playground
 from .routes import register_routes
 from .tiny import build_checkpoint
 
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     app.add_middleware(CountOutcomes)  # outermost of ours: sees 401 and 413 too
     logger.info("API-key auth %s", f"on ({len(keys)} keys)" if keys else "off (no keys configured)")
     register_routes(app, model)
+    register_playground(app, model)  # /playground, only with BARK_PLAYGROUND=true
     document_api(app, settings)
     drain_on_shutdown_signal(app, model)
     server.start([model])

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     warmup: bool = True
     log_format: Literal["text", "json"] = "text"
     log_prompts: bool = False
+    playground: bool = Field(False, description="serve the browser playground at /playground (make run turns it on)")
 
     # -- hardening (issue #9): bounds on one request's size and work, and the drain on SIGTERM --
     max_body_bytes: int = Field(

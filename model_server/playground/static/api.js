@@ -1,0 +1,121 @@
+// Talking to the model server: the page's config, the voices, and the two synthesis routes.
+// Every URL is relative to the page (/playground/), so a path prefix in front of the server works.
+// The API key travels only in the Authorization header: never in a URL, never logged.
+
+/** An HTTP error turned into words a person can act on. */
+export class ApiError extends Error {
+  constructor(status, title, detail) {
+    super(`${title}: ${detail}`);
+    this.status = status;
+    this.title = title;
+    this.detail = detail;
+  }
+}
+
+const TITLES = {
+  400: "The server rejected the request",
+  401: "API key missing or not accepted",
+  404: "Not found",
+  413: "The request is too large",
+  499: "Request cancelled",
+  500: "Generation failed on the server",
+  503: "The server is busy or not ready",
+  504: "The request timed out on the server",
+};
+
+const HINTS = {
+  401: "Enter a valid key in the API key field.",
+  504: "Try a shorter text, or ask the operator about request_timeout_s.",
+};
+
+/** The message from either error shape: ours ({"error": "..."}) or OpenAI's ({"error": {"message"}}). */
+function messageOf(body) {
+  const error = body && body.error;
+  if (typeof error === "string") return error;
+  if (error && typeof error.message === "string") return error.message;
+  return "";
+}
+
+/** Read a non-2xx response into an ApiError, including Retry-After for a 503. */
+export async function errorFrom(response) {
+  let message = "";
+  try {
+    message = messageOf(await response.json());
+  } catch {
+    message = "";
+  }
+  const parts = [message || response.statusText || "no details"];
+  const retryAfter = response.headers.get("Retry-After");
+  if (response.status === 503) {
+    parts.push(retryAfter ? `Retry after ${retryAfter} s.` : "Try again shortly.");
+  } else if (HINTS[response.status]) {
+    parts.push(HINTS[response.status]);
+  }
+  const title = TITLES[response.status] || `HTTP ${response.status}`;
+  return new ApiError(response.status, `${title} (${response.status})`, parts.join(" "));
+}
+
+function jsonHeaders(apiKey) {
+  const headers = { "Content-Type": "application/json" };
+  if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+  return headers;
+}
+
+async function getJson(url) {
+  const response = await fetch(url, { headers: { Accept: "application/json" } });
+  if (!response.ok) throw await errorFrom(response);
+  return response.json();
+}
+
+/** The bounds, routes and formats the server accepts (built from its request models). */
+export function loadConfig() {
+  return getJson("config.json");
+}
+
+/** `{voices: [{name, language, language_name}], aliases: {alloy: "v2/en_speaker_0", ...}}`. */
+export function loadVoices(config) {
+  return getJson(config.routes.voices);
+}
+
+/** Whether the model has loaded (KServe's model status route). */
+export async function modelReady(config) {
+  try {
+    const status = await getJson(`../v1/models/${encodeURIComponent(config.model)}`);
+    return Boolean(status.ready);
+  } catch {
+    return false;
+  }
+}
+
+/** POST the OpenAI route with `stream: true`; resolves to the response whose body streams PCM. */
+export async function startSpeechStream(config, request, apiKey, signal) {
+  const response = await fetch(config.routes.speech, {
+    method: "POST",
+    headers: jsonHeaders(apiKey),
+    body: JSON.stringify({ ...request, response_format: config.stream_format, stream: true }),
+    signal,
+  });
+  if (!response.ok) throw await errorFrom(response);
+  return response;
+}
+
+/** POST the v1 predict route (which takes the sampling settings); resolves to its one prediction. */
+export async function predict(config, instance, apiKey, signal) {
+  const response = await fetch(config.routes.predict, {
+    method: "POST",
+    headers: jsonHeaders(apiKey),
+    body: JSON.stringify({ instances: [instance] }),
+    signal,
+  });
+  if (!response.ok) throw await errorFrom(response);
+  const body = await response.json();
+  return body.predictions[0];
+}
+
+/** base64 -> bytes, for the v1 route's audio field. */
+export function decodeBase64(text) {
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i += 1) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}

@@ -1,0 +1,289 @@
+// The playground page: wires the form to the API. Every bound comes from config.json (the server's
+// request models), so nothing here repeats a limit. Timestamps of each run are kept as data-*
+// attributes on #result-card (milliseconds since the click), which the browser tests read.
+import { ApiError, decodeBase64, loadConfig, loadVoices, modelReady, predict, startSpeechStream } from "./api.js";
+import { PcmStreamPlayer, wavBlob } from "./audio.js";
+
+const KEY_STORAGE = "bark-playground-api-key";
+const TEMPERATURES = ["semantic_temperature", "coarse_temperature", "fine_temperature"];
+const $ = (id) => document.getElementById(id);
+
+const state = { config: null, audioContext: null, player: null, controller: null, objectUrl: null };
+
+// -- setup -------------------------------------------------------------------------------------
+
+function setRange(input, bounds, step, suffix = "") {
+  input.min = bounds.minimum;
+  input.max = bounds.maximum;
+  input.step = step;
+  input.value = bounds.default;
+  const output = document.querySelector(`output[for="${input.id}"]`);
+  const show = () => {
+    output.textContent = `${Number(input.value).toFixed(2)}${suffix}`;
+  };
+  input.addEventListener("input", show);
+  show();
+}
+
+function applyConfig(config) {
+  const sampling = config.sampling;
+  $("do_sample").checked = sampling.do_sample.default;
+  for (const name of TEMPERATURES) setRange($(name), sampling[name], 0.01);
+  $("seed").min = sampling.seed.minimum;
+  $("seed").max = sampling.seed.maximum;
+  const chunk = $("batch_chunk_size");
+  chunk.min = sampling.batch_chunk_size.minimum;
+  chunk.max = sampling.batch_chunk_size.maximum;
+  chunk.placeholder = `${sampling.batch_chunk_size.default} (${chunk.min}–${chunk.max})`;
+  setRange($("speed"), config.speed, 0.05, "×");
+  const format = $("format");
+  for (const { name } of config.formats) format.append(new Option(name, name, false, name === config.default_format));
+  $("model-name").textContent = config.model;
+  $("key-card").hidden = !config.auth_required;
+}
+
+function voiceLabel(name) {
+  const match = /^(v2\/)?([a-z]+)_speaker_(\d+)$/.exec(name);
+  return match ? `Speaker ${match[3]}${match[1] ? "" : " (v1)"}` : name;
+}
+
+function fillVoices(listing, defaultVoice) {
+  const select = $("voice");
+  select.replaceChildren();
+  const groups = new Map();
+  for (const voice of listing.voices) {
+    const language = voice.language_name || voice.language || "Other";
+    if (!groups.has(language)) groups.set(language, []);
+    groups.get(language).push(voice.name);
+  }
+  for (const language of [...groups.keys()].sort()) {
+    const group = document.createElement("optgroup");
+    group.label = language;
+    for (const name of groups.get(language)) group.append(new Option(voiceLabel(name), name));
+    select.append(group);
+  }
+  const aliases = Object.entries(listing.aliases || {});
+  if (aliases.length) {
+    const group = document.createElement("optgroup");
+    group.label = "OpenAI voice names";
+    for (const [alias, preset] of aliases) group.append(new Option(`${alias} → ${preset}`, alias));
+    select.append(group);
+  }
+  select.value = defaultVoice;
+  select.disabled = false;
+  const describe = () => {
+    const preset = listing.aliases?.[select.value] || select.value;
+    const voice = listing.voices.find((v) => v.name === preset);
+    $("voice-detail").textContent = voice ? `${voice.name} · ${voice.language_name || voice.language}` : preset;
+  };
+  select.addEventListener("change", describe);
+  describe();
+  const languages = groups.size;
+  $("voice-count").textContent =
+    `${listing.voices.length} voices · ${languages} language${languages === 1 ? "" : "s"}`;
+}
+
+function updateCount() {
+  const max = state.config ? state.config.max_prompt_chars : 0;
+  const length = $("text").value.length;
+  $("char-count").textContent = `${length.toLocaleString()} / ${max.toLocaleString()} characters`;
+  $("char-count").classList.toggle("over", max > 0 && length > max);
+  $("char-meter").value = max ? Math.min(1, length / max) : 0;
+}
+
+function updateMode() {
+  const streaming = $("stream").checked;
+  $("sampling").disabled = streaming;
+  $("format").disabled = streaming;
+  $("speed").disabled = !streaming;
+  $("speed-field").classList.toggle("off", !streaming);
+  $("sampling-note").textContent = streaming
+    ? "Streaming uses the OpenAI route, which takes speed but not these settings: the server's defaults apply."
+    : "Sent to the KServe v1 predict route.";
+  $("output-note").textContent = streaming
+    ? "Streams play as raw PCM through Web Audio; the whole take is offered as WAV afterwards."
+    : "Speed applies to streamed requests (the OpenAI route).";
+}
+
+function setServerStatus(stateName, text) {
+  $("server-status").dataset.state = stateName;
+  $("server-status-text").textContent = text;
+}
+
+// -- a run -------------------------------------------------------------------------------------
+
+function apiKey() {
+  return $("api-key").value.trim();
+}
+
+function showError(error) {
+  const isApi = error instanceof ApiError;
+  $("error-title").textContent = isApi ? error.title : "Could not reach the server";
+  $("error-detail").textContent = isApi ? error.detail : String(error.message || error);
+  $("error").hidden = false;
+  $("result-card").dataset.errorStatus = isApi ? String(error.status) : "network";
+}
+
+function resetResult() {
+  $("error").hidden = true;
+  $("timing").hidden = true;
+  $("download").hidden = true;
+  $("route-note").hidden = true;
+  $("player").pause();
+  $("player").removeAttribute("src");
+  $("player").hidden = true;
+  if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
+  state.objectUrl = null;
+  const card = $("result-card");
+  for (const key of Object.keys(card.dataset)) delete card.dataset[key];
+}
+
+function mark(name, startedAt) {
+  $("result-card").dataset[name] = String(Math.round((performance.now() - startedAt) * 10) / 10);
+}
+
+function showAudio(blob, fileName, autoplay) {
+  state.objectUrl = URL.createObjectURL(blob);
+  const player = $("player");
+  player.src = state.objectUrl;
+  player.hidden = false;
+  $("placeholder").hidden = true;
+  const link = $("download");
+  link.href = state.objectUrl;
+  link.download = fileName;
+  link.textContent = `Download ${fileName.split(".").pop().toUpperCase()}`;
+  link.hidden = false;
+  if (autoplay) player.play().catch(() => {});
+}
+
+function showTiming(firstMs, totalMs, audioSeconds) {
+  const seconds = (ms) => `${(ms / 1000).toFixed(2)} s`;
+  $("t-first").textContent = seconds(firstMs);
+  $("t-total").textContent = seconds(totalMs);
+  $("t-audio").textContent = `${audioSeconds.toFixed(2)} s`;
+  const rtf = audioSeconds > 0 ? totalMs / 1000 / audioSeconds : Infinity;
+  $("t-rtf").textContent = Number.isFinite(rtf) ? `${rtf.toFixed(2)}×` : "–";
+  $("t-rtf").title = "generation time ÷ audio duration: below 1 is faster than real time";
+  $("timing").hidden = false;
+}
+
+function fileNameFor(voice, extension) {
+  return `bark-${voice.replace(/[^a-z0-9]+/gi, "_")}.${extension}`;
+}
+
+async function runStream(startedAt, signal) {
+  const config = state.config;
+  const voice = $("voice").value;
+  const request = { model: config.model, input: $("text").value, voice, speed: Number($("speed").value) };
+  const response = await startSpeechStream(config, request, apiKey(), signal);
+  const player = new PcmStreamPlayer(state.audioContext, config.sample_rate);
+  state.player = player;
+  const card = $("result-card");
+  const reader = response.body.getReader();
+  let pieces = 0;
+  let firstMs = null;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (!value || value.byteLength === 0) continue;
+    mark("lastDataMs", startedAt);
+    card.dataset.playedBeforeLastData = player.playedSeconds.toFixed(3);
+    pieces += 1;
+    if (player.push(value) > 0 && firstMs === null) {
+      mark("firstAudioMs", startedAt);
+      card.dataset.audioContextState = state.audioContext.state;
+      firstMs = performance.now() - startedAt;
+    }
+  }
+  mark("doneMs", startedAt);
+  card.dataset.pieces = String(pieces);
+  const totalMs = performance.now() - startedAt;
+  showTiming(firstMs ?? totalMs, totalMs, player.seconds);
+  showAudio(player.toWav(), fileNameFor(voice, "wav"), false);
+  $("route-note").textContent = `Streamed from POST /v1/audio/speech in ${pieces} pieces as PCM.`;
+  $("route-note").hidden = false;
+}
+
+async function runWhole(startedAt, signal) {
+  const config = state.config;
+  const voice = $("voice").value;
+  const instance = { prompt: $("text").value, voice, format: $("format").value, do_sample: $("do_sample").checked };
+  for (const name of TEMPERATURES) instance[name] = Number($(name).value);
+  if ($("seed").value !== "") instance.seed = Number($("seed").value);
+  if ($("batch_chunk_size").value !== "") instance.batch_chunk_size = Number($("batch_chunk_size").value);
+  const result = await predict(config, instance, apiKey(), signal);
+  mark("firstAudioMs", startedAt);
+  mark("doneMs", startedAt);
+  const totalMs = performance.now() - startedAt;
+  const bytes = decodeBase64(result.audio);
+  const info = config.formats.find((f) => f.name === result.format);
+  // <audio> cannot play headerless PCM: it plays as WAV, while the download stays the raw file.
+  const playable = result.format === "pcm" ? wavBlob([bytes], result.sample_rate) : new Blob([bytes], { type: info.content_type });
+  showAudio(playable, fileNameFor(voice, result.format === "pcm" ? "wav" : result.format), true);
+  showTiming(totalMs, totalMs, result.duration_s);
+  $("route-note").textContent = `From POST ${config.routes.predict.replace("..", "")} (${result.chunks} chunk${result.chunks === 1 ? "" : "s"}, ${result.sample_rate} Hz).`;
+  $("route-note").hidden = false;
+}
+
+async function generate() {
+  resetResult();
+  const card = $("result-card");
+  card.dataset.state = "running";
+  $("generate").disabled = true;
+  $("stop").disabled = false;
+  // Created and resumed inside the click, so the browser lets it play.
+  state.audioContext = state.audioContext || new AudioContext();
+  state.audioContext.resume().catch(() => {});
+  state.controller = new AbortController();
+  const startedAt = performance.now();
+  try {
+    if ($("stream").checked) await runStream(startedAt, state.controller.signal);
+    else await runWhole(startedAt, state.controller.signal);
+    card.dataset.state = "done";
+  } catch (error) {
+    if (error.name === "AbortError") {
+      card.dataset.state = "stopped";
+    } else {
+      showError(error);
+      card.dataset.state = "error";
+    }
+  } finally {
+    $("generate").disabled = false;
+    $("stop").disabled = true;
+    state.controller = null;
+  }
+}
+
+function stop() {
+  if (state.controller) state.controller.abort();
+  if (state.player) state.player.stop();
+}
+
+async function start() {
+  const keyInput = $("api-key");
+  keyInput.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  keyInput.addEventListener("input", () => {
+    if (keyInput.value) sessionStorage.setItem(KEY_STORAGE, keyInput.value);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  });
+  $("text").addEventListener("input", updateCount);
+  $("stream").addEventListener("change", updateMode);
+  $("generate").addEventListener("click", generate);
+  $("stop").addEventListener("click", stop);
+  updateMode();
+  try {
+    state.config = await loadConfig();
+    applyConfig(state.config);
+    updateCount();
+    fillVoices(await loadVoices(state.config), state.config.default_voice);
+    const ready = await modelReady(state.config);
+    setServerStatus(ready ? "ready" : "down", `${state.config.model} · ${ready ? "ready" : "not ready"}`);
+    $("generate").disabled = false;
+    document.body.dataset.ready = "true";
+  } catch (error) {
+    setServerStatus("down", "unavailable");
+    showError(error);
+  }
+}
+
+start();
