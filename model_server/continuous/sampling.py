@@ -1,0 +1,121 @@
+"""Per-row logits processing and sampling: one batched call, each row with its own settings and seed.
+
+Why not `LogitsProcessorList` + `torch.multinomial`: transformers' processors take one temperature
+for the whole batch and `multinomial` draws from one global random stream, so a row's tokens would
+depend on its batch mates. Here every row carries its own temperature, greedy/sample flag and seed,
+and the noise is *counter-based*: the uniform draw for (seed, draw number, token id) is an integer
+hash, the same on CPU and CUDA and whatever else shares the batch. Sampling is Gumbel-max
+(`argmax(log p + G)` with `G = -log(-log U)`), which draws exactly from softmax(p) and stays a
+fixed-shape, capturable tensor program (no `multinomial`, no host sync).
+
+The rules are Bark's, in transformers' order (checked against `_get_logits_processor` in
+tests/test_continuous_rows.py): semantic = suppress non-semantic tokens, EOS prioritiser
+(`min_eos_p`), then temperature and top-k 50 when sampling; coarse = the alternating-codebook rule
+(per row: its own step parity in its own window), then temperature and top-k. transformers'
+trailing `LogitNormalization` (a log-softmax) changes neither argmax nor the sampled distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+#: A 32-bit integer hash constant (Thomas Mueller's); small enough that x * C never overflows int64.
+_MIX = 0x45D9F3B
+_GOLDEN = 0x9E3779B9
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit avalanche hash on int64 tensors holding values in [0, 2**32)."""
+    x = ((x ^ (x >> 16)) * _MIX) & _MASK32
+    x = ((x ^ (x >> 16)) * _MIX) & _MASK32
+    return x ^ (x >> 16)
+
+
+def fold_seed(seed: int) -> int:
+    """Any Python int -> 32 bits (requests may send 64-bit seeds)."""
+    seed &= (1 << 64) - 1
+    return (seed ^ (seed >> 32)) & _MASK32
+
+
+def uniform_noise(seeds: torch.Tensor, draws: torch.Tensor, vocab: int) -> torch.Tensor:
+    """U(0, 1) float32 of shape (rows, vocab): a pure function of (seed, draw number, token id)."""
+    ids = torch.arange(vocab, device=seeds.device, dtype=torch.long)
+    row_key = _mix32(seeds ^ _mix32((draws * _GOLDEN + 1) & _MASK32))
+    bits = _mix32(row_key[:, None] ^ _mix32((ids * _GOLDEN + 7) & _MASK32)[None, :])
+    return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+@dataclass(frozen=True)
+class RowSampling:
+    """The per-row settings of one sampling call, as device tensors (rows,)."""
+
+    do_sample: torch.Tensor  # bool
+    temperature: torch.Tensor  # float32, 1.0 where greedy
+    seeds: torch.Tensor  # int64 in [0, 2**32)
+    draws: torch.Tensor  # int64: how many tokens this row has drawn before (its noise counter)
+
+    @classmethod
+    def of(
+        cls,
+        do_sample: list[bool],
+        temperature: list[float],
+        seeds: list[int],
+        draws: list[int],
+        device: torch.device,
+    ) -> RowSampling:
+        temps = [t if sample else 1.0 for t, sample in zip(temperature, do_sample, strict=True)]
+        return cls(
+            do_sample=torch.tensor(do_sample, dtype=torch.bool, device=device),
+            temperature=torch.tensor(temps, dtype=torch.float32, device=device),
+            seeds=torch.tensor(seeds, dtype=torch.long, device=device),
+            draws=torch.tensor(draws, dtype=torch.long, device=device),
+        )
+
+
+def _warp(scores: torch.Tensor, rows: RowSampling, top_k: int) -> torch.Tensor:
+    """Temperature and top-k for sampled rows; greedy rows keep their scores (argmax is unchanged)."""
+    warped = scores / rows.temperature[:, None]
+    k = min(top_k, scores.shape[-1])
+    kth = torch.topk(warped, k, dim=-1).values[:, -1:]
+    warped = warped.masked_fill(warped < kth, -float("inf"))
+    return torch.where(rows.do_sample[:, None], warped, scores)
+
+
+def semantic_scores(
+    logits: torch.Tensor, rows: RowSampling, suppressed: torch.Tensor, eos: int, min_eos_p: float | None, top_k: int
+) -> torch.Tensor:
+    """Bark's semantic rules on float32 logits (rows, vocab); `suppressed` is a (vocab,) bool mask."""
+    scores = logits.float().masked_fill(suppressed, -float("inf"))
+    if min_eos_p:
+        eos_probability = torch.softmax(scores, dim=-1)[:, eos : eos + 1]
+        only_eos = torch.full_like(scores, -float("inf"))
+        only_eos[:, eos] = scores[:, eos]
+        scores = torch.where(eos_probability > min_eos_p, only_eos, scores)
+    return _warp(scores, rows, top_k)
+
+
+def coarse_scores(
+    logits: torch.Tensor, rows: RowSampling, parity: torch.Tensor, semantic_vocab: int, codebook: int, top_k: int
+) -> torch.Tensor:
+    """The alternating-codebook rule per row (`parity` 0: first codebook, 1: second), then warpers.
+
+    As `AlternatingCodebooksLogitsProcessor`: the first codebook allows [sv, sv + cb), the second
+    everything from sv + cb on.
+    """
+    ids = torch.arange(logits.shape[-1], device=logits.device)
+    low = semantic_vocab + parity[:, None] * codebook
+    high = torch.where(parity[:, None] == 0, low + codebook, torch.full_like(low, logits.shape[-1]))
+    allowed = (ids[None, :] >= low) & (ids[None, :] < high)
+    scores = logits.float().masked_fill(~allowed, -float("inf"))
+    return _warp(scores, rows, top_k)
+
+
+def choose_tokens(scores: torch.Tensor, rows: RowSampling) -> torch.Tensor:
+    """Greedy rows: argmax. Sampled rows: Gumbel-max with the row's own counter-based noise."""
+    noise = uniform_noise(rows.seeds, rows.draws, scores.shape[-1])
+    gumbel = -torch.log(-torch.log(noise))
+    perturbed = scores + torch.where(rows.do_sample[:, None], gumbel, torch.zeros_like(gumbel))
+    return torch.argmax(perturbed, dim=-1)
