@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 tools: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash scripts/install-tools.sh
 
+# The offline demo opens the browser playground at http://localhost:8080/playground/
+# (BARK_PLAYGROUND=false make run turns it off; servers started any other way keep it off).
+run: export BARK_PLAYGROUND ?= true
 run: install
 	$(PY) -m model_server $(ARGS)
 
