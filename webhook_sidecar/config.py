@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(default=300.0, gt=0)
     delivery_timeout_s: float = Field(default=30.0, gt=0)
     webhook_allowlist: str = Field(default="", description="comma-separated hosts or CIDRs allowed although private")
+    webhook_ca_file: Path | None = Field(
+        default=None, description="PEM bundle that verifies https receivers instead of the public CAs (a private CA)"
+    )
     public_url: str = Field(default="", description="base URL clients reach the sidecar at; empty: the request's")
     inline_audio_max_bytes: int = Field(
         default=4 * 1024 * 1024, ge=0, description="larger audio is delivered as a download URL instead"
@@ -97,7 +100,7 @@ class Settings(BaseSettings):
             return None
         return Path("/" + url.removeprefix("sqlite:").lstrip("/"))
 
-    @field_validator("api_keys_file", mode="before")
+    @field_validator("api_keys_file", "webhook_ca_file", mode="before")
     @classmethod
     def _empty_path_is_none(cls, value: object) -> object:
         # An env var set to "" (a chart value left empty) means "no file", not the current folder.

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,13 @@ def open_store(settings: Settings, on_transition: Callable[[str], None]) -> Stor
         return JobStore(path, on_transition=on_transition)
     pool_size = settings.db_pool_size
     return PostgresJobStore(settings.store_url, settings.lease_s, on_transition=on_transition, pool_size=pool_size)
+
+
+def _webhook_tls(settings: Settings) -> ssl.SSLContext | bool:
+    """Verify https receivers against the public CAs, or only against `webhook_ca_file` when set."""
+    if settings.webhook_ca_file is None:
+        return True
+    return ssl.create_default_context(cafile=str(settings.webhook_ca_file))
 
 
 def new_job_id() -> str:
@@ -95,7 +103,7 @@ class JobService:
         self._run_wakeup, self._delivery_wakeup = asyncio.Event(), asyncio.Event()
         # Env proxies are ignored: webhooks go to the address we checked, the model is on localhost.
         model_client = httpx.AsyncClient(trust_env=False)
-        webhook_client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        webhook_client = httpx.AsyncClient(trust_env=False, follow_redirects=False, verify=_webhook_tls(settings))
         self._clients = [model_client, webhook_client]
         runner = JobRunner(self.store, settings, model_client, settings.model_key(self.api_keys), self.wake_delivery)
         deliverer = Deliverer(self.store, settings, self.metrics, webhook_client, self.allowlist)

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -209,9 +210,10 @@ class Receiver:
     Close `gate` to hold requests open; `held` counts them. `down()`/`up()` stop and restart it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}/hook"
         self.deliveries: list[Delivery] = []
         self.script: deque[int | str] = deque()
         self.gate = threading.Event()
@@ -256,6 +258,8 @@ class Receiver:
                 pass  # the sidecar hung up (timeout or SIGKILL): expected here
 
         self._server = Server(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
