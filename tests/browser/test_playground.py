@@ -16,53 +16,13 @@ import pytest
 from model_server.openai_speech.protocol import SpeechRequest
 from model_server.schema import SynthesisRequest
 from tests.browser.conftest import API_KEY
+from tests.browser.page import error_text, generate, open_page, set_field, set_stream, wait_for
 from tests.serving import RunningServer
 
 pytestmark = pytest.mark.timeout(120)
 
 PAGE_FILES = ("", "index.html", "playground.js", "api.js", "audio.js", "playground.css", "config.json")
 TWO_SENTENCES = "Hello there. This second sentence is generated after the first one has already started playing."
-
-
-def wait_for(browser: Any, script: str, timeout: float = 60.0) -> Any:
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda driver: driver.execute_script(script))
-
-
-def open_page(browser: Any, server: RunningServer) -> None:
-    browser.get(f"{server.url}/playground/")
-    wait_for(browser, "return document.body.dataset.ready === 'true' || !document.getElementById('error').hidden")
-    assert browser.execute_script("return document.body.dataset.ready") == "true", error_text(browser)
-
-
-def set_field(browser: Any, element_id: str, value: str) -> None:
-    """Set an input's value the way typing does (an `input` event), so the page reacts to it."""
-    browser.execute_script(
-        "const el = document.getElementById(arguments[0]); el.value = arguments[1];"
-        "el.dispatchEvent(new Event('input', {bubbles: true}));",
-        element_id,
-        value,
-    )
-
-
-def set_stream(browser: Any, on: bool) -> None:
-    browser.execute_script(
-        "const box = document.getElementById('stream'); if (box.checked !== arguments[0]) box.click();", on
-    )
-
-
-def generate(browser: Any) -> dict[str, str]:
-    """Click Generate, wait for the run to end, and return #result-card's data attributes."""
-    browser.find_element("id", "generate").click()
-    wait_for(
-        browser, "return ['done', 'error', 'stopped'].includes(document.getElementById('result-card').dataset.state)"
-    )
-    return dict(browser.execute_script("return {...document.getElementById('result-card').dataset}"))
-
-
-def error_text(browser: Any) -> str:
-    return str(browser.execute_script("const e = document.getElementById('error'); return e.hidden ? '' : e.innerText"))
 
 
 def severe_console_entries(browser: Any) -> list[dict[str, Any]]:
@@ -77,7 +37,7 @@ def test_page_loads_without_a_key_and_lists_voices_grouped_by_language(
     browser: Any, playground_server: RunningServer
 ) -> None:
     browser.get_log("browser")
-    open_page(browser, playground_server)
+    open_page(browser, playground_server.url)
     listing = httpx.get(f"{playground_server.url}/v1/audio/voices").json()
     groups = browser.execute_script(
         "return [...document.querySelectorAll('#voice optgroup')]"
@@ -97,7 +57,7 @@ def test_page_loads_without_a_key_and_lists_voices_grouped_by_language(
 
 
 def test_limits_and_setting_bounds_come_from_the_server(browser: Any, playground_server: RunningServer) -> None:
-    open_page(browser, playground_server)
+    open_page(browser, playground_server.url)
     config = httpx.get(f"{playground_server.url}/playground/config.json").json()
     schema = SynthesisRequest.model_json_schema()["properties"]
     for name in ("semantic_temperature", "coarse_temperature", "fine_temperature"):
@@ -112,6 +72,19 @@ def test_limits_and_setting_bounds_come_from_the_server(browser: Any, playground
     set_field(browser, "text", "x" * 12)
     count = browser.find_element("id", "char-count").text.replace(",", "")
     assert count == f"12 / {config['max_prompt_chars']} characters"
+
+
+def test_a_stream_shows_pcm_and_the_chosen_format_comes_back(browser: Any, playground_server: RunningServer) -> None:
+    open_page(browser, playground_server.url)
+    set_stream(browser, False)
+    browser.execute_script("document.getElementById('format').value = 'mp3'")
+    set_stream(browser, True)
+    fmt = browser.find_element("id", "format")
+    assert (fmt.get_attribute("value"), fmt.is_enabled()) == ("pcm", False)
+    assert not browser.find_element("id", "semantic_temperature").is_enabled()  # the OpenAI route takes none
+    set_stream(browser, False)
+    assert (fmt.get_attribute("value"), fmt.is_enabled()) == ("mp3", True)
+    assert not browser.find_element("id", "speed").is_enabled()  # v1 predict takes no speed
 
 
 class _InlineCode(HTMLParser):
@@ -160,7 +133,7 @@ def test_the_page_is_a_404_when_the_playground_is_off(server_without_playground:
 def test_whole_synthesis_fills_the_audio_element_and_the_timing_line(
     browser: Any, playground_server: RunningServer
 ) -> None:
-    open_page(browser, playground_server)
+    open_page(browser, playground_server.url)
     set_field(browser, "api-key", API_KEY)
     set_stream(browser, False)
     set_field(browser, "text", "A short test.")
@@ -179,7 +152,7 @@ def test_whole_synthesis_fills_the_audio_element_and_the_timing_line(
 def test_streaming_starts_playing_before_the_request_has_finished(
     browser: Any, playground_server: RunningServer
 ) -> None:
-    open_page(browser, playground_server)
+    open_page(browser, playground_server.url)
     set_field(browser, "api-key", API_KEY)
     set_stream(browser, True)
     set_field(browser, "text", TWO_SENTENCES)
@@ -201,7 +174,7 @@ def test_streaming_starts_playing_before_the_request_has_finished(
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_empty_text_shows_the_servers_400_message(browser: Any, playground_server: RunningServer, stream: bool) -> None:
-    open_page(browser, playground_server)
+    open_page(browser, playground_server.url)
     set_field(browser, "api-key", API_KEY)
     set_stream(browser, stream)
     set_field(browser, "text", "   ")
@@ -212,7 +185,7 @@ def test_empty_text_shows_the_servers_400_message(browser: Any, playground_serve
 
 
 def test_a_wrong_key_shows_the_401_message(browser: Any, playground_server: RunningServer) -> None:
-    open_page(browser, playground_server)
+    open_page(browser, playground_server.url)
     set_field(browser, "api-key", "not-the-key")
     set_stream(browser, True)
     result = generate(browser)
@@ -232,7 +205,7 @@ def test_busy_and_timeout_answers_are_readable(
     browser: Any, playground_server: RunningServer, status: int, headers: dict[str, str], expected: list[str]
 ) -> None:
     """The server's 503 and 504 need load or a slow model to provoke; here the page gets them from a stubbed fetch."""
-    open_page(browser, playground_server)
+    open_page(browser, playground_server.url)
     messages = {503: "queue is full: 512 chunks waiting", 504: "request took longer than request_timeout_s"}
     browser.execute_script(
         "const [status, headers, message] = arguments;"
@@ -251,7 +224,7 @@ def test_busy_and_timeout_answers_are_readable(
 
 
 def test_the_api_key_stays_in_session_storage_only(browser: Any, playground_server: RunningServer) -> None:
-    open_page(browser, playground_server)
+    open_page(browser, playground_server.url)
     browser.get_log("browser")
     field = browser.find_element("id", "api-key")
     field.clear()

@@ -8,7 +8,15 @@ const KEY_STORAGE = "bark-playground-api-key";
 const TEMPERATURES = ["semantic_temperature", "coarse_temperature", "fine_temperature"];
 const $ = (id) => document.getElementById(id);
 
-const state = { config: null, audioContext: null, player: null, controller: null, objectUrl: null };
+const state = {
+  config: null,
+  audioContext: null,
+  player: null,
+  controller: null,
+  objectUrl: null,
+  chosenFormat: null, // the format picked for whole files, while a stream shows PCM
+  streamShown: false,
+};
 
 // -- setup -------------------------------------------------------------------------------------
 
@@ -93,8 +101,15 @@ function updateCount() {
 
 function updateMode() {
   const streaming = $("stream").checked;
+  const format = $("format");
   $("sampling").disabled = streaming;
-  $("format").disabled = streaming;
+  // A stream is always PCM (Web Audio plays raw samples); the chosen format comes back when it is off.
+  if (state.config && streaming !== state.streamShown) {
+    if (streaming) state.chosenFormat = format.value;
+    format.value = streaming ? state.config.stream_format : state.chosenFormat || state.config.default_format;
+    state.streamShown = streaming;
+  }
+  format.disabled = streaming;
   $("speed").disabled = !streaming;
   $("speed-field").classList.toggle("off", !streaming);
   $("sampling-note").textContent = streaming
@@ -275,6 +290,7 @@ async function start() {
     state.config = await loadConfig();
     applyConfig(state.config);
     updateCount();
+    updateMode();
     fillVoices(await loadVoices(state.config), state.config.default_voice);
     const ready = await modelReady(state.config);
     setServerStatus(ready ? "ready" : "down", `${state.config.model} · ${ready ? "ready" : "not ready"}`);

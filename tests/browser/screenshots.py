@@ -1,0 +1,63 @@
+"""Take the playground screenshots in docs/: `python -m tests.browser.screenshots [OUT_DIR]`.
+
+Serves the tiny random-weight checkpoint (the offline demo: the audio is noise, the pipeline and
+the timings are real) with the playground on, synthesizes once whole and once streamed in headless
+Chromium, and saves the page after each as `playground.png` and `playground-streaming.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from model_server.tiny import build_checkpoint
+from tests.browser.page import browser_paths, generate, open_page, set_field, set_stream, start_chromium, wait_for
+from tests.serving import REPO_ROOT, running_server
+
+TEXT = (
+    "Hello! I am Bark, a text-to-speech model, served here by KServe. "
+    "I speak thirteen languages, and with streaming on you hear each sentence as soon as it is ready."
+)
+WIDTH = 1280
+
+
+def save_page(browser: Any, path: Path) -> None:
+    """The whole page: the viewport is set to the document's height first (Chrome DevTools Protocol)."""
+    metrics = {"width": WIDTH, "deviceScaleFactor": 1, "mobile": False}
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {**metrics, "height": 800})
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {**metrics, "height": height})
+    browser.save_screenshot(str(path))
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out_dir", nargs="?", type=Path, default=REPO_ROOT / "docs")
+    args = parser.parse_args()
+    paths = browser_paths()
+    if paths is None:
+        raise SystemExit("chromium and chromedriver are needed (scripts/install-tools.sh installs them)")
+    with tempfile.TemporaryDirectory() as work:
+        folder = Path(work)
+        checkpoint = build_checkpoint(folder / "bark-tiny")
+        with running_server(checkpoint, folder, env={"BARK_PLAYGROUND": "true"}) as server:
+            browser = start_chromium(*paths, folder / "profile")
+            try:
+                open_page(browser, server.url)
+                set_field(browser, "text", TEXT)
+                set_stream(browser, False)
+                assert generate(browser)["state"] == "done"
+                wait_for(browser, "return document.getElementById('player').duration > 0")
+                save_page(browser, args.out_dir / "playground.png")
+                set_stream(browser, True)
+                assert generate(browser)["state"] == "done"
+                save_page(browser, args.out_dir / "playground-streaming.png")
+            finally:
+                browser.quit()
+
+
+if __name__ == "__main__":
+    main()
