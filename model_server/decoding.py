@@ -45,6 +45,10 @@ from transformers.models.bark.generation_configuration_bark import (
 )
 from transformers.models.bark.modeling_bark import BarkCausalModel
 
+from . import metrics
+from .faults import OUT_OF_MEMORY
+from .kv_cache import CacheShape, check_kv_cache_fits, device_memory
+
 logger = logging.getLogger(__name__)
 
 DecoderKind = Literal["transformers", "static", "cudagraph"]
@@ -251,6 +255,9 @@ class StaticBarkDecoder:
         self._key_positions = torch.arange(max_positions, device=self.device)
         self._graphs: dict[tuple[str, int, int], _CapturedStep] = {}
         self._graph_pool: Any = None
+        # (stage, rows, kv_len) whose capture failed: those steps run eagerly, every other shape replays.
+        self.eager_shapes: set[tuple[str, int, int]] = set()
+        self.cache_bytes = sum(cache.keys.nbytes + cache.values.nbytes for cache in caches.values())
 
     # -- public API ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -395,11 +402,13 @@ class StaticBarkDecoder:
         return coarse_tokens[:, history_length:], output_lengths
 
     @torch.inference_mode()
-    def capture_graphs(self, max_rows: int | None = None) -> int:
+    def capture_graphs(self, max_rows: int | None = None, *, strict: bool = False) -> int:
         """Capture every step graph up front (server warm-up), so no request pays for a capture.
 
         Returns how many graphs exist. Leaves garbage at cache position 0, which every generation
-        overwrites in its prefill before reading it.
+        overwrites in its prefill before reading it. A shape that cannot be captured raises
+        DecoderUnavailable when `strict` (decoder=cudagraph was asked for explicitly: the server
+        must not start in a mode it was not asked for), else it runs eagerly from then on, counted.
         """
         if not self.use_cuda_graphs:
             return 0
@@ -415,7 +424,11 @@ class StaticBarkDecoder:
             # Largest first: later, smaller graphs reuse the shared pool's blocks.
             for rows in reversed(buckets):
                 for kv_len in kv_lens:
-                    self._graph_for(stage, rows, kv_len)
+                    if self._graph_or_eager(stage, rows, kv_len) is None and strict:
+                        raise DecoderUnavailable(
+                            f"decoder=cudagraph: the {stage.name} step for {rows} rows over {kv_len} keys "
+                            "could not be captured (see the warning above)"
+                        )
         return len(self._graphs)
 
     @torch.inference_mode()
@@ -533,18 +546,49 @@ class StaticBarkDecoder:
         logger.debug("captured a decoding step graph in %.1f ms", (time.perf_counter() - started) * 1e3)
         return _CapturedStep(graph, logits)
 
+    def _graph_or_eager(self, stage: _Stage, rows: int, kv_len: int) -> _CapturedStep | None:
+        """The step's graph, captured now if needed; None if this shape runs eagerly.
+
+        A failed capture (an op that cannot be captured, a driver or allocator error) turns graphs
+        off for this one shape only, with a warning and `bark_decoder_fallbacks_total{reason=
+        "capture_failed"}`. Out-of-memory is not a capture problem: it is raised as itself, so the
+        batch-splitting path (faults.py) retries the batch in halves as for any other OOM.
+        """
+        key = (stage.name, rows, kv_len)
+        if key in self.eager_shapes:
+            return None
+        try:
+            return self._graph_for(stage, rows, kv_len)
+        except Exception as error:
+            out_of_memory = _out_of_memory_in(error)
+            if out_of_memory is None:
+                self._capture_failed(key, error)
+                return None
+        # Raised outside the `except`, so Python does not chain it to (and cut it from) the wrapper.
+        raise out_of_memory
+
+    def _capture_failed(self, key: tuple[str, int, int], error: Exception) -> None:
+        """Run this shape eagerly from now on; say so in the log and in the metrics."""
+        self.eager_shapes.add(key)
+        metrics.DECODER_FALLBACKS.labels(reason="capture_failed").inc()
+        stage_name, rows, kv_len = key
+        logger.warning(
+            "CUDA graph capture failed for the %s step at %d rows over %d keys; that shape runs eagerly "
+            "from now on, the others keep their graphs: %r",
+            stage_name,
+            rows,
+            kv_len,
+            error,
+        )
+
     def _forward_token(self, stage: _Stage, rows: int, position: int) -> torch.Tensor:
         """Logits for the tokens already in `self._token`, by graph replay or eagerly."""
         bucket = batch_bucket(rows) if self.pad_batches else rows
         kv_len = self._kv_len(stage, position)
         self._position.fill_(position)
         if self.use_cuda_graphs:
-            try:
-                captured = self._graph_for(stage, bucket, kv_len)
-            except Exception as error:  # any capture failure: stay correct, just slower
-                logger.warning("CUDA graph capture failed, decoding eagerly from now on: %r", error)
-                self.use_cuda_graphs = False
-            else:
+            captured = self._graph_or_eager(stage, bucket, kv_len)
+            if captured is not None:
                 captured.graph.replay()
                 return captured.logits[:rows]
         return self._step(stage, bucket, kv_len)[:rows]
@@ -649,7 +693,34 @@ class StaticBarkDecoder:
         return cast(torch.LongTensor, sequence[:, prompt_length : prompt_length + steps])
 
 
+def _out_of_memory_in(error: BaseException) -> BaseException | None:
+    """The out-of-memory error behind `error`, if any: a capture that fails inside `torch.cuda.graph`
+    surfaces as the error of ending the capture, with the original one as its context."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OUT_OF_MEMORY):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 # -- choosing and building -------------------------------------------------------------------------
+class DecoderUnavailable(RuntimeError):
+    """The decoder asked for cannot run here; with an explicit setting the server must not start."""
+
+
+@dataclass(frozen=True)
+class DecoderChoice:
+    """What `select_decoder` built: the decoder (None = transformers' generate), its name, and why
+    `auto` did not get its first choice (None when it did, or when the setting was explicit)."""
+
+    decoder: StaticBarkDecoder | None
+    name: DecoderKind
+    fallback: str | None = None
+
+
 def choose_decoder(setting: DecoderSetting | str, device: torch.device) -> DecoderKind:
     """auto = CUDA graphs on CUDA, else the static path (faster than transformers on CPU too)."""
     if setting == "auto":
@@ -664,20 +735,52 @@ def choose_decoder(setting: DecoderSetting | str, device: torch.device) -> Decod
 def build_decoder(
     model: BarkModel, kind: DecoderKind, device: torch.device, *, max_batch_size: int = 64
 ) -> StaticBarkDecoder | None:
-    """The decoder for `kind`, or None for transformers' own `generate`.
+    """The decoder for `kind`, or None for transformers' own `generate`; never silently another one.
 
-    For `cudagraph` one step is captured and replayed here; if that fails (driver, allocator,
-    an op that cannot be captured), the reason is logged and None returned, so the server runs on
-    transformers' path instead of not starting.
+    Before the static K/V cache is allocated its size is checked against the device's free memory
+    (kv_cache.py: KVCacheTooLarge, with the numbers). For `cudagraph` one step is captured and
+    replayed against the same step run eagerly; if that fails (driver, allocator, an op that cannot
+    be captured) DecoderUnavailable says why. Falling back is `select_decoder`'s decision, under
+    `auto` only.
     """
     if kind == "transformers":
         return None
+    shapes = [CacheShape.of(model.semantic.config), CacheShape.of(model.coarse_acoustics.config)]
+    memory = device_memory(device)
+    if memory is not None:
+        needed = check_kv_cache_fits(shapes, max_batch_size, model.semantic.input_embeds_layer.weight.dtype, *memory)
+        logger.info(
+            "decoder K/V cache: %.2f GB for max_batch_size=%d (%.2f of %.2f GB free)",
+            needed / 1e9,
+            max_batch_size,
+            memory[0] / 1e9,
+            memory[1] / 1e9,
+        )
     if kind == "static":
         return StaticBarkDecoder(model, device, max_batch_size=max_batch_size)
     try:
         decoder = StaticBarkDecoder(model, device, use_cuda_graphs=True, max_batch_size=max_batch_size)
         decoder.check_capture()
     except Exception as error:
-        logger.warning("decoder=cudagraph is unavailable, falling back to transformers' generate: %r", error)
-        return None
+        raise DecoderUnavailable(f"decoder=cudagraph cannot run here: {error!r}") from error
     return decoder
+
+
+def select_decoder(
+    model: BarkModel, setting: DecoderSetting | str, device: torch.device, *, max_batch_size: int = 64
+) -> DecoderChoice:
+    """The decoder for a setting. An explicit one is honoured or the start stops with the reason;
+    under `auto`, CUDA graphs that cannot run fall back to the static path (the same steps, run
+    eagerly), with a warning, `bark_decoder_fallbacks_total{reason="cudagraph_unavailable"}` and
+    the reason in `bark_model_info{decoder_fallback}`. A cache too large for the device is never
+    a fallback: it stops the start under every setting."""
+    kind = choose_decoder(setting, device)
+    if setting != "auto" or kind != "cudagraph":
+        return DecoderChoice(build_decoder(model, kind, device, max_batch_size=max_batch_size), kind)
+    try:
+        return DecoderChoice(build_decoder(model, kind, device, max_batch_size=max_batch_size), kind)
+    except DecoderUnavailable as error:
+        reason = "cudagraph_unavailable"
+        metrics.DECODER_FALLBACKS.labels(reason=reason).inc()
+        logger.warning("decoder=auto: %s; decoding with the static cache, eagerly (no CUDA graphs)", error)
+    return DecoderChoice(build_decoder(model, "static", device, max_batch_size=max_batch_size), "static", reason)

@@ -7,7 +7,6 @@ semantic token budget, and every waveform is cut to its own length before it lea
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import time
@@ -23,10 +22,11 @@ from transformers.models.bark.generation_configuration_bark import (
     BarkFineGenerationConfig,
     BarkSemanticGenerationConfig,
 )
+from transformers.utils import is_flash_attn_2_available
 
 from .attention import use_sdpa_attention
 from .config import Settings
-from .decoding import StaticBarkDecoder, build_decoder, choose_decoder
+from .decoding import StaticBarkDecoder, select_decoder
 from .voices import VoiceLibrary
 
 logger = logging.getLogger(__name__)
@@ -95,16 +95,41 @@ def choose_dtype(setting: str, device: torch.device) -> torch.dtype:
 
 
 def flash_attention_available(device: torch.device) -> bool:
-    return device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+    """transformers' own test (flash-attn >= 2.3.3 installed, CUDA present) and a CUDA device chosen."""
+    return device.type == "cuda" and is_flash_attn_2_available()
 
 
 def choose_attention(setting: str, device: torch.device) -> str:
-    """auto = flash-attention 2 where it can run (CUDA + package), else SDPA."""
+    """auto = SDPA everywhere; flash-attention 2 only when asked for (and then it must be able to run).
+
+    Why not flash-attn by default: the semantic and coarse stages, almost all of a request's steps,
+    run in `decoding.py`, which computes attention with `scaled_dot_product_attention` whatever this
+    setting says. flash-attn would only reach transformers' own forwards: the fine stage and, with
+    `decoder=transformers`, the semantic and coarse `generate`. The fine stage's attention is neither
+    causal nor masked, which on CUDA in fp16 lets torch's SDPA dispatch to its own built-in
+    FlashAttention-2 kernel: the package would add a second copy of that kernel for one stage.
+    """
     if setting == "auto":
-        return "flash_attention_2" if flash_attention_available(device) else "sdpa"
+        return "sdpa"
     if setting == "flash_attention_2" and not flash_attention_available(device):
-        raise RuntimeError("attention=flash_attention_2 needs CUDA and the flash-attn package")
+        raise RuntimeError("attention=flash_attention_2 needs a CUDA device and the flash-attn package (>= 2.3.3)")
     return setting
+
+
+#: `BarkModel`'s sub-configs whose models have attention layers; the codec (Encodec) has none.
+BARK_TRANSFORMER_CONFIGS = ("semantic_config", "coarse_acoustics_config", "fine_acoustics_config")
+
+
+def attention_implementations(attention: str) -> dict[str, str]:
+    """`attn_implementation` per sub-model for `BarkModel.from_pretrained`.
+
+    Given one string, transformers 5 applies it to every sub-model, and Encodec refuses
+    `flash_attention_2` ("EncodecModel does not support Flash Attention 2 yet"): the server did not
+    start wherever flash-attn was installed. The codec (convolutions and an LSTM, no attention)
+    always loads eager. SDPA is ours (attention.py): those models load eager and are switched later.
+    """
+    loaded_with = "eager" if attention == "sdpa" else attention
+    return {"": loaded_with, **dict.fromkeys(BARK_TRANSFORMER_CONFIGS, loaded_with), "codec_config": "eager"}
 
 
 class BarkEngine:
@@ -119,8 +144,11 @@ class BarkEngine:
         logger.info("loading Bark from %s on %s (%s, attention=%s)", source, self.device, self.dtype, self.attention)
         self.processor = BarkProcessor.from_pretrained(source)
         # SDPA is ours (attention.py): load eager, then switch the attention modules in place.
-        loaded_with = "eager" if self.attention == "sdpa" else self.attention
-        model = BarkModel.from_pretrained(source, dtype=self.dtype, attn_implementation=loaded_with)
+        model = BarkModel.from_pretrained(
+            source,
+            dtype=self.dtype,
+            attn_implementation=attention_implementations(self.attention),  # type: ignore[arg-type]
+        )
         if self.attention == "sdpa":
             use_sdpa_attention(model)
         self.model: BarkModel = model.to(self.device).eval()  # type: ignore[arg-type]
@@ -133,12 +161,18 @@ class BarkEngine:
         self.max_semantic_tokens = int(self._semantic_defaults.get("max_new_tokens") or 768)
         self.voices = VoiceLibrary(self.processor, self.device, settings.voice_aliases)
         self.source = source
-        kind = choose_decoder(settings.decoder, self.device)
-        self.decoder: StaticBarkDecoder | None = build_decoder(
-            self.model, kind, self.device, max_batch_size=settings.max_batch_size
+        # An explicit decoder that cannot run, or a K/V cache too large for the device, stops the
+        # start here with the reason; under auto a fallback is logged, counted and named.
+        choice = select_decoder(self.model, settings.decoder, self.device, max_batch_size=settings.max_batch_size)
+        self.decoder: StaticBarkDecoder | None = choice.decoder
+        self.decoder_name: str = choice.name
+        self.decoder_fallback: str | None = choice.fallback
+        logger.info(
+            "decoder=%s (setting: %s%s)",
+            self.decoder_name,
+            settings.decoder,
+            f", fell back: {choice.fallback}" if choice.fallback else "",
         )
-        self.decoder_name = kind if self.decoder is not None else "transformers"  # build_decoder logged why
-        logger.info("decoder=%s (setting: %s)", self.decoder_name, settings.decoder)
 
     def semantic_budget(self, words: int) -> int:
         """Semantic tokens a chunk of `words` words may use (see Settings.semantic_tokens_per_word)."""
@@ -244,6 +278,8 @@ class BarkEngine:
         voice = self.voices.names[0] if self.voices.names else None
         started = time.perf_counter()
         if self.decoder is not None:
-            logger.info("captured %d CUDA graphs", self.decoder.capture_graphs())
+            # Explicit decoder=cudagraph: a shape that cannot be captured stops the start.
+            graphs = self.decoder.capture_graphs(strict=self.settings.decoder == "cudagraph")
+            logger.info("captured %d CUDA graphs (%d shapes eager)", graphs, len(self.decoder.eager_shapes))
         self.generate_batch(["Warm up."], voice, Sampling(do_sample=False), [min(8, self.max_semantic_tokens)])
         logger.info("warm-up generation took %.2f s", time.perf_counter() - started)

@@ -41,6 +41,21 @@ BATCH_SIZE = Histogram("bark_batch_size", "Chunks per batched generate call.", b
 QUEUE_DEPTH = Gauge("bark_queue_depth", "Chunks waiting in the batch queue.")
 QUEUE_CAPACITY = Gauge("bark_queue_capacity", "Chunks the batch queue holds before it answers 503.")
 INFLIGHT_CHUNKS = Gauge("bark_inflight_chunks", "Chunks being generated right now.")
+# The continuous scheduler (BARK_SCHEDULER=continuous, continuous/loop.py): one observation per step.
+ACTIVE_ROWS = Histogram(
+    "bark_active_rows", "Rows (chunks) in one decoding step of the continuous loop.", buckets=_BATCH_BUCKETS
+)
+STEP_SECONDS = Histogram(
+    "bark_step_duration_seconds",
+    "Wall time of one continuous-loop iteration (both stages, sampling, admissions' coarse windows).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+ADMISSION_WAIT = Histogram(
+    "bark_admission_wait_seconds",
+    "Time a chunk waited in the queue before it joined the running rows.",
+    buckets=_SECONDS_BUCKETS,
+)
+ADMISSIONS = Counter("bark_admissions_total", "Chunks admitted into the running rows.")
 REQUESTS = Counter(
     "bark_requests_total",
     "Synthesis requests by outcome; `reason` is one of a fixed set.",
@@ -49,8 +64,21 @@ REQUESTS = Counter(
 VOICE_REQUESTS = Counter("bark_voice_requests_total", "Instances synthesised per voice preset.", ["voice"])
 MODEL_LOAD_SECONDS = Gauge("bark_model_load_seconds", "Seconds the model took to load and warm up.")
 MODEL_INFO = Gauge(
-    "bark_model_info", "The loaded model (value 1).", ["source", "device", "dtype", "attention", "decoder"]
+    "bark_model_info",
+    "The loaded model (value 1); `decoder_fallback` says why decoder=auto runs a slower decoder, else none.",
+    ["source", "device", "dtype", "attention", "decoder", "decoder_fallback"],
 )
+#: Why the decoder ran slower than asked: `cudagraph_unavailable` (decoder=auto at start: no CUDA
+#: graphs, static cache run eagerly) and `capture_failed` (one step shape could not be captured and
+#: runs eagerly from then on; the other shapes keep their graphs).
+DECODER_FALLBACK_REASONS = ("cudagraph_unavailable", "capture_failed")
+DECODER_FALLBACKS = Counter(
+    "bark_decoder_fallbacks_total",
+    "Times the decoder fell back to a slower path, by reason (see DECODER_FALLBACK_REASONS).",
+    ["reason"],
+)
+for _reason in DECODER_FALLBACK_REASONS:
+    DECODER_FALLBACKS.labels(reason=_reason)  # exported as 0 from the start, not absent
 # Registered only where CUDA is present (track_gpu_memory): on CPU the series are absent, not 0.
 GPU_MEMORY_BYTES = Gauge("bark_gpu_memory_allocated_bytes", "GPU memory allocated by torch (CUDA only).", registry=None)
 GPU_MEMORY_RESERVED_BYTES = Gauge(

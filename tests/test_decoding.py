@@ -8,7 +8,7 @@ EOS rules the tests give a copy of the model a louder EOS row (`with_eos_row`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,18 @@ from transformers.models.bark.generation_configuration_bark import (
     BarkSemanticGenerationConfig,
 )
 
+from model_server import decoding, metrics
 from model_server.decoding import (
+    DecoderUnavailable,
     StaticBarkDecoder,
     _CapturedStep,
     batch_bucket,
     build_decoder,
     choose_decoder,
+    select_decoder,
 )
 from model_server.engine import _PerRowTokenBudget
+from model_server.faults import run_splitting_on_oom
 
 TEXTS = [
     "Hello world.",
@@ -294,28 +298,104 @@ def test_the_graph_replay_path_reproduces_transformers(
     assert sum(graph.replays for graph in graphs) == semantic.shape[1] - 1 + coarse.shape[1] - 2
 
 
+def fallbacks(reason: str) -> float:
+    return metrics.DECODER_FALLBACKS.labels(reason=reason)._value.get()
+
+
+def failing_capture_for(
+    decoder: StaticBarkDecoder,
+    monkeypatch: pytest.MonkeyPatch,
+    failing: set[int],
+    error: Callable[[], BaseException],
+) -> list[ReplayedClosure]:
+    """Fake graphs (as `fake_graphs`) whose capture raises `error()` for batch buckets in `failing`."""
+    graphs = fake_graphs(decoder, monkeypatch)
+    fake_capture = decoder._capture
+    attempts: list[tuple[str, int, int]] = []
+    graph_for = decoder._graph_for
+
+    def graph_for_counting(stage: Any, rows: int, kv_len: int) -> _CapturedStep:
+        attempts.append((stage.name, rows, kv_len))
+        return graph_for(stage, rows, kv_len)
+
+    def capture(step: Any) -> _CapturedStep:
+        if attempts[-1][1] in failing:
+            raise error()
+        return fake_capture(step)
+
+    monkeypatch.setattr(decoder, "_capture", capture)
+    monkeypatch.setattr(decoder, "_graph_for", graph_for_counting)
+    decoder.capture_attempts = attempts  # type: ignore[attr-defined]
+    return graphs
+
+
 @torch.inference_mode()
-def test_a_capture_failure_mid_request_continues_eagerly_with_a_warning(
+def test_a_capture_failure_mid_request_falls_back_for_that_shape_only(
     model: BarkModel,
     processor: BarkProcessor,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    encoded = encode(processor, 2)
+    """Issue #12: one failed capture used to turn graphs off for the process's life, silently in the metrics."""
+    decoder = StaticBarkDecoder(model, CPU, max_batch_size=4, pad_batches=True)
+    graphs = failing_capture_for(
+        decoder, monkeypatch, {2}, lambda: RuntimeError("operation not permitted when stream is capturing")
+    )
     semantic_config, _ = configs(model, 12)
-    decoder = StaticBarkDecoder(model, CPU, max_batch_size=2)
-    monkeypatch.setattr(decoder, "use_cuda_graphs", True)
+    before = fallbacks("capture_failed")
 
-    def fail(step: Any) -> _CapturedStep:
-        raise RuntimeError("operation not permitted when stream is capturing")
+    def run(rows: int) -> None:
+        encoded = encode(processor, rows)
+        expected = hf_semantic(model, encoded, None, semantic_config, [12] * rows)
+        semantic = decoder.semantic(encoded["input_ids"], encoded["attention_mask"], None, semantic_config, [12] * rows)
+        assert torch.equal(semantic, expected)  # still correct, whichever way each step ran
 
-    monkeypatch.setattr(decoder, "_capture", fail)
-    expected = hf_semantic(model, encoded, None, semantic_config, [12, 12])
     with caplog.at_level(logging.WARNING, logger="model_server.decoding"):
-        semantic = decoder.semantic(encoded["input_ids"], encoded["attention_mask"], None, semantic_config, [12, 12])
-    assert torch.equal(semantic, expected)
-    assert "decoding eagerly" in caplog.text and "stream is capturing" in caplog.text
-    assert decoder.use_cuda_graphs is False
+        run(2)  # the 2-row bucket fails to capture: eager for that shape
+    assert decoder.eager_shapes == {("semantic", 2, 512)}
+    assert "semantic step at 2 rows over 512 keys" in caplog.text and "stream is capturing" in caplog.text
+    assert fallbacks("capture_failed") == before + 1
+    run(2)  # not retried, not counted again
+    assert decoder.capture_attempts.count(("semantic", 2, 512)) == 1  # type: ignore[attr-defined]
+    assert fallbacks("capture_failed") == before + 1
+    run(1)  # other shapes still capture and replay
+    assert decoder.use_cuda_graphs and len(graphs) == 1 and graphs[0].replays == 11
+
+
+@torch.inference_mode()
+def test_out_of_memory_in_a_capture_reaches_the_batch_splitting_path(
+    model: BarkModel, processor: BarkProcessor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OOM while capturing (even one wrapped by the failing end of capture) is an OOM, not a capture
+    problem: faults.py retries the batch in halves, and the shape is not marked eager."""
+    decoder = StaticBarkDecoder(model, CPU, max_batch_size=4, pad_batches=True)
+
+    def error() -> BaseException:
+        """What torch.cuda.graph's exit raises when an allocation failed inside the capture."""
+        try:
+            try:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            except torch.cuda.OutOfMemoryError:
+                raise RuntimeError("CUDA error: operation failed due to a previous error during capture")  # noqa: B904
+        except RuntimeError as wrapped:
+            return wrapped
+
+    failing_capture_for(decoder, monkeypatch, {2}, error)
+    encoded = encode(processor, 2)
+    semantic_config, _ = configs(model, 10)
+    expected = hf_semantic(model, encoded, None, semantic_config, [10, 10])
+
+    def generate(rows: list[int]) -> list[torch.Tensor]:
+        semantic = decoder.semantic(
+            encoded["input_ids"][rows], encoded["attention_mask"][rows], None, semantic_config, [10] * len(rows)
+        )
+        return list(semantic)
+
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="Tried to allocate"):
+        generate([0, 1])
+    halves = run_splitting_on_oom(generate, [0, 1])
+    assert torch.equal(torch.stack(halves), expected)
+    assert not decoder.eager_shapes
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -376,10 +456,35 @@ def test_build_decoder_returns_none_for_transformers_and_a_decoder_for_static(mo
     assert isinstance(build_decoder(model, "static", CPU, max_batch_size=2), StaticBarkDecoder)
 
 
-def test_failed_graph_capture_falls_back_to_transformers_with_a_logged_reason(
-    model: BarkModel, caplog: pytest.LogCaptureFixture
+def test_an_explicit_cudagraph_that_cannot_run_stops_the_start(
+    model: BarkModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Issue #12: build_decoder used to drop to transformers' generate (6-7x slower per step) without a word."""
+    with pytest.raises(DecoderUnavailable, match="CUDA"):
+        build_decoder(model, "cudagraph", CPU, max_batch_size=2)
+    # As if on a GPU where capture fails: the explicit setting is not silently replaced.
+    monkeypatch.setattr(decoding, "choose_decoder", lambda setting, device: "cudagraph")
+    before = fallbacks("cudagraph_unavailable")
+    with pytest.raises(DecoderUnavailable, match="decoder=cudagraph cannot run here"):
+        select_decoder(model, "cudagraph", CPU, max_batch_size=2)
+    assert fallbacks("cudagraph_unavailable") == before
+
+
+def test_under_auto_unavailable_graphs_fall_back_to_the_static_path_counted_and_named(
+    model: BarkModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(decoding, "choose_decoder", lambda setting, device: "cudagraph")  # auto on "CUDA"
+    before = fallbacks("cudagraph_unavailable")
     with caplog.at_level(logging.WARNING, logger="model_server.decoding"):
-        assert build_decoder(model, "cudagraph", CPU, max_batch_size=2) is None
-    assert "falling back to transformers" in caplog.text
-    assert "CUDA" in caplog.text
+        choice = select_decoder(model, "auto", CPU, max_batch_size=2)
+    assert isinstance(choice.decoder, StaticBarkDecoder) and not choice.decoder.use_cuda_graphs
+    assert (choice.name, choice.fallback) == ("static", "cudagraph_unavailable")
+    assert fallbacks("cudagraph_unavailable") == before + 1
+    assert "decoder=auto" in caplog.text and "CUDA graphs need a CUDA device" in caplog.text
+
+
+def test_without_a_fallback_select_decoder_names_what_was_asked_for(model: BarkModel) -> None:
+    for setting, name in (("auto", "static"), ("static", "static"), ("transformers", "transformers")):
+        choice = select_decoder(model, setting, CPU, max_batch_size=2)
+        assert (choice.name, choice.fallback) == (name, None)
+        assert (choice.decoder is None) == (name == "transformers")
