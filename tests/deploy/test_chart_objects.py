@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -35,8 +36,13 @@ def secret_ref(value: Any) -> tuple[str, str]:
     return ref["name"], ref["key"]
 
 
-def test_defaults_render_an_inference_service_and_its_secret_only(default: Objects) -> None:
-    assert kinds(default) == ["InferenceService", "Secret"]
+def named(objects: Objects, kind: str, name: str) -> dict[str, Any]:
+    (match,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return match
+
+
+def test_defaults_render_the_service_its_secret_the_jobs_service_and_postgres(default: Objects) -> None:
+    assert kinds(default) == ["InferenceService", "Secret", "Service", "Service", "StatefulSet"]
     isvc = only(default, "InferenceService")
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     assert isvc["metadata"]["name"] == "bark-tts"
@@ -188,8 +194,83 @@ def test_auth_existing_secret_is_an_alias(helm: Helm) -> None:
     assert secret_ref(env_of(container(objects, "kserve-container"))["HF_TOKEN"]) == ("mine", "hf-token")
 
 
-def test_no_sidecar_by_default(default: Objects) -> None:
-    assert [c["name"] for c in predictor(default)["containers"]] == ["kserve-container"]
+def test_the_sidecar_is_on_by_default_with_the_bundled_postgres_job_store(default: Objects) -> None:
+    assert [c["name"] for c in predictor(default)["containers"]] == ["kserve-container", "webhook-sidecar"]
+    env = env_of(container(default, "webhook-sidecar"))
+    assert env["SIDECAR_DATABASE_URL"] == "postgresql://bark@bark-tts-postgres:5432/bark_jobs"
+    assert secret_ref(env["PGPASSWORD"]) == ("bark-tts-secrets", "postgres-password")
+    assert "SIDECAR_DB_PATH" not in env
+    assert "jobs" not in [v["name"] for v in predictor(default)["volumes"]]
+    assert "PersistentVolumeClaim" not in kinds(default)
+    password = only(default, "Secret")["data"]["postgres-password"]
+    assert len(base64.b64decode(password)) >= 32
+
+
+def test_bundled_postgres_is_one_pod_with_a_claim_probes_resources_and_the_secret_password(default: Objects) -> None:
+    statefulset = named(default, "StatefulSet", "bark-tts-postgres")
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 1 and spec["serviceName"] == "bark-tts-postgres"
+    pod = spec["template"]["spec"]
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["fsGroup"] == 70
+    assert "nodeSelector" not in pod and "tolerations" not in pod, "no GPU node for the database"
+    (db,) = pod["containers"]
+    env = env_of(db)
+    assert secret_ref(env["POSTGRES_PASSWORD"]) == ("bark-tts-secrets", "postgres-password")
+    assert (env["POSTGRES_USER"], env["POSTGRES_DB"]) == ("bark", "bark_jobs")
+    assert env["PGDATA"].startswith("/var/lib/postgresql/data/")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert db[probe]["exec"]["command"][0] == "pg_isready", probe
+    assert db["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
+    assert db["resources"]["limits"] == {"memory": "1Gi"}
+    assert {"name": "data", "mountPath": "/var/lib/postgresql/data"} in db["volumeMounts"]
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "8Gi"
+    service = named(default, "Service", "bark-tts-postgres")
+    assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
+    assert service["spec"]["selector"] != POD_SELECTOR
+    assert service["spec"]["ports"][0]["port"] == 5432
+
+
+def test_raw_deployment_variant_tunes_the_bundled_postgres(renders: dict[str, Objects]) -> None:
+    objects = renders["raw-deployment-values"]
+    spec = named(objects, "StatefulSet", "bark-tts-postgres")["spec"]
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == "standard"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert spec["template"]["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
+
+
+@pytest.mark.parametrize("variant", ["jobs-external-values", "jobs-external-serverless-values"])
+def test_an_external_postgres_is_read_from_the_users_secret_and_none_is_installed(
+    renders: dict[str, Objects], variant: str
+) -> None:
+    objects = renders[variant]
+    assert "StatefulSet" not in kinds(objects)
+    env = env_of(container(objects, "webhook-sidecar"))
+    key = "dsn" if variant == "jobs-external-values" else "database-url"
+    assert secret_ref(env["SIDECAR_DATABASE_URL"]) == ("bark-jobs-database", key)
+    assert "PGPASSWORD" not in env
+    assert "postgres-password" not in only(objects, "Secret")["data"]
+
+
+def test_sqlite_variants_keep_the_file_per_pod_on_one_replica(renders: dict[str, Objects]) -> None:
+    raw = renders["sqlite-values"]
+    env = env_of(container(raw, "webhook-sidecar"))
+    assert env["SIDECAR_DB_PATH"] == "/var/lib/bark-jobs/jobs.sqlite3"
+    assert "SIDECAR_DATABASE_URL" not in env
+    assert "StatefulSet" not in kinds(raw)
+    pvc = only(raw, "PersistentVolumeClaim")
+    assert pvc["metadata"]["name"] == "bark-tts-jobs"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    (jobs,) = [v for v in predictor(raw)["volumes"] if v["name"] == "jobs"]
+    assert jobs["persistentVolumeClaim"] == {"claimName": "bark-tts-jobs"}
+    assert predictor(raw)["maxReplicas"] == 1
+    serverless = renders["sqlite-serverless-values"]
+    (jobs,) = [v for v in predictor(serverless)["volumes"] if v["name"] == "jobs"]
+    assert jobs == {"name": "jobs", "emptyDir": {}}
 
 
 def test_serverless_sidecar_declares_no_port_and_is_reached_by_its_own_service(
@@ -202,15 +283,15 @@ def test_serverless_sidecar_declares_no_port_and_is_reached_by_its_own_service(
     assert "readinessProbe" not in sidecar  # needs Knative's multi-container-probing
     env = env_of(sidecar)
     assert env["SIDECAR_MODEL_URL"] == "http://127.0.0.1:8080/v1/models/bark:predict"
-    assert env["SIDECAR_DB_PATH"] == "/var/lib/bark-jobs/jobs.sqlite3"
+    assert env["SIDECAR_DATABASE_URL"] == "postgresql://bark@bark-tts-postgres:5432/bark_jobs"
+    assert env["SIDECAR_LEASE_S"] == "30"
     assert env["SIDECAR_API_KEYS_FILE"] == "/etc/bark/secrets/api-keys"
     assert env["SIDECAR_CONCURRENCY"] == "2"
     assert env["SIDECAR_JOB_TIMEOUT_S"] == "900"
     assert env["SIDECAR_MAX_ATTEMPTS"] == "6"
     assert secret_ref(env["SIDECAR_WEBHOOK_SECRET"]) == ("bark-tts-secrets", "webhook-secret")
-    (jobs,) = [v for v in predictor(objects)["volumes"] if v["name"] == "jobs"]
-    assert jobs == {"name": "jobs", "emptyDir": {}}
-    service = only(objects, "Service")
+    assert "jobs" not in [v["name"] for v in predictor(objects)["volumes"]]
+    service = named(objects, "Service", "bark-tts-jobs")
     assert service["metadata"]["name"] == "bark-tts-jobs"
     assert service["spec"]["selector"] == POD_SELECTOR
     assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 9081, "protocol": "TCP"}]
@@ -234,17 +315,13 @@ def test_trigger_sends_job_requests_to_the_sidecar_service(renders: dict[str, Ob
     }
 
 
-def test_raw_deployment_sidecar_keeps_jobs_on_a_pvc_with_probes(renders: dict[str, Objects]) -> None:
+def test_raw_deployment_sidecar_declares_its_port_and_probes(renders: dict[str, Objects]) -> None:
     objects = renders["raw-deployment-values"]
     sidecar = container(objects, "webhook-sidecar")
     assert sidecar["ports"] == [{"name": "http-jobs", "containerPort": 9081, "protocol": "TCP"}]
     assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9081}
     assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9081}
-    pvc = only(objects, "PersistentVolumeClaim")
-    assert pvc["metadata"]["name"] == "bark-tts-jobs"
-    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    (jobs,) = [v for v in predictor(objects)["volumes"] if v["name"] == "jobs"]
-    assert jobs["persistentVolumeClaim"] == {"claimName": "bark-tts-jobs"}
+    assert "PersistentVolumeClaim" not in kinds(objects), "the shared store needs no claim per pod"
     env = env_of(sidecar)
     assert env["SIDECAR_WEBHOOK_ALLOWLIST"] == "hooks.example.com,*.internal.example.com"
     assert env["SIDECAR_PUBLIC_URL"] == "https://tts-jobs.example.com"
@@ -300,17 +377,19 @@ def test_containers_run_as_non_root(renders: dict[str, Objects]) -> None:
 
 def test_fs_group_only_when_a_writable_claim_is_mounted(renders: dict[str, Objects]) -> None:
     assert "fsGroup" not in predictor(renders["default"])["securityContext"]
-    assert predictor(renders["raw-deployment-values"])["securityContext"]["fsGroup"] == 1000
+    assert "fsGroup" not in predictor(renders["raw-deployment-values"])["securityContext"]
+    assert predictor(renders["sqlite-values"])["securityContext"]["fsGroup"] == 1000
     assert predictor(renders["download-values"])["securityContext"]["fsGroup"] == 1000
 
 
 def test_monitoring_variant_renders_monitors_on_the_metrics_port(renders: dict[str, Objects]) -> None:
     objects = renders["monitoring-values"]
-    service = only(objects, "Service")
+    service = named(objects, "Service", "bark-tts-metrics")
     assert service["metadata"]["name"] == "bark-tts-metrics"
     assert service["spec"]["clusterIP"] == "None"
-    (port,) = service["spec"]["ports"]
+    port, jobs_port = service["spec"]["ports"]  # the sidecar (on by default) serves its own /metrics
     assert port == {"name": "metrics", "port": 8080, "targetPort": 8080, "protocol": "TCP"}
+    assert jobs_port == {"name": "jobs-metrics", "port": 9081, "targetPort": 9081, "protocol": "TCP"}
     monitor = only(objects, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()

@@ -30,11 +30,28 @@ REJECTED = {
     ),
     "a cpu metric in Serverless": (["--set", "autoscaling.scaleMetric=cpu"], "not for Serverless"),
     "the sidecar with scale to zero": (
-        ["--set", "sidecar.enabled=true", "--set", "autoscaling.scaleToZero=true,autoscaling.minReplicas=0"],
+        ["--set", "autoscaling.scaleToZero=true,autoscaling.minReplicas=0"],
         "queued jobs need a running pod",
     ),
     "a pvc source without a claim": (["--set", "model.source=pvc"], "model.pvc.claimName"),
-    "a trigger without the sidecar": (["--set", "eventing.trigger.enabled=true"], "set sidecar.enabled"),
+    "a trigger without the sidecar": (
+        ["--set", "eventing.trigger.enabled=true", "--set", "sidecar.enabled=false"],
+        "set sidecar.enabled",
+    ),
+    "the sqlite job store with more than one replica": (
+        ["--set", "jobs.store=sqlite"],
+        "jobs.store sqlite keeps each pod's jobs in its own file, so with autoscaling.maxReplicas 2",
+    ),
+    "the sqlite job store scaled out in RawDeployment": (
+        ["-f", "charts/bark-tts/ci/sqlite-values.yaml", "--set", "autoscaling.maxReplicas=3"],
+        "use jobs.store postgres, or maxReplicas 1",
+    ),
+    "an external job database without its Secret": (
+        ["--set", "jobs.postgres.mode=external"],
+        "set jobs.postgres.external.existingSecret",
+    ),
+    "an unknown job store": (["--set", "jobs.store=redis"], "jobs.store"),
+    "a short postgres password": (["--set", "jobs.postgres.bundled.password=short"], "password"),
     "two different existing secrets": (
         ["--set", "secrets.existingSecret=a", "--set", "auth.existingSecret=b"],
         "name different Secrets",
@@ -48,6 +65,13 @@ def test_helm_template_rejects(helm: Helm, case: str) -> None:
     result = helm.template(*args)
     assert result.returncode != 0, f"accepted {case}"
     assert message in result.stderr, result.stderr
+
+
+def test_sqlite_on_one_replica_and_an_external_database_with_its_secret_are_accepted(helm: Helm) -> None:
+    assert helm.template("--set", "jobs.store=sqlite,autoscaling.maxReplicas=1").returncode == 0
+    assert helm.template("--set", "jobs.store=sqlite,sidecar.enabled=false").returncode == 0
+    external = "jobs.postgres.mode=external,jobs.postgres.external.existingSecret=db"
+    assert helm.template("--set", external).returncode == 0
 
 
 def test_the_same_keys_with_good_values_are_accepted(helm: Helm) -> None:

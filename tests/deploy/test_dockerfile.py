@@ -77,7 +77,7 @@ def test_ports_and_entrypoint() -> None:
 
 def test_copies_exactly_the_project_and_dockerignore_lets_it_through() -> None:
     sources = [s for c in instructions("COPY") for s in c.split()[:-1]]
-    assert sorted(sources) == ["README.md", "model_server/", "pyproject.toml", "webhook_sidecar/"]
+    assert sorted(sources) == ["README.md", "bark_common/", "model_server/", "pyproject.toml", "webhook_sidecar/"]
     patterns = [p for p in (REPO / ".dockerignore").read_text().splitlines() if p and not p.startswith("#")]
 
     def ignored(path: str) -> bool:  # last matching pattern wins, as in Docker

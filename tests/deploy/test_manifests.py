@@ -42,7 +42,12 @@ def test_check_fails_with_a_diff_when_the_chart_changed(helm: Helm, tmp_path: Pa
 
 def test_manifests_hold_no_generated_secret_and_reference_the_users_one() -> None:
     objects = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
-    assert kinds(objects) == ["InferenceService"]
+    # The model, the job API Service, and the bundled PostgreSQL for the sidecars' shared job store.
+    assert kinds(objects) == ["InferenceService", "Service", "Service", "StatefulSet"]
     env = env_of(container(objects, "kserve-container"))
     assert env["HF_TOKEN"]["secretKeyRef"]["name"] == "bark-tts-secrets"
+    sidecar_env = env_of(container(objects, "webhook-sidecar"))
+    assert sidecar_env["PGPASSWORD"]["secretKeyRef"] == {"name": "bark-tts-secrets", "key": "postgres-password"}
+    text = MANIFEST.read_text()
+    assert "keys: api-keys, webhook-secret, postgres-password" in text
     assert "kubectl apply -n <namespace> -f manifests/bark-tts.yaml" in MANIFEST.read_text()

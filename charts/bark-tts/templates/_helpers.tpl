@@ -65,16 +65,32 @@ component: predictor
 {{- if eq .Values.deploymentMode "Serverless" }}true{{ end }}
 {{- end }}
 
-{{/* Sidecar job store on a PVC? null means: yes in RawDeployment, no in Serverless. */}}
+{{/* The sidecar keeps jobs in SQLite (one file per pod), not in the shared PostgreSQL store. */}}
+{{- define "bark-tts.sqliteJobs" -}}
+{{- if and .Values.sidecar.enabled (eq .Values.jobs.store "sqlite") }}true{{ end }}
+{{- end }}
+
+{{/* The chart runs its own PostgreSQL for the jobs (jobs.postgres.mode bundled). */}}
+{{- define "bark-tts.bundledPostgres" -}}
+{{- if and .Values.sidecar.enabled (eq .Values.jobs.store "postgres") (eq .Values.jobs.postgres.mode "bundled") }}true{{ end }}
+{{- end }}
+
+{{- define "bark-tts.postgresName" -}}
+{{- printf "%s-postgres" (include "bark-tts.fullname" .) }}
+{{- end }}
+
+{{/* SQLite job store on a PVC? null means: yes in RawDeployment, no in Serverless. */}}
 {{- define "bark-tts.sidecarPersistent" -}}
+{{- if eq .Values.jobs.store "sqlite" }}
 {{- $p := .Values.sidecar.persistence.enabled }}
 {{- if kindIs "invalid" $p }}{{ if not (include "bark-tts.serverless" .) }}true{{ end }}
 {{- else if $p }}true{{ end }}
 {{- end }}
+{{- end }}
 
 {{/* A PVC the pod writes to (job store, HF cache): it needs fsGroup to be writable by uid 1000. */}}
 {{- define "bark-tts.writablePVC" -}}
-{{- if or (and .Values.sidecar.enabled (include "bark-tts.sidecarPersistent" .)) (and (eq .Values.model.source "download") .Values.model.download.cacheClaimName) }}true{{ end }}
+{{- if or (and (include "bark-tts.sqliteJobs" .) (include "bark-tts.sidecarPersistent" .)) (and (eq .Values.model.source "download") .Values.model.download.cacheClaimName) }}true{{ end }}
 {{- end }}
 
 {{- define "bark-tts.sidecarProbes" -}}
@@ -126,6 +142,12 @@ component: predictor
 {{- if and .Values.eventing.trigger.enabled (not .Values.sidecar.enabled) }}
 {{- fail "eventing.trigger.enabled delivers to the webhook sidecar: set sidecar.enabled too" }}
 {{- end }}
+{{- if and (include "bark-tts.sqliteJobs" .) (gt (int $a.maxReplicas) 1) }}
+{{- fail (printf "jobs.store sqlite keeps each pod's jobs in its own file, so with autoscaling.maxReplicas %d jobs would be lost or unreachable: use jobs.store postgres, or maxReplicas 1" (int $a.maxReplicas)) }}
+{{- end }}
+{{- if and .Values.sidecar.enabled (eq .Values.jobs.store "postgres") (eq .Values.jobs.postgres.mode "external") (not .Values.jobs.postgres.external.existingSecret) }}
+{{- fail "jobs.postgres.mode external: set jobs.postgres.external.existingSecret (a Secret holding the DSN)" }}
+{{- end }}
 {{- if and .Values.eventing.trigger.enabled (ne (int .Values.sidecar.service.port) 80) }}
 {{- fail "eventing.trigger.enabled: Knative resolves a Service subscriber to port 80, keep sidecar.service.port at 80" }}
 {{- end }}
@@ -155,6 +177,15 @@ once per render and memoised, so the pod checksum matches the Secret actually re
 {{- $_ := set $data "webhook-secret" (index $old "webhook-secret") }}
 {{- else if .Values.sidecar.enabled }}
 {{- $_ := set $data "webhook-secret" (randAlphaNum 48 | b64enc) }}
+{{- end }}
+{{- $pg := .Values.jobs.postgres.bundled }}
+{{- if and $pg.password (include "bark-tts.bundledPostgres" .) }}
+{{- $_ := set $data "postgres-password" ($pg.password | b64enc) }}
+{{- else if hasKey $old "postgres-password" }}
+{{- /* Kept even when unused now: PostgreSQL keeps the password its data folder was created with. */}}
+{{- $_ := set $data "postgres-password" (index $old "postgres-password") }}
+{{- else if include "bark-tts.bundledPostgres" . }}
+{{- $_ := set $data "postgres-password" (randAlphaNum 32 | b64enc) }}
 {{- end }}
 {{- if $s.hfToken }}
 {{- $_ := set $data "hf-token" ($s.hfToken | b64enc) }}
