@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 import torch
 from transformers import StoppingCriteriaList
-from transformers.generation.logits_process import AlternatingCodebooksLogitsProcessor, BarkEosPrioritizerLogitsProcessor
+from transformers.generation.logits_process import (
+    AlternatingCodebooksLogitsProcessor,
+    BarkEosPrioritizerLogitsProcessor,
+)
 
 from model_server.config import Settings
 from model_server.continuous.bark_rows import TOP_K, BarkRowEngine
@@ -117,9 +120,7 @@ def transformers_tokens(engine: BarkEngine, voice: str, texts: list[str], budget
         codebook_size=engine.codebook_size,
         return_output_lengths=True,
     )
-    return [
-        (tuple(tokens), tuple(coarse[index, : int(lengths[index])].tolist())) for index, tokens in enumerate(own)
-    ]
+    return [(tuple(tokens), tuple(coarse[index, : int(lengths[index])].tolist())) for index, tokens in enumerate(own)]
 
 
 def test_single_voice_greedy_batch_equals_transformers_generate(engine: BarkEngine, rows: BarkRowEngine):

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class BarkRowEngine:
         )
         logger.info("continuous rows: K/V caches of %.1f MB for %d rows", self.stepper.cache_bytes() / 1e6, max_rows)
         self.rows: dict[str, list[Row]] = {"semantic": [], "coarse": []}
-        semantic = engine.model.generation_config.semantic_config
+        semantic = engine._semantic_defaults
         self._semantic_vocab = int(semantic["semantic_vocab_size"])
         self._eos = int(semantic["semantic_pad_token"])
         self._min_eos_p = semantic.get("min_eos_p")
@@ -116,7 +116,9 @@ class BarkRowEngine:
         voice, sampling = job.key
         text, budget = job.payload.text, int(job.payload.budget)
         if job.seed is None:  # unseeded: a stream of its own, drawn from torch's global generator
-            job.seed = fold_seed(sampling.seed) if sampling.seed is not None else int(torch.randint(0, 2**32, ()).item())
+            job.seed = (
+                fold_seed(sampling.seed) if sampling.seed is not None else int(torch.randint(0, 2**32, ()).item())
+            )
         semantic, coarse, fine = self.engine._configs(sampling, budget)
         history = self.engine.voices.prompt(voice) if voice else None
         return Row(job, text, voice, sampling, budget, job.seed, Configs(semantic, coarse, fine), history)
@@ -153,7 +155,7 @@ class BarkRowEngine:
                 if row.fresh is None:
                     row.position += 1
             for index in fresh:
-                logits[index] = rows[index].fresh
+                logits[index] = cast(torch.Tensor, rows[index].fresh)
         for row in rows:
             row.fresh = None
         return logits
@@ -170,7 +172,9 @@ class BarkRowEngine:
     def _step_semantic(self, done: list[tuple[Job, np.ndarray | BaseException]]) -> None:
         rows = self.rows["semantic"]
         settings = self._sampling(rows)
-        scores = semantic_scores(self._logits("semantic"), settings, self._suppressed, self._eos, self._min_eos_p, TOP_K)
+        scores = semantic_scores(
+            self._logits("semantic"), settings, self._suppressed, self._eos, self._min_eos_p, TOP_K
+        )
         tokens = choose_tokens(scores, settings).tolist()
         leaving: list[Row] = []
         for row, token in zip(rows, tokens, strict=True):

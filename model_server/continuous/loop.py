@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -267,7 +268,5 @@ class ContinuousScheduler(Generic[Key, Result]):
                 job.future.set_result(outcome)
 
         assert self._loop is not None
-        try:
+        with contextlib.suppress(RuntimeError):  # the event loop is closed (shutdown): nobody waits any more
             self._loop.call_soon_threadsafe(settle)
-        except RuntimeError:  # the event loop is closed (shutdown): nobody is waiting any more
-            pass

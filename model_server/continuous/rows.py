@@ -54,9 +54,11 @@ class CoarsePlan:
     def next_window_prompt(self, config: BarkCoarseGenerationConfig, device: torch.device) -> torch.Tensor:
         """The next window's prompt (1-D long); also sets `window_new` and resets `window_step`."""
         total = self.generated
-        index = self.base_index + int(round(total / self.ratio))
+        index = self.base_index + round(total / self.ratio)  # as generate: int(round(float))
         window = self.semantic[max(0, index - self.max_semantic_history) :][: config.max_coarse_input_length]
-        window = F.pad(window, (0, config.max_coarse_input_length - window.shape[0]), value=config.coarse_semantic_pad_token)
+        window = F.pad(
+            window, (0, config.max_coarse_input_length - window.shape[0]), value=config.coarse_semantic_pad_token
+        )
         infer = torch.tensor([config.coarse_infer_token], dtype=torch.long, device=device)
         history = torch.tensor(self.tokens[-config.max_coarse_history :], dtype=torch.long, device=device)
         self.window_new = min(config.sliding_window_len, self.output_length - total)
@@ -90,9 +92,7 @@ class Row:
         return self.sampling.semantic_temperature if self.stage == "semantic" else self.sampling.coarse_temperature
 
 
-def coarse_plan(
-    row: Row, coarse_model: Any, codebook_size: int, device: torch.device
-) -> CoarsePlan:
+def coarse_plan(row: Row, coarse_model: Any, codebook_size: int, device: torch.device) -> CoarsePlan:
     """The coarse windows of `row` after its semantic stage, as `generate` would plan them alone."""
     semantic_config, coarse_config = row.configs.semantic, row.configs.coarse
     ratio = coarse_config.coarse_rate_hz / semantic_config.semantic_rate_hz * coarse_config.n_coarse_codebooks

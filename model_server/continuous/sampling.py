@@ -56,6 +56,7 @@ class RowSampling:
     temperature: torch.Tensor  # float32, 1.0 where greedy
     seeds: torch.Tensor  # int64 in [0, 2**32)
     draws: torch.Tensor  # int64: how many tokens this row has drawn before (its noise counter)
+    any_sample: bool = True  # host-side: when no row samples, warpers and noise are skipped
 
     @classmethod
     def of(
@@ -72,11 +73,14 @@ class RowSampling:
             temperature=torch.tensor(temps, dtype=torch.float32, device=device),
             seeds=torch.tensor(seeds, dtype=torch.long, device=device),
             draws=torch.tensor(draws, dtype=torch.long, device=device),
+            any_sample=any(do_sample),
         )
 
 
 def _warp(scores: torch.Tensor, rows: RowSampling, top_k: int) -> torch.Tensor:
     """Temperature and top-k for sampled rows; greedy rows keep their scores (argmax is unchanged)."""
+    if not rows.any_sample:
+        return scores
     warped = scores / rows.temperature[:, None]
     k = min(top_k, scores.shape[-1])
     kth = torch.topk(warped, k, dim=-1).values[:, -1:]
@@ -115,6 +119,8 @@ def coarse_scores(
 
 def choose_tokens(scores: torch.Tensor, rows: RowSampling) -> torch.Tensor:
     """Greedy rows: argmax. Sampled rows: Gumbel-max with the row's own counter-based noise."""
+    if not rows.any_sample:
+        return torch.argmax(scores, dim=-1)
     noise = uniform_noise(rows.seeds, rows.draws, scores.shape[-1])
     gumbel = -torch.log(-torch.log(noise))
     perturbed = scores + torch.where(rows.do_sample[:, None], gumbel, torch.zeros_like(gumbel))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BarkModel
 
-from ..decoding import _MIN_DECODE_POSITION, _norm, _linear, _StageWeights, batch_bucket
+from ..decoding import _MIN_DECODE_POSITION, _linear, _norm, _StageWeights, batch_bucket
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,7 @@ class RowStepper:
         self._graphs: dict[tuple[str, int, int], _Graph] = {}
         self._pool: Any = None
 
-    def _cache(
-        self, name: str, sub_model: Any, reuse: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> StageCache:
+    def _cache(self, name: str, sub_model: Any, reuse: tuple[torch.Tensor, torch.Tensor] | None = None) -> StageCache:
         weights = _StageWeights.of(sub_model)
         shape = (len(weights.layers), self.slots, weights.num_heads, int(sub_model.config.block_size), weights.head_dim)
         if reuse is not None and tuple(reuse[0].shape) == shape and reuse[0].dtype == self.dtype:
@@ -251,7 +249,9 @@ def _tail(weights: _StageWeights, layer: Any, x: torch.Tensor, attended: torch.T
     rows, _, length, _ = attended.shape
     merged = attended.transpose(1, 2).reshape(rows, length, weights.hidden_size)
     x = x + _linear(merged, layer.out_proj)
-    hidden = F.gelu(_linear(_norm(x, layer.norm_2, weights.norm_eps), layer.mlp_in), approximate=weights.gelu_approximate)
+    hidden = F.gelu(
+        _linear(_norm(x, layer.norm_2, weights.norm_eps), layer.mlp_in), approximate=weights.gelu_approximate
+    )
     return x + _linear(hidden, layer.mlp_out)
 
 

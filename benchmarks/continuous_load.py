@@ -1,0 +1,200 @@
+"""Continuous vs static scheduling on the same weights, in one process: concurrency, head-of-line, Poisson load.
+
+Both schedulers serve the same `BarkTTS` model (one engine load); requests go through
+`BarkTTS.synthesize` (chunking, scheduler, joining) as the HTTP routes do, without HTTP.
+
+Scenarios (`--scenarios`, all by default):
+  concurrency   N clients (4 and 16) at once, vs the same N requests in a row: the speed-up, for
+                same voice + settings and for all-different voices, temperatures and seeds.
+  short-long    a one-sentence request sent 1 s into a 12-chunk request: the short one's latency
+                vs the long one's solo time.
+  poisson       open-loop Poisson arrivals (mixed voices/settings, 1-4 chunks) for `--duration` s
+                at each of `--rates`: throughput (requests/s completed) and p50/p95 latency.
+
+Random weights never emit EOS: every chunk runs to its token budget (`--tokens-per-word`), so
+lengths are fixed by the text. The machine is shared and noisy: compare ratios within one run.
+
+Usage:
+  python benchmarks/continuous_load.py --size tiny
+  python benchmarks/continuous_load.py --size small --scenarios concurrency --clients 4
+  python benchmarks/continuous_load.py --size tiny --scenarios poisson --rates 1 2 4 --duration 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bark_common.schema import SynthesisRequest  # noqa: E402
+from benchmarks.decode_steps import checkpoint_for  # noqa: E402
+from model_server.config import Settings  # noqa: E402
+from model_server.continuous.bark_rows import BarkRowEngine  # noqa: E402
+from model_server.continuous.loop import ContinuousScheduler  # noqa: E402
+from model_server.model import BarkTTS  # noqa: E402
+from model_server.scheduler import Scheduler  # noqa: E402
+
+SENTENCE = "The morning fog rolled slowly over the quiet harbor today."  # 10 words
+
+
+def request(chunks: int, voice: int = 1, temperature: float = 0.7, seed: int | None = None) -> SynthesisRequest:
+    return SynthesisRequest(
+        prompt=" ".join([SENTENCE] * chunks),
+        voice=f"v2/en_speaker_{voice % 10}",
+        semantic_temperature=temperature,
+        coarse_temperature=temperature,
+        seed=seed,
+        batch_chunk_size=10,
+    )
+
+
+class Bench:
+    def __init__(self, model: BarkTTS, schedulers: dict[str, Any]):
+        self.model = model
+        self.schedulers = schedulers
+
+    async def timed(self, req: SynthesisRequest) -> float:
+        started = time.perf_counter()
+        await self.model.synthesize(req)
+        return time.perf_counter() - started
+
+    async def concurrency(self, clients: int) -> list[str]:
+        lines = []
+        mixes = {
+            "same voice+settings": [request(1) for _ in range(clients)],
+            "all different": [request(1, voice=i, temperature=0.5 + 0.05 * i, seed=i) for i in range(clients)],
+        }
+        for name, scheduler in self.schedulers.items():
+            self.model.scheduler = scheduler
+            speedups = {}
+            for mix, requests in mixes.items():
+                in_a_row = sum([await self.timed(req) for req in requests])
+                started = time.perf_counter()
+                await asyncio.gather(*(self.timed(req) for req in requests))
+                together = time.perf_counter() - started
+                speedups[mix] = in_a_row / together
+                lines.append(f"| {name} | {clients} | {mix} | {in_a_row:.2f} | {together:.2f} | {speedups[mix]:.2f}x |")
+            ratio = speedups["all different"] / speedups["same voice+settings"]
+            lines.append(f"| {name} | {clients} | different / same speed-up | | | **{ratio:.2f}** |")
+        return lines
+
+    async def short_long(self) -> list[str]:
+        lines = []
+        for name, scheduler in self.schedulers.items():
+            self.model.scheduler = scheduler
+            long_alone = await self.timed(request(12, voice=2))
+            short_alone = await self.timed(request(1, voice=3, seed=1))
+            long_task = asyncio.create_task(self.timed(request(12, voice=2)))
+            await asyncio.sleep(1.0)
+            short_together = await self.timed(request(1, voice=3, seed=1))
+            long_together = await long_task
+            lines.append(
+                f"| {name} | {long_alone:.2f} | {short_alone:.2f} | {short_together:.2f} | {long_together:.2f} "
+                f"| {short_together / long_alone:.2f} |"
+            )
+        return lines
+
+    async def poisson(self, rate: float, duration: float, seed: int) -> list[str]:
+        lines = []
+        for name, scheduler in self.schedulers.items():
+            self.model.scheduler = scheduler
+            rng = random.Random(seed)  # the same arrivals and requests for both schedulers
+            arrivals, at = [], 0.0
+            while True:
+                at += rng.expovariate(rate)
+                if at >= duration:
+                    break
+                req = request(rng.randint(1, 4), voice=rng.randrange(10), temperature=rng.choice([0.5, 0.7, 0.9]))
+                arrivals.append((at, req))
+            started = time.perf_counter()
+
+            async def client(at: float, req: SynthesisRequest, started: float = started) -> float:
+                await asyncio.sleep(max(0.0, at - (time.perf_counter() - started)))
+                return await self.timed(req)
+
+            latencies = await asyncio.gather(*(client(at, req) for at, req in arrivals))
+            makespan = time.perf_counter() - started
+            p50 = statistics.median(latencies)
+            p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else latencies[0]
+            lines.append(
+                f"| {name} | {rate:g} | {len(arrivals)} | {makespan:.1f} | {len(arrivals) / makespan:.3f} "
+                f"| {p50:.2f} | {p95:.2f} |"
+            )
+        return lines
+
+
+async def run(args: argparse.Namespace) -> None:
+    checkpoint = checkpoint_for(args.size, args.cache_dir)
+    settings = Settings(
+        model_dir=checkpoint,
+        device="cpu",
+        warmup=False,
+        max_batch_size=args.max_batch_size,
+        semantic_tokens_per_word=args.tokens_per_word,
+        semantic_tokens_min=1,
+        max_queue_chunks=4096,
+    )
+    model = BarkTTS(settings)
+    model.load()
+    engine = model.engine
+    assert engine is not None
+    options = {"max_batch_size": args.max_batch_size, "max_queue_chunks": 4096, "max_wait_ms": settings.max_wait_ms}
+    schedulers = {
+        "static": Scheduler(model._run_batch, **options),
+        "continuous": ContinuousScheduler(BarkRowEngine(engine, args.max_batch_size), **options),
+    }
+    bench = Bench(model, schedulers)
+    await bench.timed(request(1))  # warm-up: lazy initialisation, sentence splitter
+    print(f"# {args.size} checkpoint, CPU, {torch.get_num_threads()} threads, {args.tokens_per_word} tokens/word\n")
+    if "concurrency" in args.scenarios:
+        print("| scheduler | clients | requests | in a row (s) | together (s) | speed-up |\n|---|---|---|---|---|---|")
+        for clients in args.clients:
+            print("\n".join(await bench.concurrency(clients)), flush=True)
+        print()
+    if "short-long" in args.scenarios:
+        print(
+            "| scheduler | 12-chunk alone (s) | 1-chunk alone (s) | 1-chunk sent 1 s in (s) | 12-chunk then (s) "
+            "| short / long-alone |\n|---|---|---|---|---|---|"
+        )
+        print("\n".join(await bench.short_long()), flush=True)
+        print()
+    if "poisson" in args.scenarios:
+        print(
+            "| scheduler | rate (req/s) | requests | makespan (s) | throughput (req/s) | p50 (s) | p95 (s) |\n"
+            "|---|---|---|---|---|---|---|"
+        )
+        for rate in args.rates:
+            print("\n".join(await bench.poisson(rate, args.duration, seed=int(rate * 1000))), flush=True)
+    for scheduler in schedulers.values():
+        await scheduler.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    parser.add_argument("--scenarios", nargs="+", default=["concurrency", "short-long", "poisson"])
+    parser.add_argument("--clients", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--rates", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of Poisson arrivals per rate")
+    parser.add_argument("--tokens-per-word", type=float, default=10.0, help="semantic token budget per word")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "bench")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
