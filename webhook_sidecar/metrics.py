@@ -1,7 +1,8 @@
 """Prometheus metrics of the sidecar (prefix `bark_`), on its own registry served at `/metrics`.
 
-`bark_jobs{state}` is read from the store at scrape time, so it is right after a restart too; the
-counters count what this process did. Label values are fixed lists.
+`bark_jobs{state,store}` is read from the store at scrape time, so it is right after a restart too;
+with `store="postgres"` every replica reports the whole shared store (aggregate with max, not sum),
+with `store="sqlite"` each pod its own file (sum). The counters count what this process did.
 """
 
 from __future__ import annotations
@@ -22,15 +23,20 @@ _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900,
 class _JobStates(Collector):
     def __init__(self) -> None:
         self.counts: Callable[[], Mapping[str, int]] | None = None
+        self.store = "sqlite"
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily("bark_jobs", "Jobs in the store by state.", labels=["state"])
+        family = GaugeMetricFamily(
+            "bark_jobs",
+            "Jobs in the store by state; store=postgres: the shared store (the same on every replica).",
+            labels=["state", "store"],
+        )
         try:
             counts = self.counts() if self.counts is not None else {}
-        except RuntimeError:  # the store is closed (shutting down): no series rather than a failed scrape
+        except Exception:  # closed (shutting down) or unreachable: no series rather than a failed scrape
             counts = {}
         for state, count in counts.items():
-            family.add_metric([state], count)
+            family.add_metric([state, self.store], count)
         yield family
 
 
@@ -64,8 +70,9 @@ class SidecarMetrics:
             registry=self.registry,
         )
 
-    def read_states_from(self, counts: Callable[[], Mapping[str, int]]) -> None:
+    def read_states_from(self, counts: Callable[[], Mapping[str, int]], store: str = "sqlite") -> None:
         self._states.counts = counts
+        self._states.store = store
 
     def count_transition(self, state: str) -> None:
         self.transitions.labels(state).inc()

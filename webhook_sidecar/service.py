@@ -99,7 +99,7 @@ class JobService:
         runs, deliveries = await asyncio.to_thread(self.store.recover)
         if runs or deliveries:
             logger.info("resuming %d interrupted runs and %d interrupted deliveries", runs, deliveries)
-        self.metrics.read_states_from(self.store.counts)
+        self.metrics.read_states_from(self.store.counts, "postgres" if self.store.shared else "sqlite")
         self._run_wakeup, self._delivery_wakeup = asyncio.Event(), asyncio.Event()
         # Env proxies are ignored: webhooks go to the address we checked, the model is on localhost.
         model_client = httpx.AsyncClient(trust_env=False)

@@ -23,8 +23,8 @@ def test_metrics_count_jobs_state_changes_and_delivery_attempts(sidecar: InProce
         job_id = client.post("/async_predict", json=job_body(receiver)).json()["job_id"]
     sidecar.wait_state(job_id, "delivered")
     values = samples(sidecar)
-    assert values[("bark_jobs", (("state", "delivered"),))] == 1
-    assert values[("bark_jobs", (("state", "queued"),))] == 0
+    assert values[("bark_jobs", (("state", "delivered"), ("store", "sqlite")))] == 1
+    assert values[("bark_jobs", (("state", "queued"), ("store", "sqlite")))] == 0
     for state, count in {"queued": 1, "running": 1, "succeeded": 1, "delivering": 1, "delivered": 1}.items():
         assert values[("bark_job_transitions_total", (("state", state),))] == count, state
     assert values[("bark_webhook_delivery_attempts_total", (("outcome", "retry"),))] == 1
