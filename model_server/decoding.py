@@ -726,7 +726,7 @@ def choose_decoder(setting: DecoderSetting | str, device: torch.device) -> Decod
     if setting == "auto":
         return "cudagraph" if device.type == "cuda" else CPU_AUTO_DECODER
     if setting == "cudagraph" and device.type != "cuda":
-        raise RuntimeError("decoder=cudagraph needs a CUDA device")
+        raise DecoderUnavailable("decoder=cudagraph needs a CUDA device")
     if setting not in ("transformers", "static", "cudagraph"):
         raise ValueError(f"unknown decoder {setting!r}")
     return cast(DecoderKind, setting)

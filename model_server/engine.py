@@ -147,7 +147,7 @@ class BarkEngine:
         model = BarkModel.from_pretrained(
             source,
             dtype=self.dtype,
-            attn_implementation=attention_implementations(self.attention),  # type: ignore[arg-type]
+            attn_implementation=attention_implementations(self.attention),
         )
         if self.attention == "sdpa":
             use_sdpa_attention(model)

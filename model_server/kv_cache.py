@@ -104,8 +104,13 @@ def check_kv_cache_fits(
 
 
 def device_memory(device: torch.device) -> tuple[int, int] | None:
-    """(free, total) bytes of a CUDA device, as the driver reports them; None elsewhere (no check)."""
+    """(free, total) bytes of a CUDA device; None elsewhere (no check).
+
+    Free is what the driver reports plus what torch's caching allocator holds but does not use:
+    after a failed attempt (a capture check under `decoder=auto`) its cache sits there, reusable.
+    """
     if device.type != "cuda":
         return None
     free, total = torch.cuda.mem_get_info(device)
-    return int(free), int(total)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free) + max(0, int(cached)), int(total)

@@ -21,6 +21,7 @@ from model_server.kv_cache import (
     KVCacheTooLarge,
     cache_rows,
     check_kv_cache_fits,
+    device_memory,
     kv_cache_bytes,
     largest_fitting_batch,
 )
@@ -131,3 +132,13 @@ def test_building_a_decoder_checks_the_cache_against_free_device_memory(
     assert reported == [CPU]
     assert isinstance(build_decoder(model, "static", CPU, max_batch_size=32), StaticBarkDecoder)
     assert build_decoder(model, "transformers", CPU, max_batch_size=512) is None  # no preallocated cache
+
+
+def test_memory_torch_holds_but_does_not_use_counts_as_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a failed cudagraph check under auto, that attempt's cache sits in torch's allocator,
+    invisible to the driver's free figure; the static fallback can reuse it, so it counts."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * GB, 80 * GB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 30 * GB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 8 * GB)
+    assert device_memory(torch.device("cuda")) == (32 * GB, 80 * GB)
+    assert device_memory(CPU) is None
