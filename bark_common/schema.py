@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from .formats import AudioFormat
 
@@ -18,6 +18,21 @@ from .formats import AudioFormat
 Temperature = Annotated[float, Field(ge=0.01, le=2, strict=True)]
 
 DEFAULT_VOICE = "v2/en_speaker_1"
+
+#: The languages Bark speaks (its `v2/<code>_speaker_<n>` presets); model_server.languages has their rates.
+BARK_LANGUAGES = ("de", "en", "es", "fr", "hi", "it", "ja", "ko", "pl", "pt", "ru", "tr", "zh")
+
+
+def _bark_language(code: str) -> str:
+    """`pt-BR` -> `pt`, `ZH` -> `zh`; anything Bark does not speak is refused (HTTP 400)."""
+    primary = code.strip().replace("_", "-").split("-", 1)[0].lower()
+    if primary not in BARK_LANGUAGES:
+        raise ValueError(f"{code!r} is not one of Bark's languages; use one of {', '.join(BARK_LANGUAGES)}")
+    return primary
+
+
+#: A language override: one of BARK_LANGUAGES, or a tag whose primary subtag is one (`zh-CN`).
+Language = Annotated[StrictStr, AfterValidator(_bark_language)]
 
 
 class SynthesisRequest(BaseModel):
@@ -32,7 +47,12 @@ class SynthesisRequest(BaseModel):
     coarse_temperature: Temperature = 0.7
     fine_temperature: Temperature = 0.5
     batch_chunk_size: StrictInt | None = Field(
-        None, description="words per generated chunk; whole sentences are packed up to it"
+        None,
+        description="words per generated chunk (zh, ja, ko: the speaking time of as many English words); "
+        "whole sentences are packed up to it, never past about 13 s",
+    )
+    language: Language | None = Field(
+        None, description="the text's language, one of Bark's 13 (en, de, ..., zh); default: the voice preset's"
     )
     format: AudioFormat = "wav"
     seed: StrictInt | None = Field(None, ge=0, le=2**32 - 1, description="fixes sampling for repeatable audio")

@@ -1,9 +1,9 @@
-"""Request limits that are not a field's bound: body bytes (413) and estimated output seconds (400).
+"""Request limits that are not a field's bound: body bytes (413), words and estimated output seconds (400).
 
-Field bounds (prompt characters, instances, chunk size, words per request) live in `schema.py`.
-Here are the two limits that need something else: the body size must be enforced before the body
-is parsed (KServe's v1 route reads the whole raw body into memory first), and the output estimate
-needs the planned chunks and their semantic token budgets.
+Field bounds (prompt characters, instances, chunk size) live in `schema.py`. Here are the limits
+that need something else: the body size must be enforced before the body is parsed (KServe's v1
+route reads the whole raw body into memory first), the words per request are counted per language
+(text.request_words), and the output estimate needs the planned chunks and their semantic budgets.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from .asgi import ASGIApp, Message, Receive, Send, send_json_error
 from .errors import InvalidInput
+from .text import request_words
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,18 @@ def check_output_seconds(budgets: Iterable[int], limit_s: float) -> None:
         raise InvalidInput(
             f"request may produce up to {estimate:.1f} s of audio, over the limit of {limit_s:g} s "
             "(max_output_seconds); send a shorter text"
+        )
+
+
+def check_words_per_request(texts: Iterable[tuple[str, str]], limit: int, where: str) -> None:
+    """400 before anything is queued when the (text, language) pairs of one request hold more than
+    `limit` words (max_words_per_request): whitespace words where words are spaced, and in Chinese,
+    Japanese and Korean the speaking time of an English word (0.4 s), as `batch_chunk_size` counts."""
+    words = sum(request_words(text, language) for text, language in texts)
+    if words > limit + 1e-9:
+        count = f"{words:.0f}" if float(words).is_integer() else f"about {words:.1f}"
+        raise InvalidInput(
+            f"{where}: {count} words in total is over the limit of {limit} per request (max_words_per_request)"
         )
 
 

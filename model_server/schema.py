@@ -22,6 +22,8 @@ from bark_common.schema import describe_validation_error as describe_validation_
 from .audio import AudioFormat
 from .config import Settings
 from .errors import InvalidInput
+from .languages import resolve_language
+from .limits import check_words_per_request
 
 
 class SynthesisResult(BaseModel):
@@ -63,13 +65,10 @@ def parse_predict_body(body: Any, settings: Settings) -> list[SynthesisRequest]:
 
 
 def _check_total_words(instances: list[SynthesisRequest], settings: Settings) -> None:
-    """One request's words over all its instances: bounds its work before anything is queued."""
-    words = sum(len(instance.prompt.split()) for instance in instances)
-    if words > settings.max_words_per_request:
-        raise InvalidInput(
-            f"instances: {words} words in total is over the limit of {settings.max_words_per_request} "
-            "per request (max_words_per_request)"
-        )
+    """One request's words over all its instances, counted in each one's language (an alias voice
+    counts as English: CJK text is counted by its characters whatever the language)."""
+    texts = ((instance.prompt, resolve_language(instance.language, instance.voice)) for instance in instances)
+    check_words_per_request(texts, settings.max_words_per_request, "instances")
 
 
 def _check_bounds(instance: SynthesisRequest, where: str, settings: Settings) -> None:

@@ -29,10 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .languages import LANGUAGES
+
 logger = logging.getLogger(__name__)
 
-#: Voice presets written by the builder, the same names as the hub's English v2 presets.
-TINY_VOICE_PRESETS = tuple(f"v2/en_speaker_{i}" for i in range(10))
+#: Voice presets written by the builder: the hub's v2 names, ten speakers in each of Bark's 13 languages
+#: (English first, so its presets keep the contents they had when they were the only ones).
+TINY_VOICE_PRESETS = tuple(
+    f"v2/{code}_speaker_{i}" for code in sorted(LANGUAGES, key=lambda code: (code != "en", code)) for i in range(10)
+)
 
 # Bark's token layout (identical for bark-small and bark); the generation config refers to these.
 SEMANTIC_VOCAB_SIZE = 10_000

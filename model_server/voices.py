@@ -8,20 +8,9 @@ from typing import Any
 import torch
 
 from .errors import InvalidInput
+from .languages import LANGUAGES, language_of
 
 VOICES_ROUTE = "/v1/audio/voices"
-
-_LANGUAGES = {
-    "en": "English", "de": "German", "es": "Spanish", "fr": "French", "hi": "Hindi", "it": "Italian",
-    "ja": "Japanese", "ko": "Korean", "pl": "Polish", "pt": "Portuguese", "ru": "Russian",
-    "tr": "Turkish", "zh": "Chinese",
-}  # fmt: skip
-
-
-def language_of(preset: str) -> str:
-    """`v2/de_speaker_3` -> `de`; presets outside Bark's naming get `unknown`."""
-    code = preset.rsplit("/", 1)[-1].split("_", 1)[0]
-    return code if code in _LANGUAGES else "unknown"
 
 
 class VoiceLibrary:
@@ -43,14 +32,15 @@ class VoiceLibrary:
         return preset
 
     def describe(self) -> list[dict[str, str]]:
-        return [
-            {
-                "name": name,
-                "language": language_of(name),
-                "language_name": _LANGUAGES.get(language_of(name), ""),
-            }
-            for name in self.names
-        ]
+        """Each preset with the language its name declares (`unknown` for a custom preset)."""
+        described = []
+        for name in self.names:
+            code = language_of(name)
+            language = LANGUAGES.get(code) if code else None
+            described.append(
+                {"name": name, "language": code or "unknown", "language_name": language.name if language else ""}
+            )
+        return described
 
     def check(self, voice: str, field: str = "voice") -> None:
         """Raise a 400 for a voice the model does not have, saying where the list is."""

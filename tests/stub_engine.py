@@ -37,6 +37,7 @@ class StubEngine:
         self.settings = settings
         self.device = torch.device("cpu")
         self.sample_rate = SAMPLE_RATE
+        self.max_semantic_tokens = 768  # the hub checkpoints' semantic max_new_tokens
         self.voices = StubVoices()
         self.oom_above = oom_above
         self.explode_on = explode_on

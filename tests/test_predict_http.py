@@ -138,7 +138,8 @@ def test_voices_are_listed_with_their_language(server):
         voices = client.get("/v1/audio/voices").json()["voices"]
     names = {voice["name"] for voice in voices}
     assert {f"v2/en_speaker_{n}" for n in range(10)} <= names
-    assert all(voice["language"] == "en" for voice in voices)
+    assert all(voice["name"].startswith(f"v2/{voice['language']}_speaker_") for voice in voices)
+    assert len({voice["language"] for voice in voices}) == 13, "the tiny checkpoint has all of Bark's languages"
 
 
 def test_every_outcome_is_counted_even_when_kserve_rejects_the_body(server):

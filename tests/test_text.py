@@ -6,10 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_server import text
+from model_server import sentences, text
 from model_server.text import chunk_text, pack_chunks, regex_split_sentences, split_sentences
 
-words = st.text(alphabet=st.characters(whitelist_categories=("L", "N")), min_size=1, max_size=12)
+# Words of scripts written with spaces (Latin, Greek, Cyrillic, digits): a Han, kana or Hangul run is
+# measured per character and may be cut anywhere (see test_languages.py for those).
+spaced_letters = st.characters(whitelist_categories=("L", "N"), max_codepoint=0x04FF, blacklist_characters="ªºᵃ")
+words = st.text(alphabet=spaced_letters, min_size=1, max_size=12)
 sentence = st.lists(words, min_size=1, max_size=25).map(lambda ws: " ".join(ws) + ".")
 
 
@@ -39,7 +42,7 @@ def test_short_sentences_are_never_cut(sentences, max_words):
 def test_long_sentence_is_split_evenly_at_word_boundaries():
     sentence_of_25 = " ".join(f"w{i}" for i in range(25)) + "."
     chunks = pack_chunks([sentence_of_25], 10)
-    assert [len(c.split()) for c in chunks] == [9, 9, 7]
+    assert [len(c.split()) for c in chunks] == [8, 9, 8]
     assert " ".join(chunks) == sentence_of_25
 
 
@@ -61,21 +64,32 @@ def test_punkt_keeps_abbreviations_inside_a_sentence():
 
 def test_offline_splitter_is_punkt_not_the_regex():
     """Without nltk data, the bundled pretrained Punkt parameters feed nltk's own tokenizer."""
-    name, _ = text.sentence_splitter()
-    assert name in {"punkt_tab", "punkt_bundled"}
+    assert text.sentence_splitter("en")[0] == "punkt"
+    assert {text.sentence_splitter(code)[0] for code in ("zh", "ko", "de")} == {"sentencex"}
+
+
+def test_sentencex_stands_in_when_the_preferred_segmenter_is_missing(monkeypatch):
+    monkeypatch.setitem(sentences._FACTORIES, "pysbd", lambda language: None)
+    text.sentence_splitter.cache_clear()
+    try:
+        assert text.sentence_splitter("ja")[0] == "sentencex"
+        assert split_sentences("今日は。明日は？", "ja") == ["今日は。", "明日は？"]
+    finally:
+        text.sentence_splitter.cache_clear()
 
 
 def test_regex_fallback_is_used_and_warned_about_once(monkeypatch, caplog):
-    monkeypatch.setattr(text, "_nltk_data_splitter", lambda: None)
-    monkeypatch.setattr(text, "_bundled_parameters_splitter", lambda: None)
+    for name in ("punkt", "sentencex", "pysbd"):
+        monkeypatch.setitem(sentences._FACTORIES, name, lambda language: None)
     text.sentence_splitter.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="model_server.text"):
+        with caplog.at_level(logging.WARNING, logger="model_server.sentences"):
             first = split_sentences("Hello world. How are you? Fine!")
             split_sentences("Again. And again.")
         assert first == ["Hello world.", "How are you?", "Fine!"]
+        assert split_sentences("你好。再见！", "zh") == ["你好。", "再见！"]
         warnings = [r for r in caplog.records if "regex" in r.getMessage()]
-        assert len(warnings) == 1
+        assert len(warnings) == 2, "once per language"
     finally:
         text.sentence_splitter.cache_clear()
 
@@ -86,6 +100,8 @@ def test_regex_fallback_is_used_and_warned_about_once(monkeypatch, caplog):
         ("One. Two! Three? Four", ["One.", "Two!", "Three?", "Four"]),
         ('He said "stop." Then left.', ['He said "stop."', "Then left."]),
         ("No terminal punctuation", ["No terminal punctuation"]),
+        ("中文。没有空格！对吗？", ["中文。", "没有空格！", "对吗？"]),
+        ("पहला। दूसरा॥ तीसरा", ["पहला।", "दूसरा॥", "तीसरा"]),
         ("  ", []),
     ],
 )
@@ -99,3 +115,14 @@ def test_white_space_only_text_has_no_chunks():
 
 def test_chunk_text_normalises_white_space():
     assert chunk_text("Hello\n\nworld.   Bye.", 10) == ["Hello world. Bye."]
+
+
+def test_a_lone_surrogate_is_replaced_not_an_error():
+    """JSON may carry a lone surrogate (\\ud800); the segmenters cannot encode it."""
+    assert chunk_text("\ud800 Hello there. \udc00\ud83d\ude00 Bye.", 10) == [
+        "\ufffd Hello there. \ufffd\U0001f600 Bye."
+    ]
+
+
+def test_text_with_nothing_to_say_has_no_chunks():
+    assert chunk_text("... !!! 😀 —", 10) == []

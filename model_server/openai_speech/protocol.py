@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from bark_common.schema import Language
+
 from ..audio import AudioFormat
 
 Speed = Annotated[float, Field(ge=0.25, le=4.0, strict=True)]
@@ -26,6 +28,9 @@ class SpeechRequest(BaseModel):
         None, description="'audio' streams raw audio bytes, 'sse' server-sent events with base64 deltas"
     )
     instructions: StrictStr | None = Field(None, description="accepted for compatibility; Bark ignores it")
+    language: Language | None = Field(
+        None, description="the text's language, one of Bark's 13 (en, de, ..., zh); default: the voice preset's"
+    )
 
     @property
     def streaming(self) -> Literal["audio", "sse"] | None:
