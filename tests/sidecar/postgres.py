@@ -81,7 +81,8 @@ class PostgresServer:
 
 
 @contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server(durable: bool = False) -> Iterator[PostgresServer]:
+    """Start a server for the block. `durable=False` (tests) turns fsync off; benchmarks keep it on."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         missing_postgres("PostgreSQL server binaries (initdb, pg_ctl) missing: run `bash scripts/install-tools.sh`")
@@ -102,11 +103,9 @@ def postgres_server() -> Iterator[PostgresServer]:
             raise RuntimeError(f"{command[0]} failed:\n{result.stdout}{result.stderr}{server_log[-3000:]}")
 
     run(str(bin_dir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync")
-    # Durability off: a test server trades it for speed; the store's behaviour does not depend on it.
-    options = (
-        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-        "-c full_page_writes=off -c max_connections=200"
-    )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    if not durable:  # a test server trades durability for speed; the store's behaviour does not depend on it
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start")
     try:
         yield PostgresServer(port=port, folder=folder)
