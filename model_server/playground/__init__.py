@@ -14,6 +14,7 @@ referrer, no MIME sniffing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from ..schema import SynthesisRequest
 from ..voices import VOICES_ROUTE
 
 PLAYGROUND_PATH = "/playground"
+logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 
 #: Only this origin's scripts, styles, images and API; audio from blob: URLs the page makes itself.
@@ -155,3 +157,4 @@ def register_playground(app: FastAPI, model: BarkTTS) -> None:
     )
     app.add_route(PLAYGROUND_PATH, to_page, methods=["GET"], include_in_schema=False)
     app.mount(PLAYGROUND_PATH, SecurityHeaders(site), name="playground")
+    logger.info("playground on at %s/ (BARK_PLAYGROUND=true)", PLAYGROUND_PATH)

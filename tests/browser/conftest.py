@@ -19,6 +19,8 @@ from tests.serving import RunningServer, running_server
 
 #: The key the server with auth on accepts.
 API_KEY = "playground-test-key"
+#: The page's tests need no warm-up generation before the server turns ready: it only slows the start.
+NO_WARMUP = {"BARK_WARMUP": "false"}
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +45,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 @pytest.fixture(scope="session")
 def playground_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """The real server with the playground on and API keys required (so a wrong key is a 401)."""
-    env = {"BARK_PLAYGROUND": "true", "BARK_API_KEYS": API_KEY}
+    env = {"BARK_PLAYGROUND": "true", "BARK_API_KEYS": API_KEY, **NO_WARMUP}
     with running_server(tiny_checkpoint, tmp_path_factory.mktemp("playground-logs"), env=env) as running:
         yield running
 
@@ -53,6 +55,6 @@ def server_without_playground(
     tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     """The real server with BARK_PLAYGROUND explicitly off (the default)."""
-    env = {"BARK_PLAYGROUND": "false"}
+    env = {"BARK_PLAYGROUND": "false", **NO_WARMUP}
     with running_server(tiny_checkpoint, tmp_path_factory.mktemp("no-playground-logs"), env=env) as running:
         yield running

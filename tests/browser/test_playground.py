@@ -22,7 +22,11 @@ from tests.serving import RunningServer
 pytestmark = pytest.mark.timeout(120)
 
 PAGE_FILES = ("", "index.html", "playground.js", "api.js", "audio.js", "playground.css", "config.json")
-TWO_SENTENCES = "Hello there. This second sentence is generated after the first one has already started playing."
+# The first sentence is streamed as its own chunk; the long second one takes longer to generate.
+TWO_SENTENCES = (
+    "Hello there. This second sentence is much longer, so it is still being generated while the first one"
+    " has already started playing in the browser."
+)
 
 
 def severe_console_entries(browser: Any) -> list[dict[str, Any]]:
@@ -88,14 +92,17 @@ def test_a_stream_shows_pcm_and_the_chosen_format_comes_back(browser: Any, playg
 
 
 class _InlineCode(HTMLParser):
-    """Collects what a strict CSP would block: inline scripts, <style> blocks, style= and on*= attributes."""
+    """Collects what a strict CSP would block (inline scripts, <style> blocks, style= and on*= attributes)
+    and every URL the page links to."""
 
     def __init__(self) -> None:
         super().__init__()
         self.found: list[str] = []
+        self.urls: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         names = {name for name, _ in attrs}
+        self.urls += [value for name, value in attrs if name in ("href", "src") and value]
         if tag == "script" and "src" not in names:
             self.found.append("inline <script>")
         if tag == "style":
@@ -118,6 +125,9 @@ def test_every_page_file_has_strict_security_headers_and_the_page_no_inline_code
     page = _InlineCode()
     page.feed(httpx.get(f"{playground_server.url}/playground/").text)
     assert page.found == []
+    for url in page.urls:  # same-origin, relative links only, and each one answers
+        assert "//" not in url, url
+        assert httpx.get(f"{playground_server.url}/playground/{url}").status_code == 200, url
     bare = httpx.get(f"{playground_server.url}/playground")
     assert bare.status_code == 308 and bare.headers["location"] == "playground/"
 
