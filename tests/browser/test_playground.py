@@ -179,6 +179,22 @@ def test_streaming_starts_playing_before_the_request_has_finished(
     assert duration > 0  # the whole take, as WAV, for replay and download
 
 
+def test_stop_ends_a_stream_that_is_playing(browser: Any, playground_server: RunningServer) -> None:
+    open_page(browser, playground_server.url)
+    set_field(browser, "api-key", API_KEY)
+    set_stream(browser, True)
+    set_field(browser, "text", " ".join([TWO_SENTENCES] * 4))
+    browser.find_element("id", "generate").click()
+    wait_for(browser, "return document.getElementById('result-card').dataset.firstAudioMs")
+    browser.find_element("id", "stop").click()
+    state = wait_for(
+        browser, "const s = document.getElementById('result-card').dataset.state; return s !== 'running' && s"
+    )
+    assert state == "stopped"
+    assert "doneMs" not in browser.execute_script("return {...document.getElementById('result-card').dataset}")
+    assert browser.find_element("id", "generate").is_enabled()
+
+
 # -- errors and the key --------------------------------------------------------------------------
 
 
