@@ -30,6 +30,7 @@ from model_server.continuous.sampling import (
     coarse_scores,
     semantic_scores,
     uniform_noise,
+    warp,
 )
 from model_server.decoding import _SuppressTokens
 from model_server.engine import BarkEngine, Sampling, _PerRowTokenBudget, tokenize_chunks
@@ -200,7 +201,7 @@ def test_per_row_rules_match_transformers_processors(engine: BarkEngine):
         settings = RowSampling.of([sampling.do_sample] * 4, [0.7] * 4, [1] * 4, [0] * 4, torch.device("cpu"))
         mask = torch.zeros(10_048, dtype=torch.bool)
         mask[suppressed] = True
-        ours = semantic_scores(logits, settings, mask, pad, semantic.min_eos_p, TOP_K)
+        ours = warp(semantic_scores(logits, mask, pad, semantic.min_eos_p), settings, TOP_K)
         torch.testing.assert_close(torch.log_softmax(ours, -1), expected)
 
         coarse_logits = torch.randn(4, 12_096, generator=torch.Generator().manual_seed(2))
@@ -211,35 +212,34 @@ def test_per_row_rules_match_transformers_processors(engine: BarkEngine):
             for processor in processors:
                 expected = processor(torch.zeros(4, 300 + step, dtype=torch.long), expected)
             parity = torch.full((4,), step)
-            ours = coarse_scores(coarse_logits, settings, parity, 10_000, 1024, TOP_K)
+            ours = warp(coarse_scores(coarse_logits, parity, 10_000, 1024), settings, TOP_K)
             torch.testing.assert_close(torch.log_softmax(ours, -1), expected)
 
 
-def test_counter_based_sampling_draws_from_the_softmax():
-    """Gumbel-max over the per-row noise: frequencies follow softmax(scores); streams are per seed."""
-    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    draws = 4000
-    settings = RowSampling.of([True] * draws, [1.0] * draws, [11] * draws, list(range(draws)), torch.device("cpu"))
-    tokens = choose_tokens(scores.expand(draws, 4), settings)
-    frequencies = torch.bincount(tokens, minlength=4).float() / draws
-    torch.testing.assert_close(frequencies, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03, rtol=0)
-    noise = uniform_noise(torch.tensor([11, 12]), torch.tensor([0, 0]), 1000)
+def test_counter_based_sampling_draws_from_the_top_k_softmax():
+    """Gumbel-max over the per-row noise: frequencies follow softmax(scores / T) over the top k."""
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]])).expand(4000, 5)
+    draws = scores.shape[0]
+    settings = RowSampling.of([True] * draws, [1.0] * draws, [11] * draws, list(range(draws)), CPU)
+    frequencies = torch.bincount(choose_tokens(scores, settings, top_k=5), minlength=5).float() / draws
+    torch.testing.assert_close(frequencies, torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0]), atol=0.03, rtol=0)
+    # top-k 2 and temperature 0.5: softmax(log([0.5, 0.3]) / 0.5) = [0.735, 0.265]; nothing else.
+    cold = RowSampling.of([True] * draws, [0.5] * draws, [12] * draws, list(range(draws)), CPU)
+    frequencies = torch.bincount(choose_tokens(scores, cold, top_k=2), minlength=5).float() / draws
+    torch.testing.assert_close(frequencies, torch.tensor([0.735, 0.265, 0.0, 0.0, 0.0]), atol=0.03, rtol=0)
+    # Greedy rows in the same call take the argmax.
+    mixed = RowSampling.of([False, True], [1.0, 1.0], [1, 2], [0, 0], CPU)
+    assert choose_tokens(scores[:2], mixed, top_k=5)[0] == 0
+
+
+def test_noise_is_a_function_of_seed_draw_and_token_only():
+    ids = torch.arange(1000).expand(2, 1000)
+    keys = RowSampling.of([True, True], [1.0, 1.0], [11, 12], [0, 0], CPU).keys
+    noise = uniform_noise(keys, ids)
     assert noise.min() > 0 and noise.max() < 1
     assert not torch.equal(noise[0], noise[1])
-    assert torch.equal(noise, uniform_noise(torch.tensor([11, 12]), torch.tensor([0, 0]), 1000))
-
-
-def test_rows_stop_at_eos_like_transformers(tiny_checkpoint: Path):
-    """A louder semantic EOS row ends rows early; rows with no semantic tokens give no audio."""
-    norm = 6.0
-    loud = BarkEngine(Settings(model_dir=tiny_checkpoint, device="cpu", decoder="static", warmup=False))
-    direction = torch.randn(loud.model.config.semantic_config.hidden_size, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        loud.model.semantic.lm_head.weight[10_000] = direction / direction.norm() * norm
-    expected = transformers_tokens(loud, "v2/en_speaker_3", TEXTS, BUDGETS)
-    jobs = [job(text, "v2/en_speaker_3", GREEDY, budget) for text, budget in zip(TEXTS, BUDGETS, strict=True)]
-    results = run(TokenRows(loud, max_rows=4), jobs)
-    assert [results[id(single)][:2] if isinstance(results[id(single)], tuple) else ((), ()) for single in jobs] == [
-        (semantic, coarse) if coarse else ((), ()) for semantic, coarse in expected
-    ]
-    assert any(len(semantic) < budget for (semantic, _), budget in zip(expected, BUDGETS, strict=True))
+    # The same token gets the same noise wherever it sits among the candidates.
+    shuffled = torch.randperm(1000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(uniform_noise(keys, ids[:, shuffled]), noise[:, shuffled], rtol=0, atol=0)
+    later = RowSampling.of([True, True], [1.0, 1.0], [11, 12], [1, 1], CPU).keys
+    assert not torch.equal(uniform_noise(later, ids), noise), "the next draw has fresh noise"

@@ -274,3 +274,20 @@ def test_a_row_out_of_memory_alone_fails_its_request():
         await scheduler.close()
 
     asyncio.run(scenario())
+
+
+def test_a_streaming_request_runs_its_first_chunk_before_its_other_chunks():
+    rows = FakeRows(step_s=0.002)
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=8)
+        result = await scheduler.submit("k", [("first", 5), ("second", 2), ("third", 2)], urgent_first=True)
+        other = await scheduler.submit("k", [("plain-1", 3), ("plain-2", 3)])
+        await scheduler.close()
+        return result, other
+
+    result, other = asyncio.run(scenario())
+    assert names(result) == ["first", "second", "third"]
+    first_alone = [step for step in rows.steps if "first" in step]
+    assert all(step == ["first"] for step in first_alone), "later chunks waited for the first one"
+    assert any(step == ["plain-1", "plain-2"] for step in rows.steps), "a plain request runs its chunks together"

@@ -172,10 +172,8 @@ class BarkRowEngine:
     def _step_semantic(self, done: list[tuple[Job, np.ndarray | BaseException]]) -> None:
         rows = self.rows["semantic"]
         settings = self._sampling(rows)
-        scores = semantic_scores(
-            self._logits("semantic"), settings, self._suppressed, self._eos, self._min_eos_p, TOP_K
-        )
-        tokens = choose_tokens(scores, settings).tolist()
+        scores = semantic_scores(self._logits("semantic"), self._suppressed, self._eos, self._min_eos_p)
+        tokens = choose_tokens(scores, settings, TOP_K).tolist()
         leaving: list[Row] = []
         for row, token in zip(rows, tokens, strict=True):
             row.draws += 1
@@ -221,8 +219,8 @@ class BarkRowEngine:
         plans = [row.coarse for row in rows]
         parity = torch.tensor([plan.window_step % 2 for plan in plans if plan], dtype=torch.long, device=self.device)
         codebook = self.engine.codebook_size
-        scores = coarse_scores(self._logits("coarse"), settings, parity, self._semantic_vocab, codebook, TOP_K)
-        tokens = choose_tokens(scores, settings).tolist()
+        scores = coarse_scores(self._logits("coarse"), parity, self._semantic_vocab, codebook)
+        tokens = choose_tokens(scores, settings, TOP_K).tolist()
         finished: list[Row] = []
         for slot, (row, token) in enumerate(zip(rows, tokens, strict=True)):
             plan = row.coarse

@@ -51,6 +51,9 @@ class RowJob:
     urgent: bool = False
     enqueued_at: float = field(default_factory=time.monotonic)
     seed: int | None = None
+    #: A streaming request's later chunks wait for its urgent first chunk: alone it finishes sooner
+    #: (on a CPU a step's cost grows with its rows), and the client hears audio sooner.
+    after: RowJob | None = None
 
 
 class RowEngine(Protocol):
@@ -133,6 +136,9 @@ class ContinuousScheduler(Generic[Key, Result]):
                 RowJob(key, payload, loop.create_future(), urgent=urgent_first and index == 0)
                 for index, payload in enumerate(payloads)
             ]
+            if urgent_first:
+                for job in jobs[1:]:
+                    job.after = jobs[0]
             for job in jobs:
                 if job.urgent:  # ahead of every waiting chunk but earlier urgent ones
                     position = next((i for i, waiting in enumerate(self._waiting) if not waiting.urgent), None)
@@ -187,11 +193,23 @@ class ContinuousScheduler(Generic[Key, Result]):
                 gone = [job for job in self._running.values() if job.future.done()]
                 if self._engine.active - len(gone) == 0 and not self._waiting:
                     self._limit = self.max_batch_size  # idle: forget an earlier out-of-memory
-                if gone or self._waiting or self._engine.active:
+                if gone or self._engine.active:
                     break
-                self._cond.wait()
+                if any(job.after is None or job.after.future.done() for job in self._waiting):
+                    break
+                # Nothing runs and every waiting chunk waits for a first chunk whose result is
+                # on its way to the event loop: look again shortly.
+                self._cond.wait(timeout=0.01 if self._waiting else None)
             free = max(0, self._limit - (self._engine.active - len(gone)))
-            admitted = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+            admitted: list[RowJob] = []
+            held: list[RowJob] = []
+            while self._waiting and len(admitted) < free:
+                job = self._waiting.popleft()
+                if job.after is not None and not job.after.future.done():
+                    held.append(job)  # its request's first chunk still runs
+                else:
+                    admitted.append(job)
+            self._waiting.extendleft(reversed(held))
             metrics.QUEUE_DEPTH.set(len(self._waiting))
             return gone, admitted
 

@@ -6,7 +6,8 @@ depend on its batch mates. Here every row carries its own temperature, greedy/sa
 and the noise is *counter-based*: the uniform draw for (seed, draw number, token id) is an integer
 hash, the same on CPU and CUDA and whatever else shares the batch. Sampling is Gumbel-max
 (`argmax(log p + G)` with `G = -log(-log U)`), which draws exactly from softmax(p) and stays a
-fixed-shape, capturable tensor program (no `multinomial`, no host sync).
+fixed-shape, capturable tensor program (no `multinomial`, no host sync). The row's key for a draw
+is hashed on the host (seeds and counters live there); only the top-k candidates get noise.
 
 The rules are Bark's, in transformers' order (checked against `_get_logits_processor` in
 tests/test_continuous_rows.py): semantic = suppress non-semantic tokens, EOS prioritiser
@@ -34,17 +35,31 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _mix32_int(x: int) -> int:
+    """`_mix32` on a Python int: row keys are computed on the host, where seeds and counters live."""
+    x = ((x ^ (x >> 16)) * _MIX) & _MASK32
+    x = ((x ^ (x >> 16)) * _MIX) & _MASK32
+    return x ^ (x >> 16)
+
+
 def fold_seed(seed: int) -> int:
     """Any Python int -> 32 bits (requests may send 64-bit seeds)."""
     seed &= (1 << 64) - 1
     return (seed ^ (seed >> 32)) & _MASK32
 
 
-def uniform_noise(seeds: torch.Tensor, draws: torch.Tensor, vocab: int) -> torch.Tensor:
-    """U(0, 1) float32 of shape (rows, vocab): a pure function of (seed, draw number, token id)."""
-    ids = torch.arange(vocab, device=seeds.device, dtype=torch.long)
-    row_key = _mix32(seeds ^ _mix32((draws * _GOLDEN + 1) & _MASK32))
-    bits = _mix32(row_key[:, None] ^ _mix32((ids * _GOLDEN + 7) & _MASK32)[None, :])
+def row_key(seed: int, draw: int) -> int:
+    """The key of one row's one draw: a hash of (seed, draw number)."""
+    return _mix32_int(seed ^ _mix32_int((draw * _GOLDEN + 1) & _MASK32))
+
+
+def uniform_noise(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """U(0, 1) float32 shaped like `token_ids` (rows, n): a pure function of (row key, token id).
+
+    Noise depends on the token id, not its position, so drawing it for the top-k candidates only
+    gives exactly what drawing it for the whole vocabulary would (the rest are -inf anyway).
+    """
+    bits = _mix32(keys[:, None] ^ _mix32((token_ids * _GOLDEN + 7) & _MASK32))
     return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
 
 
@@ -54,8 +69,7 @@ class RowSampling:
 
     do_sample: torch.Tensor  # bool
     temperature: torch.Tensor  # float32, 1.0 where greedy
-    seeds: torch.Tensor  # int64 in [0, 2**32)
-    draws: torch.Tensor  # int64: how many tokens this row has drawn before (its noise counter)
+    keys: torch.Tensor  # int64 in [0, 2**32): row_key(seed, draws so far), the row's noise for this draw
     any_sample: bool = True  # host-side: when no row samples, warpers and noise are skipped
 
     @classmethod
@@ -68,43 +82,28 @@ class RowSampling:
         device: torch.device,
     ) -> RowSampling:
         temps = [t if sample else 1.0 for t, sample in zip(temperature, do_sample, strict=True)]
+        keys = [row_key(seed, draw) for seed, draw in zip(seeds, draws, strict=True)]
         return cls(
             do_sample=torch.tensor(do_sample, dtype=torch.bool, device=device),
             temperature=torch.tensor(temps, dtype=torch.float32, device=device),
-            seeds=torch.tensor(seeds, dtype=torch.long, device=device),
-            draws=torch.tensor(draws, dtype=torch.long, device=device),
+            keys=torch.tensor(keys, dtype=torch.long, device=device),
             any_sample=any(do_sample),
         )
 
 
-def _warp(scores: torch.Tensor, rows: RowSampling, top_k: int) -> torch.Tensor:
-    """Temperature and top-k for sampled rows; greedy rows keep their scores (argmax is unchanged)."""
-    if not rows.any_sample:
-        return scores
-    warped = scores / rows.temperature[:, None]
-    k = min(top_k, scores.shape[-1])
-    kth = torch.topk(warped, k, dim=-1).values[:, -1:]
-    warped = warped.masked_fill(warped < kth, -float("inf"))
-    return torch.where(rows.do_sample[:, None], warped, scores)
-
-
-def semantic_scores(
-    logits: torch.Tensor, rows: RowSampling, suppressed: torch.Tensor, eos: int, min_eos_p: float | None, top_k: int
-) -> torch.Tensor:
-    """Bark's semantic rules on float32 logits (rows, vocab); `suppressed` is a (vocab,) bool mask."""
+def semantic_scores(logits: torch.Tensor, suppressed: torch.Tensor, eos: int, min_eos_p: float | None) -> torch.Tensor:
+    """Bark's semantic rules on logits (rows, vocab) -> float32; `suppressed` is a (vocab,) bool mask."""
     scores = logits.float().masked_fill(suppressed, -float("inf"))
     if min_eos_p:
         eos_probability = torch.softmax(scores, dim=-1)[:, eos : eos + 1]
         only_eos = torch.full_like(scores, -float("inf"))
         only_eos[:, eos] = scores[:, eos]
         scores = torch.where(eos_probability > min_eos_p, only_eos, scores)
-    return _warp(scores, rows, top_k)
+    return scores
 
 
-def coarse_scores(
-    logits: torch.Tensor, rows: RowSampling, parity: torch.Tensor, semantic_vocab: int, codebook: int, top_k: int
-) -> torch.Tensor:
-    """The alternating-codebook rule per row (`parity` 0: first codebook, 1: second), then warpers.
+def coarse_scores(logits: torch.Tensor, parity: torch.Tensor, semantic_vocab: int, codebook: int) -> torch.Tensor:
+    """The alternating-codebook rule per row (`parity` 0: first codebook, 1: second) -> float32.
 
     As `AlternatingCodebooksLogitsProcessor`: the first codebook allows [sv, sv + cb), the second
     everything from sv + cb on.
@@ -113,15 +112,32 @@ def coarse_scores(
     low = semantic_vocab + parity[:, None] * codebook
     high = torch.where(parity[:, None] == 0, low + codebook, torch.full_like(low, logits.shape[-1]))
     allowed = (ids[None, :] >= low) & (ids[None, :] < high)
-    scores = logits.float().masked_fill(~allowed, -float("inf"))
-    return _warp(scores, rows, top_k)
+    return logits.float().masked_fill(~allowed, -float("inf"))
 
 
-def choose_tokens(scores: torch.Tensor, rows: RowSampling) -> torch.Tensor:
-    """Greedy rows: argmax. Sampled rows: Gumbel-max with the row's own counter-based noise."""
+def warp(scores: torch.Tensor, rows: RowSampling, top_k: int) -> torch.Tensor:
+    """Temperature and top-k as transformers' warpers, for sampled rows (greedy rows unchanged).
+
+    Not on the sampling path (choose_tokens works on the top-k candidates directly); kept to check
+    that path against transformers' processors.
+    """
+    warped = scores / rows.temperature[:, None]
+    kth = torch.topk(warped, min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+    warped = warped.masked_fill(warped < kth, -float("inf"))
+    return torch.where(rows.do_sample[:, None], warped, scores)
+
+
+def choose_tokens(scores: torch.Tensor, rows: RowSampling, top_k: int) -> torch.Tensor:
+    """Greedy rows: argmax. Sampled rows: temperature, top-k, Gumbel-max with the row's own noise.
+
+    Gumbel-max over the k candidates (`argmax(s_i / T + G_i)`) draws from softmax over the top-k,
+    as `TopKLogitsWarper` + `multinomial` do; the noise of a candidate is a function of its token id.
+    """
+    greedy = torch.argmax(scores, dim=-1)
     if not rows.any_sample:
-        return torch.argmax(scores, dim=-1)
-    noise = uniform_noise(rows.seeds, rows.draws, scores.shape[-1])
-    gumbel = -torch.log(-torch.log(noise))
-    perturbed = scores + torch.where(rows.do_sample[:, None], gumbel, torch.zeros_like(gumbel))
-    return torch.argmax(perturbed, dim=-1)
+        return greedy
+    values, candidates = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1)
+    gumbel = -torch.log(-torch.log(uniform_noise(rows.keys, candidates)))
+    picked = torch.argmax(values / rows.temperature[:, None] + gumbel, dim=-1, keepdim=True)
+    sampled = candidates.gather(-1, picked).squeeze(-1)
+    return torch.where(rows.do_sample, sampled, greedy)
