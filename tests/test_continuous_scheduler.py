@@ -288,6 +288,7 @@ def test_a_streaming_request_runs_its_first_chunk_before_its_other_chunks():
 
     result, other = asyncio.run(scenario())
     assert names(result) == ["first", "second", "third"]
+    assert names(other) == ["plain-1", "plain-2"]
     first_alone = [step for step in rows.steps if "first" in step]
     assert all(step == ["first"] for step in first_alone), "later chunks waited for the first one"
     assert any(step == ["plain-1", "plain-2"] for step in rows.steps), "a plain request runs its chunks together"
