@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,11 +33,12 @@ from bark_common.schema import describe_validation_error
 from .auth import Unauthorized, authenticated_key, principal
 from .config import Settings
 from .delivery import DEFAULT_EVENT_SOURCE, iso_time
-from .jobs import DELIVERABLE, Job
+from .jobs import DELIVERABLE, Job, StoreUnavailable
 from .protocol import EVENT_ACCEPTED, AsyncPredictRequest, JobAccepted, JobStatus
 from .service import JobService, request_hash
 from .urls import UnsafeUrl, check_webhook_url_async
 
+logger = logging.getLogger("webhook_sidecar")
 IDEMPOTENCY_HEADER = "idempotency-key"
 _MAX_IDEMPOTENCY_KEY_CHARS = 255
 _DRAIN_RETRY_AFTER_S = "5"
@@ -69,6 +71,16 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, error: ApiError) -> JSONResponse:
         return JSONResponse({"error": error.message}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(_: Request, error: StoreUnavailable) -> JSONResponse:
+        # The database restarting or failing over: the client retries (the idempotency key makes it safe).
+        logger.warning("answering 503: %s", error)
+        return JSONResponse(
+            {"error": "the job store is unavailable; retry shortly"},
+            status_code=503,
+            headers={"retry-after": _DRAIN_RETRY_AFTER_S},
+        )
 
     @app.post("/async_predict", status_code=202, tags=["jobs"])
     async def async_predict(request: Request) -> Response:

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
         default=60.0, ge=1, description="PostgreSQL store: a claimed job's lease, renewed every lease_s/3"
     )
     db_pool_size: int = Field(default=10, ge=1, description="PostgreSQL store: connections per sidecar")
+    db_wait_s: float = Field(
+        default=10.0, gt=0, description="PostgreSQL store: longest wait for a connection before a 503"
+    )
 
     webhook_secret: SecretStr = Field(
         default=SecretStr(""),

@@ -36,6 +36,10 @@ INTERRUPTED_RUN = "interrupted: the sidecar stopped during the model call"
 TransitionHook = Callable[[JobState], None]
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached right now (database restarting, network): HTTP 503, loops retry."""
+
+
 class StaleJob(RuntimeError):
     """A transition found the job in another state (or under another sidecar's lease): nothing changed."""
 

@@ -27,7 +27,7 @@ import httpx
 
 from .config import Settings
 from .delivery import Deliverer
-from .jobs import Job, StaleJob, Store
+from .jobs import Job, StaleJob, Store, StoreUnavailable
 from .metrics import SidecarMetrics
 from .protocol import AsyncPredictRequest
 from .store import JobStore
@@ -46,8 +46,13 @@ def open_store(settings: Settings, on_transition: Callable[[str], None]) -> Stor
     path = settings.sqlite_path
     if path is not None:
         return JobStore(path, on_transition=on_transition)
-    pool_size = settings.db_pool_size
-    return PostgresJobStore(settings.store_url, settings.lease_s, on_transition=on_transition, pool_size=pool_size)
+    return PostgresJobStore(
+        settings.store_url,
+        settings.lease_s,
+        on_transition=on_transition,
+        pool_size=settings.db_pool_size,
+        wait_s=settings.db_wait_s,
+    )
 
 
 def _webhook_tls(settings: Settings) -> ssl.SSLContext | bool:
@@ -276,6 +281,10 @@ class JobService:
         """A store call in a thread; an error (disk full, locked) is logged, and the loop goes on."""
         try:
             return await asyncio.to_thread(function, *args)
+        except StoreUnavailable as error:  # expected while the database restarts: one line, no trace
+            logger.warning("store call %s failed: %s", getattr(function, "__name__", function), error)
+            await asyncio.sleep(self.settings.poll_interval_s)
+            return None
         except Exception:
             logger.exception("store call %s failed", getattr(function, "__name__", function))
             await asyncio.sleep(self.settings.poll_interval_s)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .jobs import COLUMNS as _COLUMNS
-from .jobs import DELIVERABLE, INTERRUPTED_RUN, STATES, Job, StaleJob, TransitionHook
+from .jobs import DELIVERABLE, INTERRUPTED_RUN, STATES, Job, StaleJob, StoreUnavailable, TransitionHook
 from .protocol import JobState, Outcome
 
 __all__ = ["DELIVERABLE", "STATES", "Job", "JobStore", "StaleJob"]
@@ -100,7 +100,10 @@ class JobStore:
         """BEGIN IMMEDIATE: take the write lock up front, so read-then-write cannot interleave."""
         with self._lock:
             db = self._open_db()
-            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:  # locked past the timeout, disk I/O error
+                raise StoreUnavailable(f"SQLite unavailable: {error}") from error
             try:
                 yield db
             except BaseException:

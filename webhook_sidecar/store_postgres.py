@@ -24,15 +24,16 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row, tuple_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .jobs import COLUMNS, DELIVERABLE, INTERRUPTED_RUN, STATES, Job, StaleJob, TransitionHook
+from .jobs import COLUMNS, DELIVERABLE, INTERRUPTED_RUN, STATES, Job, StaleJob, StoreUnavailable, TransitionHook
 from .protocol import JobState, Outcome
 
 TABLE = "bark_jobs"
@@ -128,6 +129,7 @@ class PostgresJobStore:
         on_transition: TransitionHook | None = None,
         pool_size: int = 10,
         connect_timeout_s: float = 60.0,
+        wait_s: float = 10.0,
     ) -> None:
         self.url = url
         self.lease_s = lease_s
@@ -137,6 +139,7 @@ class PostgresJobStore:
         self._on_transition = on_transition or (lambda _state: None)
         self._pool_size = pool_size
         self._connect_timeout_s = connect_timeout_s
+        self._wait_s = wait_s
         self._pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -149,6 +152,7 @@ class PostgresJobStore:
             max_size=self._pool_size,
             kwargs={"autocommit": True, "row_factory": dict_row},
             check=ConnectionPool.check_connection,  # a restarted server leaves dead connections behind
+            timeout=self._wait_s,  # a call waits this long for a connection, then StoreUnavailable
             open=False,
             name="sidecar-jobs",
         )
@@ -165,10 +169,16 @@ class PostgresJobStore:
     def describe(self) -> str:
         return redact(self.url)
 
-    def _conn(self) -> Any:
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        """A pooled connection; the database unreachable or failing over raises StoreUnavailable."""
         if self._pool is None:
             raise RuntimeError("job store is not open")
-        return self._pool.connection()
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as error:
+            raise StoreUnavailable(f"PostgreSQL unavailable: {error}") from error
 
     def _one(self, sql: str, params: dict[str, Any] | Sequence[Any] = ()) -> dict[str, Any] | None:
         with self._conn() as conn:

@@ -30,6 +30,7 @@ from tests.sidecar.harness import (
     wait_for,
     wav_for,
 )
+from tests.sidecar.postgres import PostgresServer
 from webhook_sidecar.signing import verify
 
 LEASE_S = 2.0
@@ -175,6 +176,38 @@ def test_fifty_jobs_across_three_sidecars_each_delivered_with_one_webhook_id_and
     assert len(ids_per_audio) == 50 and all(len(ids) == 1 for ids in ids_per_audio.values())
     workers = [sidecar for sidecar in sidecars if " succeeded" in sidecar.log()]
     assert len(workers) >= 2, "the jobs were shared out"
+
+
+def test_an_unreachable_database_answers_503_with_retry_after_and_service_resumes(
+    make_sidecar: Callable[..., InProcessSidecar], receiver: Receiver, postgres: PostgresServer, pg_url: str
+) -> None:
+    sidecar = make_sidecar(database_url=pg_url, db_wait_s=0.5)
+    database = pg_url.rsplit("/", 1)[1]
+
+    def allow(allowed: bool) -> None:
+        with psycopg.connect(postgres.admin_url, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+            if not allowed:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+    allow(False)
+    try:
+        with sidecar.client() as client:
+            refused = client.post("/async_predict", json=job_body(receiver, "Not now."))
+            status = client.get("/jobs/some-job")
+    finally:
+        allow(True)
+    for response in (refused, status):
+        assert response.status_code == 503, response.text
+        assert response.json() == {"error": "the job store is unavailable; retry shortly"}
+        assert response.headers["retry-after"]
+    with sidecar.client() as client:
+        accepted = wait_for(
+            lambda: (r := client.post("/async_predict", json=job_body(receiver, "Now."))).status_code == 202 and r,
+            15,
+            "intake to work again",
+        )
+    sidecar.wait_state(accepted.json()["job_id"], "delivered")
 
 
 def test_status_downloads_and_idempotent_replays_from_either_replica(
