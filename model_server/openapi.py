@@ -4,7 +4,8 @@ KServe's v1 route takes the raw `Request` and decodes it itself, so FastAPI's ge
 says nothing about what the route accepts: no request body, and a 422 it never returns. Clients,
 code generators and the schemathesis fuzz tests read that document, so `document_api` replaces the
 predict operation's description with our pydantic models (`schema.py`), the operator's bounds from
-`Settings`, and the error statuses the route really answers with.
+`Settings`, and the error statuses the route really answers with. It also takes out KServe's
+description of the routes this server does not serve (`kserve_routes.NOT_SERVED`: they answer 404).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from .config import Settings
+from .kserve_routes import NOT_SERVED
 from .schema import PredictRequest, SynthesisRequest, SynthesisResult
 
 PREDICT_PATH = "/v1/models/{model_name}:predict"
@@ -53,11 +55,22 @@ def document_api(app: FastAPI, settings: Settings) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = generate()
+            drop_not_served(document)
             describe_predict(document, settings)
             app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def drop_not_served(document: dict[str, Any]) -> None:
+    """Remove the operations KServe documents but this server answers with 404 (in place)."""
+    paths = document.get("paths", {})
+    for method, path in NOT_SERVED:
+        operations = paths.get(path, {})
+        operations.pop(method.lower(), None)
+        if path in paths and not operations:
+            del paths[path]
 
 
 def _add_components(document: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Extra HTTP routes on KServe's own FastAPI app (its supported way to add endpoints)."""
+"""Extra HTTP routes on KServe's own FastAPI app (its supported way to add endpoints); ours at KServe's paths too."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from .kserve_routes import override_kserve_routes
 from .model import BarkTTS
 from .openai_speech.api_router import register_speech_route
 from .voices import VOICES_ROUTE
@@ -21,3 +22,5 @@ def register_routes(app: FastAPI, model: BarkTTS) -> None:
     # KServe-style: the same listing under the model's own path.
     app.add_api_route(f"/v1/models/{model.name}/voices", list_voices, methods=["GET"], tags=["voices"])
     register_speech_route(app, model)
+    # Before ModelServer.start() mounts KServe's routes: ours match first at the same paths.
+    override_kserve_routes(app, model)
