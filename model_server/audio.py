@@ -84,6 +84,8 @@ class _Sink:
 class StreamEncoder(Protocol):
     def feed(self, audio: np.ndarray) -> bytes: ...
     def finish(self) -> bytes: ...
+    def close(self) -> None:
+        """Free the encoder; safe after finish() and on a stream stopped early (no trailer is wanted then)."""
 
 
 class _AvEncoder:
@@ -95,6 +97,7 @@ class _AvEncoder:
         self._sink = _Sink()
         self._container = av.open(self._sink, "w", format=container_format, options=options, buffer_size=4096)
         self._stream: Any = self._container.add_stream(codec, rate=sample_rate, layout="mono")  # type: ignore[call-overload]
+        self._closed = False
 
     def feed(self, audio: np.ndarray) -> bytes:
         import av
@@ -108,8 +111,13 @@ class _AvEncoder:
     def finish(self) -> bytes:
         for packet in self._stream.encode(None):
             self._container.mux(packet)
-        self._container.close()
+        self.close()
         return self._sink.take()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._container.close()
 
 
 class _PcmEncoder:
@@ -125,6 +133,9 @@ class _PcmEncoder:
     def finish(self) -> bytes:
         header, self._header = self._header, b""
         return header
+
+    def close(self) -> None:
+        """Nothing to free: PCM is converted in memory."""
 
 
 def _streaming_wav_header(sample_rate: int) -> bytes:

@@ -1,12 +1,23 @@
-"""Errors as types, mapped to HTTP in one place (`register_error_handlers`)."""
+"""Errors as types, mapped to HTTP in one place (`register_error_handlers`, `describe_error`)."""
 
 from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from kserve.errors import InvalidInput
 
-__all__ = ["GenerationFailed", "InvalidInput", "Overloaded", "RequestTimedOut", "register_error_handlers"]
+__all__ = [
+    "ErrorDescription",
+    "GenerationFailed",
+    "InvalidInput",
+    "Overloaded",
+    "RequestTimedOut",
+    "describe_error",
+    "register_error_handlers",
+]
 
 
 class Overloaded(RuntimeError):
@@ -27,6 +38,29 @@ class GenerationFailed(RuntimeError):
     def __init__(self, message: str, request_id: str):
         super().__init__(message)
         self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class ErrorDescription:
+    """How one failure shows on every wire format and in the metrics."""
+
+    status: int
+    #: The `reason` label of bark_requests_total (a fixed set, see outcomes.DEFAULT_REASONS).
+    reason: str
+    #: OpenAI's error `type` and `code`.
+    kind: str
+    code: str | None
+
+
+def describe_error(error: BaseException) -> ErrorDescription:
+    """The one mapping from an exception to its status; anything unknown is a generation error (500)."""
+    if isinstance(error, InvalidInput):
+        return ErrorDescription(400, "invalid_input", "invalid_request_error", None)
+    if isinstance(error, Overloaded):
+        return ErrorDescription(503, "overloaded", "server_error", "overloaded")
+    if isinstance(error, RequestTimedOut | asyncio.TimeoutError):
+        return ErrorDescription(504, "timeout", "server_error", "timeout")
+    return ErrorDescription(500, "generation_error", "server_error", "generation_error")
 
 
 async def _timeout_handler(_: Request, exc: Exception) -> JSONResponse:

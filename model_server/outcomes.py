@@ -5,6 +5,11 @@ large: 413), in the model (400, 503, 504, 500), or with the client gone (499). C
 model alone misses the first two, so this outermost ASGI middleware counts the status that was
 actually sent. Inner layers may name a finer reason with `note_reason` (it travels in a context
 variable holding a mutable record, so it crosses into the tasks that run the handler).
+
+A stream sends its `200` before its audio is made. When it fails after that, the stream names the
+status its failure stands for with `note_failure` (504 timeout, 500 generation error), and that is
+what is counted: an alert on 5xx must see it. A response that started but never finished, with no
+failure named, is a client that went away mid-answer: 499.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ DEFAULT_REASONS = {
 @dataclass
 class _Outcome:
     reason: str | None = None
+    #: Set when the request failed after its status went out (a stream): the status counted instead.
+    failed_code: int | None = None
 
 
 _current: ContextVar[_Outcome | None] = ContextVar("bark_request_outcome", default=None)
@@ -47,6 +54,14 @@ def note_reason(reason: str) -> None:
     """Name why the current request ends as it does (e.g. `overloaded` for a 503)."""
     outcome = _current.get()
     if outcome is not None:
+        outcome.reason = reason
+
+
+def note_failure(code: int, reason: str) -> None:
+    """The request failed after its (2xx) status was sent: count it as `code` with `reason`."""
+    outcome = _current.get()
+    if outcome is not None:
+        outcome.failed_code = code
         outcome.reason = reason
 
 
@@ -70,17 +85,34 @@ class CountOutcomes:
         outcome = _Outcome()
         token = _current.set(outcome)
         status: int | None = None
+        completed = False
+        raised = False
 
         async def tracked_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, completed
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                completed = True
             await send(message)
 
         try:
             await self.app(scope, receive, tracked_send)
+        except Exception:
+            raised = True  # Starlette's outer error middleware answers 500 if nothing was sent
+            raise
         finally:
             _current.reset(token)
-            code = status if status is not None else 499  # no response: the client went away
-            reason = outcome.reason or DEFAULT_REASONS.get(code, "other")
+            code, reason = _counted(outcome, status, completed, raised)
             metrics.REQUESTS.labels(route=route, code=str(code), reason=reason).inc()
+
+
+def _counted(outcome: _Outcome, status: int | None, completed: bool, raised: bool) -> tuple[int, str]:
+    """The (code, reason) a finished request is counted under."""
+    if outcome.failed_code is not None:  # failed after its status went out
+        return outcome.failed_code, outcome.reason or DEFAULT_REASONS.get(outcome.failed_code, "other")
+    if status is None and raised:
+        return 500, DEFAULT_REASONS[500]
+    if status is None or not completed:  # no answer, or only part of one: the client went away
+        return 499, DEFAULT_REASONS[499]
+    return status, outcome.reason or DEFAULT_REASONS.get(status, "other")
