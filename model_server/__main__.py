@@ -7,6 +7,7 @@ built locally, so the server runs offline on a CPU (the audio is noise; the pipe
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import signal
 from pathlib import Path
@@ -33,8 +34,9 @@ logger = logging.getLogger("model_server")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: a flag is spelled in full, or it is an error (`--dev` is not `--device`).
     parser = argparse.ArgumentParser(
-        prog="python -m model_server", parents=[kserve_model_server.parser], description=__doc__
+        prog="python -m model_server", parents=[kserve_model_server.parser], description=__doc__, allow_abbrev=False
     )
     parser.add_argument("--model_id", help="Hugging Face hub id, e.g. suno/bark-small")
     parser.add_argument("--model_dir", help="local checkpoint folder, e.g. /mnt/models")
@@ -43,9 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--attention", choices=["auto", "flash_attention_2", "sdpa", "eager"])
     parser.add_argument("--max_batch_size", type=int)
-    # Our defaults: the model is "bark", and gRPC (v2 tensors) is off since Bark speaks JSON.
-    parser.set_defaults(model_name="bark", enable_grpc=False)
+    # gRPC (v2 tensors) is off since Bark speaks JSON. The model name has no command-line default
+    # (KServe's is "model"): unless --model_name is given, BARK_MODEL_NAME or Settings' "bark" holds.
+    parser.set_defaults(model_name=None, enable_grpc=False)
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Every argument must be known: a mistyped flag stops the start, naming it (and the flag meant)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+
+        def spelling(flag: str) -> str:  # KServe mixes --event-loop and --http_port
+            return flag.lstrip("-").replace("-", "_").lower()
+
+        known = {spelling(option): option for action in parser._actions for option in action.option_strings}
+        hints = []
+        for flag in (item.split("=", 1)[0] for item in unknown if item.startswith("-")):
+            close = difflib.get_close_matches(spelling(flag), list(known), n=1, cutoff=0.8)
+            if close:
+                hints.append(f"{flag}: did you mean {known[close[0]]}?")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + "".join(f"\n  {hint}" for hint in hints))
+    return args
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -94,7 +115,7 @@ def drain_on_shutdown_signal(app: FastAPI, model: BarkTTS) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, _ = build_parser().parse_known_args(argv)
+    args = parse_args(build_parser(), argv)
     settings = settings_from(args)
     configure_logging(settings.log_format)
     if settings.demo:

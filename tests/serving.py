@@ -52,7 +52,7 @@ def running_server(
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log_file, stderr=log_file)
     server = RunningServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
     try:
-        wait_until_ready(server, ready_timeout_s)
+        wait_until_ready(server, ready_timeout_s, environment.get("BARK_MODEL_NAME", "bark"))
         yield server
     finally:
         stop_process(process, grace_s=30)
@@ -68,13 +68,13 @@ def stop_process(process: subprocess.Popen[bytes], grace_s: float) -> None:
         process.wait()
 
 
-def wait_until_ready(server: RunningServer, timeout_s: float) -> None:
+def wait_until_ready(server: RunningServer, timeout_s: float, model_name: str = "bark") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-4000:]}")
         try:
-            response = httpx.get(f"{server.url}/v1/models/bark", timeout=2)
+            response = httpx.get(f"{server.url}/v1/models/{model_name}", timeout=2)
             if response.status_code == 200 and response.json().get("ready"):
                 return
         except httpx.HTTPError:
