@@ -2,8 +2,9 @@
 
 SIGTERM drains instead of stopping at once: readiness turns 503 and intake answers 503 (so the
 Service stops routing here and callers retry elsewhere) while HTTP keeps serving `GET /jobs`; running
-jobs get `GRACE_PERIOD_S` to finish and be delivered, then whatever is left goes back to the store for
-the next start. A second SIGTERM, or SIGINT, stops at once (the store still hands work back).
+jobs get `GRACE_PERIOD_S` to finish and be delivered, then whatever is left goes back to the store: at
+once to the other replicas with a shared store, to the next start with SQLite. A second SIGTERM, or
+SIGINT, stops at once (the store still hands work back).
 """
 
 from __future__ import annotations
