@@ -2,7 +2,8 @@
 
 Serves the tiny random-weight checkpoint (the offline demo: the audio is noise, the pipeline and
 the timings are real) with the playground on, synthesizes once whole and once streamed in headless
-Chromium, and saves the page after each as `playground.png` and `playground-streaming.png`.
+Chromium, and saves the page after each as `playground.png` and `playground-streaming.png`; then
+a wrong API key's 401 as `playground-error.png`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ TEXT = (
     "I speak thirteen languages, and with streaming on you hear each sentence as soon as it is ready."
 )
 WIDTH = 1280
+DEMO_KEY = "playground-demo-key"
 
 
 def save_page(browser: Any, path: Path) -> None:
@@ -43,10 +45,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work)
         checkpoint = build_checkpoint(folder / "bark-tiny")
-        with running_server(checkpoint, folder, env={"BARK_PLAYGROUND": "true"}) as server:
+        # With API keys on, as the chart deploys it: the page shows its key field.
+        env = {"BARK_PLAYGROUND": "true", "BARK_API_KEYS": DEMO_KEY}
+        with running_server(checkpoint, folder, env=env) as server:
             browser = start_chromium(*paths, folder / "profile")
             try:
                 open_page(browser, server.url)
+                set_field(browser, "api-key", DEMO_KEY)
                 set_field(browser, "text", TEXT)
                 set_stream(browser, False)
                 assert generate(browser)["state"] == "done"
@@ -55,6 +60,9 @@ def main() -> None:
                 set_stream(browser, True)
                 assert generate(browser)["state"] == "done"
                 save_page(browser, args.out_dir / "playground-streaming.png")
+                set_field(browser, "api-key", "not-the-key")
+                assert generate(browser)["state"] == "error"
+                save_page(browser, args.out_dir / "playground-error.png")
             finally:
                 browser.quit()
 

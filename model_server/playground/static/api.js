@@ -44,7 +44,8 @@ export async function errorFrom(response) {
   } catch {
     message = "";
   }
-  const parts = [message || response.statusText || "no details"];
+  const said = message || response.statusText || "no details";
+  const parts = [/[.!?]$/.test(said) ? said : `${said}.`];
   const retryAfter = response.headers.get("Retry-After");
   if (response.status === 503) {
     parts.push(retryAfter ? `Retry after ${retryAfter} s.` : "Try again shortly.");

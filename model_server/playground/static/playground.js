@@ -136,6 +136,7 @@ function showError(error) {
   $("error-title").textContent = isApi ? error.title : "Could not reach the server";
   $("error-detail").textContent = isApi ? error.detail : String(error.message || error);
   $("error").hidden = false;
+  $("placeholder").hidden = true;
   $("result-card").dataset.errorStatus = isApi ? String(error.status) : "network";
 }
 
@@ -144,6 +145,7 @@ function resetResult() {
   $("timing").hidden = true;
   $("download").hidden = true;
   $("route-note").hidden = true;
+  $("placeholder").hidden = false;
   $("player").pause();
   $("player").removeAttribute("src");
   $("player").hidden = true;
