@@ -12,6 +12,8 @@ import ipaddress
 import json
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 import trustme
 
 from bark_common.formats import FORMATS
+from tests.serving import REPO_ROOT
 from tests.sidecar.harness import FakeModel, InProcessSidecar, Receiver, job_body, wait_for
 from webhook_sidecar import urls
 
@@ -158,3 +161,11 @@ def test_https_delivery_without_the_private_ca_is_refused(
         job_id = client.post("/async_predict", json=job_body(tls.receiver, "Unknown CA.")).json()["job_id"]
     job = sidecar.wait_state(job_id, "dead")
     assert "CERTIFICATE_VERIFY_FAILED" in job["last_error"]
+
+
+def test_the_sidecar_imports_neither_kserve_nor_torch() -> None:
+    """Its container starts fast and small: the request schema and format table come from bark_common."""
+    code = "import sys, webhook_sidecar.__main__; print(sorted({'kserve', 'torch', 'numpy'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
