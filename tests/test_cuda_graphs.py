@@ -96,7 +96,6 @@ def test_a_replayed_step_equals_the_eager_step_after_a_real_prefill(
         assert ("semantic", 4, decoder._kv_len(stage, position)) in decoder._graphs
         eager = decoder._step(stage, 4, decoder._kv_len(stage, position))[:3].float()
         torch.testing.assert_close(replayed, eager, rtol=1e-2, atol=1e-2)
-        assert torch.equal(replayed.argmax(-1), eager.argmax(-1))
 
 
 @torch.inference_mode()
