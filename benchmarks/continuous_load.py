@@ -36,8 +36,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from decode_steps import checkpoint_for  # noqa: E402  (this folder is on sys.path when run as a script)
+
 from bark_common.schema import SynthesisRequest  # noqa: E402
-from benchmarks.decode_steps import checkpoint_for  # noqa: E402
 from model_server.config import Settings  # noqa: E402
 from model_server.continuous.bark_rows import BarkRowEngine  # noqa: E402
 from model_server.continuous.loop import ContinuousScheduler  # noqa: E402
@@ -137,7 +138,7 @@ async def run(args: argparse.Namespace) -> None:
     checkpoint = checkpoint_for(args.size, args.cache_dir)
     settings = Settings(
         model_dir=checkpoint,
-        device="cpu",
+        device=args.device,
         warmup=False,
         max_batch_size=args.max_batch_size,
         semantic_tokens_per_word=args.tokens_per_word,
@@ -153,9 +154,16 @@ async def run(args: argparse.Namespace) -> None:
         "static": Scheduler(model._run_batch, **options),
         "continuous": ContinuousScheduler(BarkRowEngine(engine, args.max_batch_size), **options),
     }
+    if engine.device.type == "cuda":  # as the server's warm-up does: no request pays for a capture
+        assert engine.decoder is not None
+        engine.decoder.capture_graphs()
+        rows = schedulers["continuous"]._engine
+        assert isinstance(rows, BarkRowEngine)
+        rows.capture_graphs()
     bench = Bench(model, schedulers)
     await bench.timed(request(1))  # warm-up: lazy initialisation, sentence splitter
-    print(f"# {args.size} checkpoint, CPU, {torch.get_num_threads()} threads, {args.tokens_per_word} tokens/word\n")
+    where = torch.cuda.get_device_name() if engine.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# {args.size} checkpoint, {where}, {engine.dtype}, {args.tokens_per_word} tokens/word\n")
     if "concurrency" in args.scenarios:
         print("| scheduler | clients | requests | in a row (s) | together (s) | speed-up |\n|---|---|---|---|---|---|")
         for clients in args.clients:
@@ -189,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens-per-word", type=float, default=10.0, help="semantic token budget per word")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "bench")
     args = parser.parse_args(argv)
     if args.threads:

@@ -243,3 +243,54 @@ def test_noise_is_a_function_of_seed_draw_and_token_only():
     torch.testing.assert_close(uniform_noise(keys, ids[:, shuffled]), noise[:, shuffled], rtol=0, atol=0)
     later = RowSampling.of([True, True], [1.0, 1.0], [11, 12], [1, 1], CPU).keys
     assert not torch.equal(uniform_noise(later, ids), noise), "the next draw has fresh noise"
+
+
+class ReplayedStep:
+    """Stands in for a CUDA graph on CPU: replay runs the captured step and writes its static output."""
+
+    def __init__(self, step, output: torch.Tensor):  # type: ignore[no-untyped-def]
+        self.step, self.output, self.replays = step, output, 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.output.copy_(self.step())
+
+
+def test_the_graph_path_pads_rows_to_buckets_and_gives_the_eager_tokens(
+    engine: BarkEngine, rows: BarkRowEngine, monkeypatch: pytest.MonkeyPatch
+):
+    """The replay path (static inputs, rows padded to a power-of-two bucket) on CPU, with fake graphs."""
+    jobs = [job(text, f"v2/en_speaker_{i}", GREEDY, budget) for i, (text, budget) in enumerate(zip(TEXTS, BUDGETS))]
+    eager = run(rows, jobs)
+    graphed = TokenRows(engine, max_rows=8)
+    captured: list[ReplayedStep] = []
+
+    def capture(step):  # type: ignore[no-untyped-def]
+        captured.append(ReplayedStep(step, step().clone()))
+        return SimpleNamespace(graph=captured[-1], logits=captured[-1].output)
+
+    monkeypatch.setattr(graphed.stepper, "_capture", capture)
+    monkeypatch.setattr(graphed.stepper, "use_cuda_graphs", True)
+    again = [job(text, f"v2/en_speaker_{i}", GREEDY, budget) for i, (text, budget) in enumerate(zip(TEXTS, BUDGETS))]
+    results = run(graphed, again)
+    assert [results[id(single)] for single in again][0][:2] == eager[id(jobs[0])][:2]
+    assert all(same(results[id(b)], eager[id(a)]) for a, b in zip(jobs, again, strict=True))
+    assert captured and all(step.replays for step in captured)
+    shapes = {key[1] for key in graphed.stepper._graphs}
+    assert shapes <= {1, 2, 4}, "three rows ran padded to a bucket of four"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_real_cuda_graphs_give_the_eager_tokens(tiny_checkpoint: Path):
+    """On CUDA (fp32): rows stepped by captured graphs get the tokens of the same rows stepped eagerly."""
+    settings = Settings(model_dir=tiny_checkpoint, device="cuda", dtype="float32", decoder="cudagraph", warmup=False)
+    cuda_engine = BarkEngine(settings)
+    graphed = TokenRows(cuda_engine, max_rows=4)
+    assert graphed.stepper.use_cuda_graphs and graphed.capture_graphs() > 0
+    eager = TokenRows(cuda_engine, max_rows=4)
+    eager.stepper.use_cuda_graphs = False
+    mix = [(TEXTS[i], f"v2/en_speaker_{i}", Sampling(seed=i) if i else GREEDY, BUDGETS[i]) for i in range(3)]
+    first = [job(*spec) for spec in mix]
+    second = [job(*spec) for spec in mix]
+    expected, got = run(eager, first), run(graphed, second)
+    assert [got[id(b)][:2] for b in second] == [expected[id(a)][:2] for a in first]

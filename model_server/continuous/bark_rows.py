@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .. import metrics
 from ..engine import BarkEngine, Sampling, tokenize_chunks
+from ..kv_cache import CacheShape, check_kv_cache_fits, device_memory
 from .rows import Configs, Row, coarse_plan
 from .sampling import RowSampling, choose_tokens, coarse_scores, fold_seed, semantic_scores
 from .stepper import RowStepper
@@ -55,6 +56,14 @@ class BarkRowEngine:
         shared = None
         if decoder is not None:  # idle under this loop: its cache holds the semantic rows
             shared = (decoder._semantic.cache.keys, decoder._semantic.cache.values)
+        # Both stages are active at once, so the coarse rows need a cache of their own: checked
+        # against free memory like the decoder's (kv_cache.py), so a start that cannot fit says so.
+        sub_models = [engine.model.coarse_acoustics] + ([] if shared else [engine.model.semantic])
+        memory = device_memory(engine.device)
+        if memory is not None:
+            dtype = engine.model.semantic.input_embeds_layer.weight.dtype
+            extra = sum(check_kv_cache_fits([CacheShape.of(m.config)], max_rows, dtype, *memory) for m in sub_models)
+            logger.info("continuous rows: %.2f GB of extra K/V cache", extra / 1e9)
         self.stepper = RowStepper(
             engine.model, engine.device, max_rows=max_rows, use_cuda_graphs=use_graphs, semantic_cache=shared
         )

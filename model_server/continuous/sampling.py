@@ -59,7 +59,8 @@ def uniform_noise(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     Noise depends on the token id, not its position, so drawing it for the top-k candidates only
     gives exactly what drawing it for the whole vocabulary would (the rest are -inf anyway).
     """
-    bits = _mix32(keys[:, None] ^ _mix32((token_ids * _GOLDEN + 7) & _MASK32))
+    # ids * odd constant mod 2**32 is a bijection, so distinct tokens stay distinct before the mix.
+    bits = _mix32(keys[:, None] ^ ((token_ids * _GOLDEN) & _MASK32))
     return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
 
 
