@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=512)
     max_wait_ms: int = Field(20, ge=0, le=10_000)
     max_queue_chunks: int = Field(512, ge=1)
+    # continuous: rows of any voice/settings/seed join and leave the running batch at every step
+    # (continuous/); static: per-(voice, settings) batches run to their end (kept for comparisons).
+    scheduler: Literal["continuous", "static"] = "continuous"
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with a 503 when the queue is full")
 
     # Text handling and request bounds.

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from kserve.errors import InvalidInput
 
@@ -228,3 +228,42 @@ class Scheduler(Generic[Key, Result]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ChunkScheduler(Protocol):
+    """What model.py and the OpenAI route use; both `Scheduler` and `ContinuousScheduler` provide it."""
+
+    @property
+    def queued_chunks(self) -> int: ...
+
+    async def submit(self, key: Any, payloads: Sequence[object], *, urgent_first: bool = False) -> list[Any]: ...
+
+    def enqueue(self, key: Any, payloads: Sequence[object], *, urgent_first: bool = False) -> list[Any]: ...
+
+    def cancel(self, futures: Sequence[Any]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def build_scheduler(settings: Any, run_batch: BatchRunner, engine: Any) -> ChunkScheduler:
+    """The one place that picks the implementation: `settings.scheduler` is continuous or static.
+
+    continuous: rows of any voice, settings and seed step together (continuous/loop.py) on the
+    engine's weights; static: batches of one (voice, settings) key run whole by `run_batch`.
+    """
+    options = {
+        "max_batch_size": settings.max_batch_size,
+        "max_wait_ms": settings.max_wait_ms,
+        "max_queue_chunks": settings.max_queue_chunks,
+        "retry_after_s": settings.retry_after_s,
+    }
+    if settings.scheduler == "static":
+        return Scheduler(run_batch, **options)
+    from .continuous.bark_rows import BarkRowEngine
+    from .continuous.loop import ContinuousScheduler
+    from .faults import release_cached_memory
+
+    rows = BarkRowEngine(engine, settings.max_batch_size)
+    if settings.warmup:
+        logger.info("captured %d row-step CUDA graphs", rows.capture_graphs())
+    return ContinuousScheduler(rows, release_memory=lambda: release_cached_memory(engine.device), **options)

@@ -19,7 +19,14 @@ SENTENCE = "Here is one more sentence with eight words."
 @pytest.fixture(scope="module")
 def one_chunk_server(tiny_checkpoint, tmp_path_factory):
     """A server that runs one chunk at a time and queues at most 4: easy to fill."""
-    env = {"BARK_MAX_BATCH_SIZE": "1", "BARK_MAX_QUEUE_CHUNKS": "4", "BARK_RETRY_AFTER_S": "5"}
+    # 12 semantic tokens per word: a chunk runs ~0.5 s, so the 0.3 s gaps below fall while the first
+    # chunk still runs (a single continuous-loop row at 6 tokens/word can finish in 0.25 s).
+    env = {
+        "BARK_MAX_BATCH_SIZE": "1",
+        "BARK_MAX_QUEUE_CHUNKS": "4",
+        "BARK_RETRY_AFTER_S": "5",
+        "BARK_SEMANTIC_TOKENS_PER_WORD": "12",
+    }
     with running_server(tiny_checkpoint, tmp_path_factory.mktemp("one-chunk"), env=env) as server:
         yield server
 
