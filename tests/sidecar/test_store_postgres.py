@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
+from webhook_sidecar.migrations import MIGRATIONS, TABLE, migrate
 from webhook_sidecar.store import StaleJob
-from webhook_sidecar.store_postgres import MIGRATIONS, TABLE, PostgresJobStore, migrate, redact
+from webhook_sidecar.store_postgres import PostgresJobStore, redact
 
 StoreFactory = Callable[..., PostgresJobStore]
 

@@ -1,0 +1,80 @@
+"""The PostgreSQL job store's schema, migrated when a sidecar starts.
+
+Each migration runs once, in one transaction under `pg_advisory_xact_lock`: sidecars that start
+together (a rollout, a scale-up) serialise on the lock, the first applies what is missing and the
+others find it done. A database already up to date is left alone. Append only: a released migration
+never changes; a new column or index is a new version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import tuple_row
+
+TABLE = "bark_jobs"
+#: `pg_advisory_xact_lock` key serialising migrations ("barkjobs" in ASCII).
+MIGRATION_LOCK = 0x6261726B6A6F6273
+
+#: (version, statements). Append only: a released migration never changes.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            f"""CREATE TABLE {TABLE} (
+                id text PRIMARY KEY,
+                idempotency_key text UNIQUE,
+                request_hash text NOT NULL,
+                model_input text NOT NULL,
+                webhook_endpoint text NOT NULL,
+                public_base text NOT NULL,
+                state text NOT NULL,
+                outcome text,
+                error text,
+                attempts integer NOT NULL DEFAULT 0,
+                delivery_attempts integer NOT NULL DEFAULT 0,
+                in_flight boolean NOT NULL DEFAULT false,
+                created_at double precision NOT NULL,
+                updated_at double precision NOT NULL,
+                started_at double precision,
+                finished_at double precision,
+                delivered_at double precision,
+                next_attempt_at double precision NOT NULL,
+                last_error text,
+                last_status_code integer,
+                result text,
+                download_token text UNIQUE,
+                download_expires_at double precision,
+                lease_owner text,
+                lease_expires_at double precision
+            )""",
+            f"CREATE INDEX {TABLE}_queued ON {TABLE} (next_attempt_at, created_at) WHERE state = 'queued'",
+            f"CREATE INDEX {TABLE}_deliverable ON {TABLE} (next_attempt_at) "
+            "WHERE state IN ('succeeded', 'failed', 'delivering') AND NOT in_flight",
+            f"CREATE INDEX {TABLE}_leased ON {TABLE} (lease_expires_at) WHERE in_flight",
+            f"CREATE INDEX {TABLE}_finished ON {TABLE} (updated_at) WHERE state IN ('delivered', 'dead')",
+        ),
+    ),
+)
+
+
+def migrate(conn: psycopg.Connection[Any]) -> list[int]:
+    """Apply the migrations this database lacks, in one transaction under an advisory lock."""
+    applied: list[int] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE}_migrations "
+            "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        with conn.cursor(row_factory=tuple_row) as cursor:  # the pool's connections make dicts
+            done = {row[0] for row in cursor.execute(f"SELECT version FROM {TABLE}_migrations").fetchall()}
+        for version, statements in MIGRATIONS:
+            if version in done:
+                continue
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(f"INSERT INTO {TABLE}_migrations (version) VALUES (%s)", (version,))
+            applied.append(version)
+    return applied
