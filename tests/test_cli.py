@@ -8,7 +8,7 @@ from model_server.__main__ import build_parser, main, parse_args, settings_from
 
 
 def settings_for(argv: list[str]):
-    return settings_from(parse_args(build_parser(), argv))
+    return settings_from(build_parser().parse_args(argv))
 
 
 def test_the_environment_names_the_model_when_no_flag_does(monkeypatch):
