@@ -1,4 +1,8 @@
-"""Hypothesis-made bodies POSTed to the v1 route: every answer is a 200 or a 4xx, quickly; never a 5xx."""
+"""Hypothesis-made bodies POSTed to the v1 and speech routes: every answer is a 200 or a 4xx, quickly; never a 5xx.
+
+A streamed answer is held to the same rule: a refusal is a real 4xx (not a `200` with an empty
+body), and a `200` stream ends cleanly with audio in it.
+"""
 
 from __future__ import annotations
 
@@ -100,6 +104,49 @@ def test_any_body_gets_a_200_or_a_4xx_in_time(client: httpx.Client, body: bytes)
         assert all(prediction["duration_s"] > 0 for prediction in predictions)
     else:
         assert response.json()["error"], "a refusal says why"
+
+
+VALID_SPEECH: dict[str, Any] = {
+    "model": "tts-1",
+    "input": "Hello there. This is a short test.",
+    "voice": "alloy",
+    "response_format": "pcm",
+    "speed": 1.0,
+    "stream": True,
+}
+
+
+@st.composite
+def speech_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid streamed speech body with a few fields replaced, removed or added."""
+    body = dict(VALID_SPEECH)
+    body["stream_format"] = draw(st.sampled_from([None, "audio", "sse"]))
+    for _ in range(draw(st.integers(min_value=0, max_value=2))):
+        action = draw(st.sampled_from(["replace", "remove", "add", "format"]))
+        if action == "replace":
+            body[draw(st.sampled_from(sorted(body)))] = draw(awkward_values)
+        elif action == "remove" and body:
+            body.pop(draw(st.sampled_from(sorted(body))))
+        elif action == "format":
+            body["response_format"] = draw(st.sampled_from(["mp3", "opus", "wav", "pcm", "flac", "aac"]))
+        else:
+            body[draw(st.text(min_size=1, max_size=12))] = draw(json_values)
+    return {key: value for key, value in body.items() if value is not None or key != "stream_format"}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=speech_bodies())
+def test_any_streamed_speech_body_gets_a_4xx_or_a_complete_200(client: httpx.Client, body: dict[str, Any]) -> None:
+    with client.stream("POST", "/v1/audio/speech", json=body) as response:
+        data = response.read()  # an aborted transfer raises here
+    event(f"status {response.status_code}")
+    assert response.status_code < 500, f"{response.status_code} for {body}: {data[:500]!r}"
+    if response.status_code == 200:
+        assert data, f"an empty 200 for {body}"
+        if response.headers["content-type"].startswith("text/event-stream"):
+            assert b'"speech.audio.done"' in data and b'"type": "error"' not in data
+    else:
+        assert set(json.loads(data)["error"]) == {"message", "type", "param", "code"}
 
 
 def test_server_is_healthy_after_fuzzing(fuzz_server: RunningServer, client: httpx.Client) -> None:
