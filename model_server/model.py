@@ -24,11 +24,12 @@ from .config import Settings
 from .engine import BarkEngine, Sampling
 from .errors import GenerationFailed, Overloaded, RequestTimedOut
 from .faults import release_cached_memory, run_splitting_on_oom
+from .languages import resolve_language
 from .limits import check_output_seconds
 from .outcomes import note_reason
-from .scheduler import BatchFailed, Scheduler
+from .scheduler import BatchFailed, ChunkScheduler, build_scheduler
 from .schema import SynthesisRequest, SynthesisResult, parse_predict_body
-from .text import chunk_text
+from .text import plan_chunks, semantic_budget
 
 logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("bark.requests")
@@ -67,7 +68,7 @@ class BarkTTS(Model):
         super().__init__(settings.model_name)
         self.settings = settings
         self.engine: BarkEngine | None = None  # type: ignore[assignment]
-        self.scheduler: Scheduler[BatchKey, np.ndarray] | None = None
+        self.scheduler: ChunkScheduler | None = None
         self.stopped = False  # set by stop() (SIGTERM): never load again in this process
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -82,13 +83,7 @@ class BarkTTS(Model):
         if self.settings.warmup:
             engine.warm_up()
         self.engine = engine
-        self.scheduler = Scheduler(
-            self._run_batch,
-            max_batch_size=self.settings.max_batch_size,
-            max_wait_ms=self.settings.max_wait_ms,
-            max_queue_chunks=self.settings.max_queue_chunks,
-            retry_after_s=self.settings.retry_after_s,
-        )
+        self.scheduler = build_scheduler(self.settings, self._run_batch, engine)
         metrics.MODEL_LOAD_SECONDS.set(time.perf_counter() - started)
         metrics.MODEL_INFO.labels(
             source=engine.source,
@@ -96,6 +91,7 @@ class BarkTTS(Model):
             dtype=str(engine.dtype).removeprefix("torch."),
             attention=engine.attention,
             decoder=engine.decoder_name,
+            decoder_fallback=engine.decoder_fallback or "none",
         ).set(1)
         metrics.track_gpu_memory()
         self.ready = True
@@ -146,15 +142,21 @@ class BarkTTS(Model):
         ]
 
     def plan_chunks(self, request: SynthesisRequest, first_sentence_alone: bool = False) -> list[ChunkPayload]:
-        """Sentences packed into chunks, each with its own semantic token budget."""
+        """Sentences packed into chunks, each with a semantic token budget from its estimated speech."""
         assert self.engine is not None
+        settings = self.settings
         started = time.perf_counter()
-        max_words = request.batch_chunk_size or self.settings.default_chunk_words
-        texts = chunk_text(request.prompt, max_words, first_sentence_alone=first_sentence_alone)
+        language = resolve_language(request.language, request.voice)
+        max_words = request.batch_chunk_size or settings.default_chunk_words
+        chunks = plan_chunks(request.prompt, max_words, language, first_sentence_alone)
         metrics.STAGE_LATENCY.labels(stage="split").observe(time.perf_counter() - started)
-        if not texts:
-            raise InvalidInput("prompt: has no words to speak")
-        return [ChunkPayload(text, self.engine.semantic_budget(len(text.split()))) for text in texts]
+        if not chunks:
+            raise InvalidInput("prompt: has no words to speak (no letter or digit in it)")
+        per_word, minimum = settings.semantic_tokens_per_word, settings.semantic_tokens_min
+        return [
+            ChunkPayload(chunk.text, semantic_budget(chunk.seconds, per_word, minimum, self.engine.max_semantic_tokens))
+            for chunk in chunks
+        ]
 
     async def synthesize(self, request: SynthesisRequest, chunks: list[ChunkPayload] | None = None) -> Synthesis:
         """Generate one instance's audio: all its chunks batched, trimmed and joined in order."""
