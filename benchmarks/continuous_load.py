@@ -6,8 +6,8 @@ Both schedulers serve the same `BarkTTS` model (one engine load); requests go th
 Scenarios (`--scenarios`, all by default):
   concurrency   N clients (4 and 16) at once, vs the same N requests in a row: the speed-up, for
                 same voice + settings and for all-different voices, temperatures and seeds.
-  short-long    a one-sentence request sent 1 s into a 12-chunk request: the short one's latency
-                vs the long one's solo time.
+  short-long    a one-sentence (10-word) request sent 1 s into a 12-chunk request (20-word chunks):
+                the short one's latency vs the long one's solo time.
   poisson       open-loop Poisson arrivals (mixed voices/settings, 1-4 chunks) for `--duration` s
                 at each of `--rates`: throughput (requests/s completed) and p50/p95 latency.
 
@@ -48,14 +48,17 @@ from model_server.scheduler import Scheduler  # noqa: E402
 SENTENCE = "The morning fog rolled slowly over the quiet harbor today."  # 10 words
 
 
-def request(chunks: int, voice: int = 1, temperature: float = 0.7, seed: int | None = None) -> SynthesisRequest:
+def request(
+    chunks: int, voice: int = 1, temperature: float = 0.7, seed: int | None = None, sentences_per_chunk: int = 1
+) -> SynthesisRequest:
+    """`chunks` chunks of `sentences_per_chunk` 10-word sentences each."""
     return SynthesisRequest(
-        prompt=" ".join([SENTENCE] * chunks),
+        prompt=" ".join([SENTENCE] * chunks * sentences_per_chunk),
         voice=f"v2/en_speaker_{voice % 10}",
         semantic_temperature=temperature,
         coarse_temperature=temperature,
         seed=seed,
-        batch_chunk_size=10,
+        batch_chunk_size=10 * sentences_per_chunk,
     )
 
 
@@ -93,9 +96,10 @@ class Bench:
         lines = []
         for name, scheduler in self.schedulers.items():
             self.model.scheduler = scheduler
-            long_alone = await self.timed(request(12, voice=2))
+            # As in issue #14: 12 chunks of 20 words, then a one-sentence request 1 s later.
+            long_alone = await self.timed(request(12, voice=2, sentences_per_chunk=2))
             short_alone = await self.timed(request(1, voice=3, seed=1))
-            long_task = asyncio.create_task(self.timed(request(12, voice=2)))
+            long_task = asyncio.create_task(self.timed(request(12, voice=2, sentences_per_chunk=2)))
             await asyncio.sleep(1.0)
             short_together = await self.timed(request(1, voice=3, seed=1))
             long_together = await long_task

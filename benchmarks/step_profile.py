@@ -6,7 +6,8 @@ before: `StaticBarkDecoder`'s step (one position for all rows; SDPA with a boole
 after:  `RowStepper`'s step (per-row positions; one additive mask per step shared by all layers)
         + the fused per-row rules and counter-based Gumbel-max sampling of `continuous/sampling.py`.
 Both sample (temperature 0.7, top-k 50) as production does. torch.profiler counts the aten ops a
-step dispatches (leaf ops: each is a kernel on a GPU; on CUDA the CUDA kernels are counted too);
+step dispatches (innermost compute ops, views and allocations left out: each is roughly one kernel
+on a GPU; on CUDA the CUDA kernels are counted too);
 host time is wall time per step without the profiler. Called by `decode_steps.py --profile-step`.
 """
 
@@ -96,6 +97,55 @@ def _after(model: BarkModel, device: torch.device, rows: int) -> Callable[[], No
     return step
 
 
+#: aten ops that only make tensor metadata (views, allocations): no kernel runs for them.
+_METADATA_OPS = {
+    "aten::view",
+    "aten::as_strided",
+    "aten::empty",
+    "aten::empty_strided",
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+    "aten::_unsafe_view",
+    "aten::detach_",
+    "aten::detach",
+    "aten::lift_fresh",
+    "aten::alias",
+    "aten::reshape",
+    "aten::t",
+    "aten::transpose",
+    "aten::expand",
+    "aten::slice",
+    "aten::select",
+    "aten::unsqueeze",
+    "aten::squeeze",
+    "aten::split",
+    "aten::split_with_sizes",
+    "aten::permute",
+    "aten::unbind",
+    "aten::narrow",
+    "aten::resize_",
+    "aten::empty_like",
+    "aten::numpy_T",
+}
+
+
+def _is_compute(event: Any) -> bool:
+    return event.name.startswith("aten::") and event.name not in _METADATA_OPS
+
+
+def _is_kernel(event: Any) -> bool:
+    """An innermost compute op: no compute op below it (what becomes one kernel launch on a GPU)."""
+    if not _is_compute(event):
+        return False
+    stack = list(event.cpu_children)
+    while stack:
+        child = stack.pop()
+        if _is_compute(child):
+            return False
+        stack.extend(child.cpu_children)
+    return True
+
+
 def _measure(step: Callable[[], None], device: torch.device, repeats: int) -> dict[str, float]:
     for _ in range(3):  # warm-up (and graph capture on CUDA)
         step()
@@ -114,11 +164,11 @@ def _measure(step: Callable[[], None], device: torch.device, repeats: int) -> di
         _sync(device)
     events = prof.events()
     aten = [event for event in events if event.name.startswith("aten::")]
-    leaves = [e for e in aten if not any(child.name.startswith("aten::") for child in e.cpu_children)]
+    kernels_cpu = [event for event in aten if _is_kernel(event)]
     result = {
         "host_ms_per_step": round(statistics.median(timings) * 1e3, 3),
         "aten_ops_per_step": round(len(aten) / repeats, 1),
-        "leaf_ops_per_step": round(len(leaves) / repeats, 1),
+        "leaf_ops_per_step": round(len(kernels_cpu) / repeats, 1),
     }
     if device.type == "cuda":
         kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
@@ -131,7 +181,9 @@ def profile_steps(
     model: BarkModel, processor: BarkProcessor, device: torch.device, batches: list[int], repeats: int = 20
 ) -> None:
     """Print one markdown row per (batch, before/after)."""
-    print("| rows | step | host ms/step | aten ops/step | leaf ops/step | CUDA kernels/step |")
+    print(
+        "| rows | step | host ms/step | aten ops/step (all levels) | compute ops/step (innermost) | CUDA kernels/step |"
+    )
     print("|---|---|---|---|---|---|")
     for rows in batches:
         for name, build in (("before", _before), ("after", _after)):

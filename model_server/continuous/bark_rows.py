@@ -211,8 +211,8 @@ class BarkRowEngine:
         if row.coarse.output_length == 0:  # no semantic tokens: no audio (an empty waveform)
             done.append((row.job, np.zeros(0, dtype=np.float32)))
             return
+        self._prefill_window(row, len(self.rows["coarse"]))  # into the next free slot, then it joins
         self.rows["coarse"].append(row)
-        self._prefill_window(row, len(self.rows["coarse"]) - 1)
 
     def _prefill_window(self, row: Row, slot: int) -> None:
         assert row.coarse is not None
