@@ -121,6 +121,7 @@ def test_sse_stream_carries_base64_deltas_then_done(server):
         ({"input": "hi", "speed": 0.1}, "speed"),
         ({"input": "hi", "response_format": "ogg"}, "response_format"),
         ({"input": "hi", "response_format": "flac", "stream": True}, "response_format"),
+        ({"input": "hi", "response_format": "aac", "stream_format": "sse"}, "response_format"),
         ({"input": 42}, "input"),
         ({"input": "hi", "colour": "blue"}, "colour"),
     ],

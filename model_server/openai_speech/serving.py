@@ -78,7 +78,7 @@ class SpeechService:
                 f"input: {len(request.input)} characters is over the limit of {settings.max_prompt_chars}"
                 " (max_prompt_chars)"
             )
-        if request.streaming == "audio" and not FORMATS[request.response_format].streams:
+        if request.streaming is not None and not FORMATS[request.response_format].streams:  # SSE carries pieces too
             raise InvalidInput(
                 f"response_format: {request.response_format!r} cannot stream; use one of {streaming_formats()}"
             )
