@@ -297,3 +297,37 @@ def test_real_cuda_graphs_give_the_eager_tokens(tiny_checkpoint: Path):
     second = [job(*spec) for spec in mix]
     expected, got = run(eager, first), run(graphed, second)
     assert [got[id(b)][:2] for b in second] == [expected[id(a)][:2] for a in first]
+
+
+def test_the_setting_picks_the_scheduler_and_the_continuous_one_serves_seeded_audio_alone_or_not(
+    engine: BarkEngine,
+):
+    """BARK_SCHEDULER chooses in one place; through the continuous scheduler a seeded request's audio
+    is the same alone and among concurrent requests of other voices and settings."""
+    import asyncio
+
+    from model_server.continuous.loop import ContinuousScheduler
+    from model_server.scheduler import Scheduler, build_scheduler
+
+    def never(key: object, payloads: list) -> list:
+        raise AssertionError("the continuous scheduler does not run whole batches")
+
+    static = build_scheduler(Settings(model_dir=Path("."), scheduler="static", warmup=False), never, engine)
+    assert isinstance(static, Scheduler)
+    continuous = build_scheduler(Settings(model_dir=Path("."), max_batch_size=4, warmup=False), never, engine)
+    assert isinstance(continuous, ContinuousScheduler)
+    seeded = ("v2/en_speaker_4", Sampling(seed=77, semantic_temperature=0.9))
+    chunks = [SimpleNamespace(text="First part of it.", budget=20), SimpleNamespace(text="And more.", budget=14)]
+
+    async def scenario():
+        alone = await continuous.submit(seeded, chunks)
+        together = await asyncio.gather(
+            continuous.submit(("v2/en_speaker_0", Sampling()), [SimpleNamespace(text="Other words.", budget=25)]),
+            continuous.submit(seeded, chunks),
+            continuous.submit((None, GREEDY), [SimpleNamespace(text="Greedy one.", budget=18)] * 3),
+        )
+        await continuous.close()
+        return alone, together[1]
+
+    alone, together = asyncio.run(scenario())
+    assert len(alone) == 2 and all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
