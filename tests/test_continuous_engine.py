@@ -331,3 +331,46 @@ def test_the_setting_picks_the_scheduler_and_the_continuous_one_serves_seeded_au
 
     alone, together = asyncio.run(scenario())
     assert len(alone) == 2 and all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
+
+
+def test_out_of_memory_mid_flight_retries_the_rows_from_scratch_with_the_same_audio(
+    engine: BarkEngine, monkeypatch: pytest.MonkeyPatch
+):
+    """A real row engine behind the continuous scheduler: an out-of-memory step with three active
+    rows evicts them, the limit halves, and every request still gets the audio it gets alone."""
+    import asyncio
+
+    from model_server.continuous.loop import ContinuousScheduler
+
+    requests = [
+        (("v2/en_speaker_1", Sampling(seed=5)), [SimpleNamespace(text="One two three.", budget=16)]),
+        (("v2/en_speaker_2", Sampling(seed=6)), [SimpleNamespace(text="Four five six.", budget=20)]),
+        ((None, GREEDY), [SimpleNamespace(text="Seven eight.", budget=12)]),
+    ]
+
+    def serve(rows: BarkRowEngine) -> tuple[list, int]:
+        scheduler = ContinuousScheduler(rows, max_batch_size=4, max_queue_chunks=16)
+
+        async def scenario():
+            results = await asyncio.gather(*(scheduler.submit(key, chunks) for key, chunks in requests))
+            limit = scheduler.active_limit
+            await scheduler.close()
+            return results, limit
+
+        return asyncio.run(scenario())
+
+    expected, _ = serve(TokenRows(engine, max_rows=4))
+    flaky = TokenRows(engine, max_rows=4)
+    real_step = flaky.stepper.step
+    failures = []
+
+    def step(stage, tokens, positions):  # type: ignore[no-untyped-def]
+        if len(positions) > 2 and not failures:
+            failures.append(len(positions))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(stage, tokens, positions)
+
+    monkeypatch.setattr(flaky.stepper, "step", step)
+    results, _ = serve(flaky)
+    assert failures == [3]
+    assert all(same(a[0], b[0]) for a, b in zip(results, expected, strict=True))
