@@ -364,13 +364,18 @@ def test_out_of_memory_mid_flight_retries_the_rows_from_scratch_with_the_same_au
     real_step = flaky.stepper.step
     failures = []
 
+    sizes_after: list[int] = []
+
     def step(stage, tokens, positions):  # type: ignore[no-untyped-def]
         if len(positions) > 2 and not failures:
             failures.append(len(positions))
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        if failures:
+            sizes_after.append(len(positions))
         return real_step(stage, tokens, positions)
 
     monkeypatch.setattr(flaky.stepper, "step", step)
     results, _ = serve(flaky)
     assert failures == [3]
+    assert sizes_after and max(sizes_after) == 1, "after the failure the active limit was 3 // 2 rows"
     assert all(same(a[0], b[0]) for a, b in zip(results, expected, strict=True))
