@@ -282,16 +282,18 @@ class BarkRowEngine:
 
     # -- leaving -------------------------------------------------------------------------------
     def _compact(self, stage: str, leaving: Sequence[Row]) -> None:
-        """Drop rows and shift the rest down to slots [0, n), moving their caches (order kept)."""
+        """Drop rows; the last row moves into each hole (one cache copy per leaving row, not a shift).
+
+        Slots are handled from the highest down, so the row moved into a hole never leaves itself.
+        """
+        rows = self.rows[stage]
         gone = {id(row) for row in leaving}
-        kept: list[Row] = []
-        for slot, row in enumerate(self.rows[stage]):
-            if id(row) in gone:
-                continue
-            if slot != len(kept):
-                self.stepper.move(stage, slot, len(kept), row.position + 1)
-            kept.append(row)
-        self.rows[stage] = kept
+        for slot in sorted((index for index, row in enumerate(rows) if id(row) in gone), reverse=True):
+            last = len(rows) - 1
+            if slot != last:
+                self.stepper.move(stage, last, slot, rows[last].position + 1)
+                rows[slot] = rows[last]
+            rows.pop()
 
     def drop(self, jobs: Sequence[Job]) -> None:
         """Remove the rows of cancelled jobs (client gone, timeout) before the next step."""
