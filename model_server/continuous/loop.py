@@ -19,6 +19,7 @@ out of memory alone fails its request. A row's own failure fails only its reques
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import contextlib
 import logging
@@ -164,6 +165,22 @@ class ContinuousScheduler(Generic[Key, Result]):
             self._stopping = False
             self._thread = threading.Thread(target=self._work, name="bark-rows", daemon=True)
             self._thread.start()
+            atexit.unregister(self._stop_worker_at_exit)  # once per scheduler, however often it restarts
+            atexit.register(self._stop_worker_at_exit)
+
+    def _stop_worker_at_exit(self) -> None:
+        """Let a running step finish before the interpreter tears down.
+
+        The worker is a daemon thread (it must not keep a stopping server alive), but a daemon thread
+        still inside a torch kernel when the interpreter finalizes aborts the process ("terminate
+        called without an active exception", exit by SIGABRT). atexit callbacks run after uvicorn's
+        drain and before finalization: stop taking work and wait for the current step.
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
     async def close(self) -> None:
         with self._cond:
@@ -175,6 +192,7 @@ class ContinuousScheduler(Generic[Key, Result]):
             job.future.cancel()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
+        atexit.unregister(self._stop_worker_at_exit)
 
     # -- the worker thread ---------------------------------------------------------------------
     def _purge_waiting(self) -> None:
