@@ -1,12 +1,12 @@
-"""Errors as types, mapped to HTTP in one place (`register_error_handlers`, `describe_error`)."""
+"""Errors as types, and the one mapping from an error to its status (`describe_error`).
+
+The KServe v1 routes answer them through `http/errors.py`."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from kserve.errors import InvalidInput
 
 __all__ = [
@@ -16,7 +16,6 @@ __all__ = [
     "Overloaded",
     "RequestTimedOut",
     "describe_error",
-    "register_error_handlers",
 ]
 
 
@@ -61,29 +60,3 @@ def describe_error(error: BaseException) -> ErrorDescription:
     if isinstance(error, RequestTimedOut | asyncio.TimeoutError):
         return ErrorDescription(504, "timeout", "server_error", "timeout")
     return ErrorDescription(500, "generation_error", "server_error", "generation_error")
-
-
-async def _timeout_handler(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=504, content={"error": str(exc)})
-
-
-async def _overloaded_handler(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, Overloaded)
-    return JSONResponse(status_code=503, content={"error": str(exc)}, headers={"Retry-After": str(exc.retry_after_s)})
-
-
-async def _generation_failed_handler(_: Request, exc: Exception) -> JSONResponse:
-    # KServe's catch-all answers 500 too, but without the id that ties the answer to the log.
-    assert isinstance(exc, GenerationFailed)
-    return JSONResponse(
-        status_code=500,
-        content={"error": str(exc), "request_id": exc.request_id},
-        headers={"x-request-id": exc.request_id},
-    )
-
-
-def register_error_handlers(app: FastAPI) -> None:
-    """KServe maps InvalidInput to 400 itself; we add the statuses it does not know."""
-    app.add_exception_handler(Overloaded, _overloaded_handler)
-    app.add_exception_handler(RequestTimedOut, _timeout_handler)
-    app.add_exception_handler(GenerationFailed, _generation_failed_handler)

@@ -19,17 +19,19 @@ import orjson
 from kserve import Model
 from kserve.errors import InvalidInput
 
-from . import audio, metrics
-from .config import Settings
-from .engine import BarkEngine, Sampling
-from .errors import GenerationFailed, Overloaded, RequestTimedOut
-from .faults import release_cached_memory, run_splitting_on_oom
-from .languages import resolve_language
-from .limits import check_output_seconds
-from .outcomes import note_reason
-from .scheduler import BatchFailed, ChunkScheduler, build_scheduler
-from .schema import SynthesisRequest, SynthesisResult, parse_predict_body
-from .text import plan_chunks, semantic_budget
+from model_server import metrics
+from model_server.config import Settings
+from model_server.errors import GenerationFailed, Overloaded, RequestTimedOut
+from model_server.generation import audio
+from model_server.generation.engine import BarkEngine, Sampling
+from model_server.generation.faults import release_cached_memory, run_splitting_on_oom
+from model_server.generation.languages import resolve_language
+from model_server.generation.limits import check_output_seconds
+from model_server.generation.scheduler import BatchFailed, ChunkScheduler, build_scheduler
+from model_server.generation.text import plan_chunks, semantic_budget
+from model_server.http.outcomes import note_reason
+from model_server.paths import V1_PREDICT_ROUTE
+from model_server.schema import SynthesisRequest, SynthesisResult, parse_predict_body
 
 logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("bark.requests")
@@ -225,7 +227,7 @@ class BarkTTS(Model):
         wall = time.perf_counter() - started
         audio_seconds = sum(prediction.duration_s for prediction in predictions)
         chunks = sum(prediction.chunks for prediction in predictions)
-        self.record_success("v1_predict", request_id, payload, chunks, wall, audio_seconds)
+        self.record_success(V1_PREDICT_ROUTE, request_id, payload, chunks, wall, audio_seconds)
         return {"predictions": [prediction.model_dump() for prediction in predictions]}
 
     def _encode_all(self, requests: list[SynthesisRequest], results: list[Synthesis]) -> list[SynthesisResult]:
