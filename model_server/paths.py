@@ -12,6 +12,8 @@ VOICES_PATH = "/v1/audio/voices"
 MODEL_VOICES_PATH = "/v1/models/{model_name}/voices"
 PLAYGROUND_PATH = "/playground"
 METRICS_PATH = "/metrics"
+#: OpenAI's audio routes (speech, voices): their errors have OpenAI's shape.
+OPENAI_AUDIO_PREFIX = "/v1/audio/"
 
 #: The `route` label of bark_requests_total, bark_request_latency_seconds and the other per-route metrics.
 V1_PREDICT_ROUTE = "v1_predict"

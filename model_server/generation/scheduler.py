@@ -19,10 +19,8 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from kserve.errors import InvalidInput
-
 from model_server import metrics
-from model_server.errors import Overloaded
+from model_server.errors import InvalidInput, Overloaded
 
 logger = logging.getLogger(__name__)
 

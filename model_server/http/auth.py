@@ -14,8 +14,10 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
+from model_server.errors import UNAUTHORIZED
 from model_server.http.asgi import ASGIApp, Receive, Send, send_json_error
-from model_server.paths import METRICS_PATH
+from model_server.http.errors import openai_error
+from model_server.paths import METRICS_PATH, OPENAI_AUDIO_PREFIX
 
 UNAUTHORIZED_MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
 
@@ -67,9 +69,8 @@ class ApiKeyAuth:
         if key_is_valid(presented_key(headers), self.keys):
             await self.app(scope, receive, send)
             return
-        if str(scope.get("path", "")).startswith("/v1/audio/"):  # OpenAI clients parse OpenAI's error shape
-            error: Any = {"message": UNAUTHORIZED_MESSAGE, "type": "invalid_request_error", "param": None}
-            error["code"] = "invalid_api_key"
+        if str(scope.get("path", "")).startswith(OPENAI_AUDIO_PREFIX):  # OpenAI clients parse OpenAI's error shape
+            body = openai_error(UNAUTHORIZED_MESSAGE, UNAUTHORIZED.kind, None, UNAUTHORIZED.code)
         else:
-            error = UNAUTHORIZED_MESSAGE
-        await send_json_error(send, 401, {"error": error}, [(b"www-authenticate", b"Bearer")])
+            body = {"error": UNAUTHORIZED_MESSAGE}
+        await send_json_error(send, UNAUTHORIZED.status, body, [(b"www-authenticate", b"Bearer")])

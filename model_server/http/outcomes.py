@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from model_server import metrics
+from model_server.errors import BY_STATUS
 from model_server.http.asgi import ASGIApp, Message, Receive, Send
 from model_server.paths import OPENAI_SPEECH_ROUTE, PREDICT_PATH, SPEECH_PATH, V1_PREDICT_ROUTE
 
@@ -28,17 +29,7 @@ _PREDICT = re.compile("^" + re.escape(PREDICT_PATH).replace(re.escape("{model_na
 _ROUTES = {SPEECH_PATH: OPENAI_SPEECH_ROUTE}
 
 #: The reason recorded when no layer named one; bounded, like every label value.
-DEFAULT_REASONS = {
-    200: "ok",
-    400: "invalid_input",
-    401: "unauthorized",
-    404: "not_found",
-    413: "body_too_large",
-    499: "cancelled",
-    500: "generation_error",
-    503: "unavailable",
-    504: "timeout",
-}
+DEFAULT_REASONS = {status: row.reason for status, row in BY_STATUS.items()}
 
 
 @dataclass

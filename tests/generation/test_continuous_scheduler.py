@@ -9,9 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from kserve.errors import InvalidInput
 
-from model_server.errors import Overloaded
+from model_server.errors import InvalidInput, Overloaded
 from model_server.generation.continuous.loop import ContinuousScheduler, RowJob
 from model_server.generation.scheduler import BatchFailed
 

@@ -6,9 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
-from kserve.errors import InvalidInput
 
 from model_server.config import Settings
+from model_server.errors import InvalidInput
 from model_server.generation.limits import check_output_seconds, estimated_output_seconds
 from model_server.http.body_limit import BodySizeLimit
 from model_server.schema import parse_predict_body

@@ -7,9 +7,8 @@ import threading
 import time
 
 import pytest
-from kserve.errors import InvalidInput
 
-from model_server.errors import Overloaded
+from model_server.errors import InvalidInput, Overloaded
 from model_server.generation.scheduler import BatchFailed, Scheduler
 
 

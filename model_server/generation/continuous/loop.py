@@ -28,10 +28,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from kserve.errors import InvalidInput
-
 from model_server import metrics
-from model_server.errors import Overloaded
+from model_server.errors import InvalidInput, Overloaded
 from model_server.generation.faults import OUT_OF_MEMORY
 from model_server.generation.scheduler import BatchFailed
 

@@ -16,38 +16,41 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from model_server.errors import describe_error
+from model_server.errors import INVALID_INPUT, MODEL_NOT_READY, ErrorDescription, InvalidInput, describe_error
 from model_server.generation.audio import FORMATS
-from model_server.http.openai_speech.protocol import SpeechRequest, openai_error
+from model_server.http.errors import openai_error
+from model_server.http.openai_speech.protocol import SpeechRequest
 from model_server.http.openai_speech.serving import SpeechService, SpeechStream, StreamAborted, timeout_message
-from model_server.http.outcomes import DEFAULT_REASONS, note_reason
+from model_server.http.outcomes import note_reason
 from model_server.model import BarkTTS
 from model_server.paths import SPEECH_PATH
 
 logger = logging.getLogger(__name__)
 
 
-def _param_of(message: str) -> str | None:
-    """Our messages start with the field ("voice: unknown ..."): OpenAI's `param`."""
-    head, sep, _ = message.partition(":")
-    return head if sep and head.replace("_", "").replace(".", "").isalnum() else None
-
-
 def _error(
-    status: int, message: str, kind: str, request_id: str, code: str | None = None, headers: dict | None = None
+    description: ErrorDescription,
+    message: str,
+    request_id: str,
+    param: str | None = None,
+    headers: dict | None = None,
 ) -> JSONResponse:
-    # The metric's reason uses the same bounded words as v1 predict (outcomes.DEFAULT_REASONS).
-    note_reason(code or DEFAULT_REASONS.get(status, "other"))
-    body = openai_error(message, kind, _param_of(message) if status == 400 else None, code)
-    return JSONResponse(status_code=status, content=body, headers={**(headers or {}), "x-request-id": request_id})
+    # The metric's reason is the row's, the same bounded words as v1 predict.
+    note_reason(description.reason)
+    body = openai_error(message, description.kind, param, description.code)
+    return JSONResponse(
+        status_code=description.status, content=body, headers={**(headers or {}), "x-request-id": request_id}
+    )
 
 
 def _error_for(error: BaseException, request_id: str, timeout_s: float) -> JSONResponse:
     """The answer to a request that failed before its first byte (errors.describe_error has the status)."""
     description = describe_error(error)
     headers: dict[str, str] = {}
+    param = None
     if description.status == 400:
         message = str(error)
+        param = error.param if isinstance(error, InvalidInput) else None
     elif description.status == 503:
         message = str(error)
         headers["Retry-After"] = str(getattr(error, "retry_after_s", 1))
@@ -56,7 +59,7 @@ def _error_for(error: BaseException, request_id: str, timeout_s: float) -> JSONR
     else:  # a failed batch or anything else: the id finds the traceback in the log
         logger.error("speech request %s failed", request_id, exc_info=error)
         message = f"generation failed (request id {request_id}): {type(error).__name__}"
-    return _error(description.status, message, description.kind, request_id, description.code, headers)
+    return _error(description, message, request_id, param, headers)
 
 
 class SpeechStreamResponse(StreamingResponse):
@@ -93,12 +96,11 @@ def register_speech_route(app: FastAPI, model: BarkTTS) -> None:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         timeout_s = model.settings.request_timeout_s
         if not model.ready:
-            headers = {"Retry-After": "5"}
-            return _error(503, "model is not ready yet", "server_error", request_id, "model_not_ready", headers)
+            return _error(MODEL_NOT_READY, "model is not ready yet", request_id, headers={"Retry-After": "5"})
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            return _error(400, f"body is not valid JSON: {error}", "invalid_request_error", request_id)
+            return _error(INVALID_INPUT, f"body is not valid JSON: {error}", request_id)
         try:
             plan = service.plan(body, request_id)
             content_type = FORMATS[plan.request.response_format].content_type

@@ -41,7 +41,8 @@ from model_server.generation.audio import (
 )
 from model_server.generation.languages import resolve_language
 from model_server.generation.limits import check_output_seconds, check_words_per_request
-from model_server.http.openai_speech.protocol import SpeechRequest, openai_error
+from model_server.http.errors import openai_error
+from model_server.http.openai_speech.protocol import SpeechRequest
 from model_server.http.outcomes import note_failure
 from model_server.model import BarkTTS, ChunkPayload, sampling_of
 from model_server.paths import OPENAI_SPEECH_ROUTE
