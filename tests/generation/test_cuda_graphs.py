@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from transformers import BarkModel, BarkProcessor
 
 from model_server.config import Settings
-from model_server.generation.decoding import _MIN_DECODE_POSITION, StaticBarkDecoder, build_decoder
+from model_server.generation.decoding import StaticBarkDecoder, build_decoder
 from model_server.generation.engine import BarkEngine, Sampling
 from model_server.generation.kv_cache import device_memory
+from model_server.generation.step_runner import _MIN_DECODE_POSITION
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -25,14 +25,13 @@ from model_server.generation import decoding
 from model_server.generation.decoding import (
     DecoderUnavailable,
     StaticBarkDecoder,
-    _CapturedStep,
-    batch_bucket,
     build_decoder,
     choose_decoder,
     select_decoder,
 )
 from model_server.generation.engine import _PerRowTokenBudget
 from model_server.generation.faults import run_splitting_on_oom
+from model_server.generation.step_runner import _CapturedStep, batch_bucket
 
 TEXTS = [
     "Hello world.",
@@ -351,7 +350,7 @@ def test_a_capture_failure_mid_request_falls_back_for_that_shape_only(
         semantic = decoder.semantic(encoded["input_ids"], encoded["attention_mask"], None, semantic_config, [12] * rows)
         assert torch.equal(semantic, expected)  # still correct, whichever way each step ran
 
-    with caplog.at_level(logging.WARNING, logger="model_server.generation.decoding"):
+    with caplog.at_level(logging.WARNING, logger="model_server.generation.step_runner"):
         run(2)  # the 2-row bucket fails to capture: eager for that shape
     assert decoder.eager_shapes == {("semantic", 2, 512)}
     assert "semantic step at 2 rows over 512 keys" in caplog.text and "stream is capturing" in caplog.text

@@ -14,7 +14,7 @@ import torch
 from transformers import BarkModel
 from transformers.models.bark.configuration_bark import BarkCoarseConfig, BarkSemanticConfig
 
-from model_server.generation import decoding
+from model_server.generation import decoding, step_runner
 from model_server.generation.decoding import StaticBarkDecoder, build_decoder, select_decoder
 from model_server.generation.kv_cache import (
     CacheShape,
@@ -66,7 +66,7 @@ def test_stages_of_different_shapes_each_count() -> None:
 
 def test_rows_are_the_power_of_two_bucket() -> None:
     assert [cache_rows(batch) for batch in (1, 2, 3, 31, 32, 33, 512)] == [1, 2, 4, 32, 32, 64, 512]
-    assert cache_rows(7) == decoding.batch_bucket(7)
+    assert cache_rows(7) == step_runner.batch_bucket(7)
     with pytest.raises(ValueError):
         cache_rows(0)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BarkModel
 
-from model_server.generation.decoding import _MIN_DECODE_POSITION, _linear, _norm, _StageWeights, batch_bucket
+from model_server.generation.step_runner import _MIN_DECODE_POSITION, _linear, _norm, _StageWeights, batch_bucket
 
 logger = logging.getLogger(__name__)
 
