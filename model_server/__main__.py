@@ -17,8 +17,10 @@ from fastapi import FastAPI
 from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 
+from bark_common.api_keys import load_api_keys
+from bark_common.logs import configure_logging
 from model_server.config import Settings
-from model_server.http.auth import ApiKeyAuth, load_api_keys
+from model_server.http.auth import ApiKeyAuth
 from model_server.http.body_limit import BodySizeLimit
 from model_server.http.disconnect import CancelOnDisconnect
 from model_server.http.errors import register_error_handlers
@@ -26,7 +28,6 @@ from model_server.http.openapi import document_api
 from model_server.http.outcomes import CountOutcomes
 from model_server.http.playground import register_playground
 from model_server.http.routes import register_routes
-from model_server.logs import configure_logging
 from model_server.model import BarkTTS
 from model_server.tiny import build_checkpoint
 

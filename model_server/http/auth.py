@@ -9,43 +9,16 @@ Keys are compared in constant time and never logged.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import MutableMapping
-from pathlib import Path
 from typing import Any
 
+from bark_common.api_keys import UNAUTHORIZED_MESSAGE, key_is_valid, presented_key
 from model_server.errors import UNAUTHORIZED
 from model_server.http.asgi import ASGIApp, Receive, Send, send_json_error
 from model_server.http.errors import openai_error
 from model_server.paths import METRICS_PATH, OPENAI_AUDIO_PREFIX
 
-UNAUTHORIZED_MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
-
-
-def load_api_keys(inline: str | None, file: Path | None) -> tuple[str, ...]:
-    """Keys from the comma-separated setting and the key file; blank lines and '#' comments skipped."""
-    keys = [key.strip() for key in (inline or "").split(",")]
-    if file is not None:
-        keys += [line.strip() for line in file.read_text().splitlines() if not line.strip().startswith("#")]
-    return tuple(dict.fromkeys(key for key in keys if key))
-
-
-def presented_key(headers: dict[str, str]) -> str | None:
-    authorization = headers.get("authorization", "")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return headers.get("x-api-key") or None
-
-
-def key_is_valid(candidate: str | None, keys: tuple[str, ...]) -> bool:
-    """Constant-time in the key's content: every configured key is compared, no early exit."""
-    if candidate is None:
-        return False
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(candidate.encode(), key.encode())
-    return matched
+__all__ = ["ApiKeyAuth"]
 
 
 class ApiKeyAuth:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from model_server.http.auth import key_is_valid, load_api_keys, presented_key
+from bark_common.api_keys import key_is_valid, load_api_keys, presented_key
 from tests.serving import running_server
 
 PREDICT = "/v1/models/bark:predict"

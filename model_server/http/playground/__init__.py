@@ -26,9 +26,9 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from bark_common.api_keys import load_api_keys
 from model_server.generation.audio import FORMATS
 from model_server.http.asgi import ASGIApp, Message, Receive, Send
-from model_server.http.auth import load_api_keys
 from model_server.http.openai_speech.protocol import SpeechRequest
 from model_server.model import BarkTTS
 from model_server.paths import PLAYGROUND_PATH, SPEECH_PATH, VOICES_PATH
