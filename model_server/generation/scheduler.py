@@ -66,6 +66,25 @@ class BatchFailed(RuntimeError):
     """A batch raised; only the requests with chunks in it see this."""
 
 
+def check_fits_queue(chunks: int, max_queue_chunks: int) -> None:
+    """400 for a request with more chunks than the whole queue holds: waiting would never let it in."""
+    if chunks > max_queue_chunks:
+        raise InvalidInput(
+            f"request needs {chunks} chunks, more than the queue holds "
+            f"({max_queue_chunks}); send a shorter text or a larger batch_chunk_size"
+        )
+
+
+async def results_in_order(
+    futures: list[asyncio.Future[Result]], cancel: Callable[[Sequence[asyncio.Future[Result]]], None]
+) -> list[Result]:
+    """Every chunk's result, in order; whatever ends the wait, the chunks not yet run are dropped."""
+    try:
+        return list(await asyncio.gather(*futures))
+    finally:
+        cancel(futures)
+
+
 class Scheduler(Generic[Key, Result]):
     """Asyncio front (submit/await) over a single worker thread that runs batches."""
 
@@ -102,21 +121,13 @@ class Scheduler(Generic[Key, Result]):
 
     async def submit(self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False) -> list[Result]:
         """Queue the chunks of one request and wait for all of their results, in order."""
-        futures = self.enqueue(key, payloads, urgent_first=urgent_first)
-        try:
-            return list(await asyncio.gather(*futures))
-        finally:
-            self.cancel(futures)
+        return await results_in_order(self.enqueue(key, payloads, urgent_first=urgent_first), self.cancel)
 
     def enqueue(
         self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False
     ) -> list[asyncio.Future[Result]]:
         """Queue chunks and return one future per chunk (for callers that stream results)."""
-        if len(payloads) > self.max_queue_chunks:
-            raise InvalidInput(
-                f"request needs {len(payloads)} chunks, more than the queue holds "
-                f"({self.max_queue_chunks}); send a shorter text or a larger batch_chunk_size"
-            )
+        check_fits_queue(len(payloads), self.max_queue_chunks)
         if self._queued + len(payloads) > self.max_queue_chunks:
             raise Overloaded(
                 f"server busy: {self._queued} chunks queued (capacity {self.max_queue_chunks}); retry later",

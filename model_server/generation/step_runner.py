@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,73 +21,13 @@ from transformers import BarkModel
 from transformers.models.bark.modeling_bark import BarkCausalModel
 
 from model_server import metrics
+from model_server.generation.bark_blocks import _LayerWeights, _linear, _norm, _StageWeights, attention_inputs
 from model_server.generation.faults import OUT_OF_MEMORY
 
 logger = logging.getLogger(__name__)
 
 #: Bark's semantic and coarse prompts are 256 tokens + an infer token (+ coarse history) long.
 _MIN_DECODE_POSITION = 257
-
-
-# -- weights ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _LayerWeights:
-    """One `BarkBlock`'s tensors, referenced (not copied) from the loaded module."""
-
-    norm_1: tuple[torch.Tensor, torch.Tensor | None]
-    att_proj: tuple[torch.Tensor, torch.Tensor | None]
-    out_proj: tuple[torch.Tensor, torch.Tensor | None]
-    norm_2: tuple[torch.Tensor, torch.Tensor | None]
-    mlp_in: tuple[torch.Tensor, torch.Tensor | None]
-    mlp_out: tuple[torch.Tensor, torch.Tensor | None]
-
-
-@dataclass(frozen=True)
-class _StageWeights:
-    """The tensors and shapes of one `BarkCausalModel` (the semantic or the coarse model)."""
-
-    token_embedding: torch.Tensor
-    position_embedding: torch.Tensor
-    layers: tuple[_LayerWeights, ...]
-    final_norm: tuple[torch.Tensor, torch.Tensor | None]
-    lm_head: torch.Tensor
-    num_heads: int
-    head_dim: int
-    hidden_size: int
-    norm_eps: float
-    gelu_approximate: str
-
-    @classmethod
-    def of(cls, causal_model: BarkCausalModel) -> _StageWeights:
-        model = cast(Any, causal_model)  # nn.Module attribute access is untyped
-
-        def pair(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-            return module.weight, module.bias
-
-        layers = tuple(
-            _LayerWeights(
-                norm_1=pair(block.layernorm_1),
-                att_proj=pair(block.attn.att_proj),
-                out_proj=pair(block.attn.out_proj),
-                norm_2=pair(block.layernorm_2),
-                mlp_in=pair(block.mlp.in_proj),
-                mlp_out=pair(block.mlp.out_proj),
-            )
-            for block in model.layers
-        )
-        first = model.layers[0]
-        return cls(
-            token_embedding=model.input_embeds_layer.weight,
-            position_embedding=model.position_embeds_layer.weight,
-            layers=layers,
-            final_norm=pair(model.layernorm_final),
-            lm_head=model.lm_head.weight,
-            num_heads=int(first.attn.num_heads),
-            head_dim=int(first.attn.head_dim),
-            hidden_size=int(first.attn.embed_dim),
-            norm_eps=float(model.layernorm_final.eps),
-            gelu_approximate=str(first.mlp.gelu.approximate),
-        )
 
 
 @dataclass(frozen=True)
@@ -124,13 +64,19 @@ def batch_bucket(rows: int) -> int:
     return 1 << (rows - 1).bit_length()
 
 
-def _norm(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor | None], eps: float) -> torch.Tensor:
-    weight, bias = weights
-    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
-
-
-def _linear(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-    return F.linear(x, weights[0], weights[1])
+def capture_graph(step: Callable[[], torch.Tensor], device: torch.device, pool: Any) -> tuple[Any, torch.Tensor]:
+    """Capture `step` into `pool` after two warm-up runs on a side stream (lazy initialisation must
+    not be captured); returns the graph and its static output."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        logits = step()
+    return graph, logits
 
 
 # -- the runner -----------------------------------------------------------------------------------
@@ -250,11 +196,7 @@ class StepRunner:
     def _attention_inputs(
         self, weights: _StageWeights, layer: _LayerWeights, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows, length, _ = x.shape
-        qkv = _linear(_norm(x, layer.norm_1, weights.norm_eps), layer.att_proj)
-        shape = (rows, length, weights.num_heads, weights.head_dim)
-        query, key, value = (part.view(shape).transpose(1, 2) for part in qkv.split(weights.hidden_size, dim=2))
-        return query, key, value
+        return attention_inputs(weights, layer, x)
 
     def _block_tail(
         self, weights: _StageWeights, layer: _LayerWeights, x: torch.Tensor, attended: torch.Tensor
@@ -336,15 +278,7 @@ class StepRunner:
         started = time.perf_counter()
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
-            logits = step()
+        graph, logits = capture_graph(step, self.device, self._graph_pool)
         logger.debug("captured a decoding step graph in %.1f ms", (time.perf_counter() - started) * 1e3)
         return _CapturedStep(graph, logits)
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from model_server import metrics
-from model_server.errors import InvalidInput, Overloaded
+from model_server.errors import Overloaded
 from model_server.generation.faults import OUT_OF_MEMORY
-from model_server.generation.scheduler import BatchFailed
+from model_server.generation.scheduler import BatchFailed, check_fits_queue, results_in_order
 
 logger = logging.getLogger(__name__)
 
@@ -108,21 +108,13 @@ class ContinuousScheduler(Generic[Key, Result]):
     # -- the asyncio side ----------------------------------------------------------------------
     async def submit(self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False) -> list[Result]:
         """Queue the chunks of one request and wait for all of their results, in order."""
-        futures = self.enqueue(key, payloads, urgent_first=urgent_first)
-        try:
-            return list(await asyncio.gather(*futures))
-        finally:
-            self.cancel(futures)
+        return await results_in_order(self.enqueue(key, payloads, urgent_first=urgent_first), self.cancel)
 
     def enqueue(
         self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False
     ) -> list[asyncio.Future[Result]]:
         """Queue chunks and return one future per chunk (for callers that stream results)."""
-        if len(payloads) > self.max_queue_chunks:
-            raise InvalidInput(
-                f"request needs {len(payloads)} chunks, more than the queue holds "
-                f"({self.max_queue_chunks}); send a shorter text or a larger batch_chunk_size"
-            )
+        check_fits_queue(len(payloads), self.max_queue_chunks)
         loop = asyncio.get_running_loop()
         with self._cond:
             if len(self._waiting) + len(payloads) > self.max_queue_chunks:

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from transformers import BarkModel
 
-from model_server.generation.step_runner import _MIN_DECODE_POSITION, _linear, _norm, _StageWeights, batch_bucket
+from model_server.generation.bark_blocks import _linear, _norm, _StageWeights, attention_inputs
+from model_server.generation.step_runner import _MIN_DECODE_POSITION, batch_bucket, capture_graph
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class RowStepper:
         scale = 1.0 / math.sqrt(weights.head_dim)
         end = first_slot + rows
         for index, layer in enumerate(weights.layers):
-            query, key, value = _qkv(weights, layer, x)
+            query, key, value = attention_inputs(weights, layer, x)
             stage.keys[index, first_slot:end, :, :length] = key
             stage.values[index, first_slot:end, :, :length] = value
             attended = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale)
@@ -181,7 +182,7 @@ class RowStepper:
         where = positions.view(rows, 1, 1, 1).expand(rows, weights.num_heads, 1, weights.head_dim)
         scale = 1.0 / math.sqrt(weights.head_dim)
         for index, layer in enumerate(weights.layers):
-            query, key, value = _qkv(weights, layer, x)
+            query, key, value = attention_inputs(weights, layer, x)
             keys, values = stage.keys[index, :rows], stage.values[index, :rows]
             keys.scatter_(2, where, key)
             values.scatter_(2, where, value)
@@ -224,25 +225,9 @@ class RowStepper:
         started = time.perf_counter()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            logits = step()
+        graph, logits = capture_graph(step, self.device, self._pool)
         logger.debug("captured a row step graph in %.1f ms", (time.perf_counter() - started) * 1e3)
         return _Graph(graph, logits)
-
-
-def _qkv(weights: _StageWeights, layer: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    rows, length, _ = x.shape
-    qkv = _linear(_norm(x, layer.norm_1, weights.norm_eps), layer.att_proj)
-    shape = (rows, length, weights.num_heads, weights.head_dim)
-    query, key, value = (part.view(shape).transpose(1, 2) for part in qkv.split(weights.hidden_size, dim=2))
-    return query, key, value
 
 
 def _tail(weights: _StageWeights, layer: Any, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
