@@ -19,7 +19,7 @@ Temperature = Annotated[float, Field(ge=0.01, le=2, strict=True)]
 
 DEFAULT_VOICE = "v2/en_speaker_1"
 
-#: The languages Bark speaks (its `v2/<code>_speaker_<n>` presets); model_server.languages has their rates.
+#: The languages Bark speaks (its `v2/<code>_speaker_<n>` presets); model_server.generation.languages has their rates.
 BARK_LANGUAGES = ("de", "en", "es", "fr", "hi", "it", "ja", "ko", "pl", "pt", "ru", "tr", "zh")
 
 

@@ -40,10 +40,10 @@ from decode_steps import checkpoint_for  # noqa: E402  (this folder is on sys.pa
 
 from bark_common.schema import SynthesisRequest  # noqa: E402
 from model_server.config import Settings  # noqa: E402
-from model_server.continuous.bark_rows import BarkRowEngine  # noqa: E402
-from model_server.continuous.loop import ContinuousScheduler  # noqa: E402
+from model_server.generation.continuous.bark_rows import BarkRowEngine  # noqa: E402
+from model_server.generation.continuous.loop import ContinuousScheduler  # noqa: E402
+from model_server.generation.scheduler import Scheduler  # noqa: E402
 from model_server.model import BarkTTS  # noqa: E402
-from model_server.scheduler import Scheduler  # noqa: E402
 
 SENTENCE = "The morning fog rolled slowly over the quiet harbor today."  # 10 words
 

@@ -3,7 +3,7 @@
 Same weights, same greedy tokens, three decoders:
   transformers  `model.semantic.generate` / `model.coarse_acoustics.generate` (what the engine runs
                 without a decoder), with our SDPA attention as the engine loads it;
-  static        `model_server.decoding.StaticBarkDecoder`, the one-token step run eagerly;
+  static        `model_server.generation.decoding.StaticBarkDecoder`, the one-token step run eagerly;
   cudagraph     the same decoder with the step replayed as a CUDA graph (CUDA only).
 A step is one new token for every row of the batch; coarse steps include each sliding window's
 prefill, as in production. Graph capture is timed apart (`capture_s`) and excluded from steps/s.
@@ -51,9 +51,9 @@ from transformers.models.bark.generation_configuration_bark import (  # noqa: E4
     BarkSemanticGenerationConfig,
 )
 
-from model_server.attention import use_sdpa_attention  # noqa: E402
-from model_server.decoding import StaticBarkDecoder  # noqa: E402
-from model_server.engine import tokenize_chunks  # noqa: E402
+from model_server.generation.attention import use_sdpa_attention  # noqa: E402
+from model_server.generation.decoding import StaticBarkDecoder  # noqa: E402
+from model_server.generation.engine import tokenize_chunks  # noqa: E402
 from model_server.tiny import build_checkpoint  # noqa: E402
 
 TEXTS = [

@@ -39,10 +39,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from model_server import audio  # noqa: E402
 from model_server.config import Settings  # noqa: E402
-from model_server.engine import BarkEngine, Sampling  # noqa: E402
-from model_server.text import chunk_text  # noqa: E402
+from model_server.generation import audio  # noqa: E402
+from model_server.generation.engine import BarkEngine, Sampling  # noqa: E402
+from model_server.generation.text import chunk_text  # noqa: E402
 from model_server.tiny import build_checkpoint  # noqa: E402
 
 #: About one minute of speech at ~150 words per minute.

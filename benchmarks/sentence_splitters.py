@@ -3,7 +3,7 @@
 For every language in tests/language_samples.py, each candidate segmenter (nltk Punkt with its
 pretrained parameters where it has some, sentencex, pysbd where it knows the language, the
 punctuation regex) splits the paragraph; a candidate scores when its sentences are exactly the
-expected ones. `ours` is model_server.sentences (the segmenter SEGMENTER_OF picks, plus its two rules).
+expected ones. `ours` is model_server.generation.sentences (the segmenter SEGMENTER_OF picks, plus its two rules).
 
 Usage: ``python benchmarks/sentence_splitters.py`` (CPU only, a second).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from model_server import sentences  # noqa: E402
+from model_server.generation import sentences  # noqa: E402
 from tests.language_samples import SENTENCES, paragraph  # noqa: E402
 
 CANDIDATES = ("punkt", "sentencex", "pysbd")

@@ -24,10 +24,10 @@ from transformers import BarkModel, BarkProcessor
 from transformers.generation.logits_process import BarkEosPrioritizerLogitsProcessor
 from transformers.models.bark.generation_configuration_bark import BarkSemanticGenerationConfig
 
-from model_server.continuous.bark_rows import TOP_K
-from model_server.continuous.sampling import RowSampling, choose_tokens, semantic_scores
-from model_server.continuous.stepper import RowStepper
-from model_server.decoding import StaticBarkDecoder, _SuppressTokens
+from model_server.generation.continuous.bark_rows import TOP_K
+from model_server.generation.continuous.sampling import RowSampling, choose_tokens, semantic_scores
+from model_server.generation.continuous.stepper import RowStepper
+from model_server.generation.decoding import StaticBarkDecoder, _SuppressTokens
 
 PROMPT = 257  # Bark's semantic prompt: 256 text/history positions + the infer token
 

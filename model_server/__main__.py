@@ -17,18 +17,19 @@ from fastapi import FastAPI
 from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 
-from .auth import ApiKeyAuth, load_api_keys
-from .config import Settings
-from .disconnect import CancelOnDisconnect
-from .errors import register_error_handlers
-from .limits import BodySizeLimit
-from .logs import configure_logging
-from .model import BarkTTS
-from .openapi import document_api
-from .outcomes import CountOutcomes
-from .playground import register_playground
-from .routes import register_routes
-from .tiny import build_checkpoint
+from bark_common.api_keys import load_api_keys
+from bark_common.logs import configure_logging
+from model_server.config import Settings
+from model_server.http.auth import ApiKeyAuth
+from model_server.http.body_limit import BodySizeLimit
+from model_server.http.disconnect import CancelOnDisconnect
+from model_server.http.errors import register_error_handlers
+from model_server.http.openapi import document_api
+from model_server.http.outcomes import CountOutcomes
+from model_server.http.playground import register_playground
+from model_server.http.routes import register_routes
+from model_server.model import BarkTTS
+from model_server.tiny import build_checkpoint
 
 logger = logging.getLogger("model_server")
 

@@ -88,7 +88,7 @@ class Settings(BaseSettings):
 
     # -- hardening (issue #9): bounds on one request's size and work, and the drain on SIGTERM --
     max_body_bytes: int = Field(
-        4 * 1024 * 1024, ge=1, description="request bodies larger than this get a 413 (limits.BodySizeLimit)"
+        4 * 1024 * 1024, ge=1, description="request bodies larger than this get a 413 (http.body_limit.BodySizeLimit)"
     )
     max_words_per_request: int = Field(10_000, ge=1, description="words over all instances of one request (400)")
     max_output_seconds: float = Field(

@@ -17,19 +17,31 @@ from typing import Any
 import numpy as np
 import orjson
 from kserve import Model
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput as KServeInvalidInput
 
-from . import audio, metrics
-from .config import Settings
-from .engine import BarkEngine, Sampling
-from .errors import GenerationFailed, Overloaded, RequestTimedOut
-from .faults import release_cached_memory, run_splitting_on_oom
-from .languages import resolve_language
-from .limits import check_output_seconds
-from .outcomes import note_reason
-from .scheduler import BatchFailed, ChunkScheduler, build_scheduler
-from .schema import SynthesisRequest, SynthesisResult, parse_predict_body
-from .text import plan_chunks, semantic_budget
+from model_server import metrics
+from model_server.config import Settings
+from model_server.errors import (
+    CANCELLED,
+    GENERATION_ERROR,
+    INVALID_INPUT,
+    OK,
+    ErrorDescription,
+    GenerationFailed,
+    InvalidInput,
+    Overloaded,
+    RequestTimedOut,
+)
+from model_server.generation import audio
+from model_server.generation.engine import BarkEngine, Sampling
+from model_server.generation.faults import release_cached_memory, run_splitting_on_oom
+from model_server.generation.languages import resolve_language
+from model_server.generation.limits import check_output_seconds
+from model_server.generation.scheduler import BatchFailed, ChunkScheduler, build_scheduler
+from model_server.generation.text import plan_chunks, semantic_budget
+from model_server.http.outcomes import note_reason
+from model_server.paths import V1_PREDICT_ROUTE
+from model_server.schema import SynthesisRequest, SynthesisResult, parse_predict_body
 
 logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("bark.requests")
@@ -49,6 +61,14 @@ class Synthesis:
 
     waveform: np.ndarray
     chunks: int
+
+
+class V1InvalidInput(KServeInvalidInput, InvalidInput):
+    """Our InvalidInput on KServe's v1 wire: KServe answers it as its own (400, `{"error": message}`)."""
+
+    def __init__(self, error: InvalidInput):
+        KServeInvalidInput.__init__(self, str(error))
+        self.param = error.param
 
 
 def sampling_of(request: SynthesisRequest) -> Sampling:
@@ -171,7 +191,7 @@ class BarkTTS(Model):
 
     async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
         """One request id for logs and errors; a log line for every outcome (outcomes.py counts them)."""
-        outcome = ("200", "ok")
+        outcome: ErrorDescription = OK
         started = time.perf_counter()
         # One id for the log lines and the error body; predict() reads it from the same headers.
         request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
@@ -180,30 +200,31 @@ class BarkTTS(Model):
             if verb is None:
                 return await super().__call__(body, headers=headers)
             return await super().__call__(body, headers=headers, verb=verb)
-        except InvalidInput:
-            outcome = ("400", "invalid_input")
+        except KServeInvalidInput:  # KServe's own checks of the body
+            outcome = INVALID_INPUT
             raise
-        except Overloaded:
-            outcome = ("503", "overloaded")
-            raise
-        except RequestTimedOut:
-            outcome = ("504", "timeout")
+        except InvalidInput as error:
+            # KServe answers its own InvalidInput: the same 400 `{"error": message}` as ever.
+            outcome = INVALID_INPUT
+            raise V1InvalidInput(error) from error
+        except (Overloaded, RequestTimedOut) as error:
+            outcome = error.description  # http/errors.py answers them
             raise
         except asyncio.CancelledError:
-            outcome = ("499", "cancelled")
+            outcome = CANCELLED
             raise
         except Exception as error:
-            outcome = ("500", "generation_error")
+            outcome = GENERATION_ERROR
             # Only this request fails; its id in the 500 body finds the traceback in the log.
             logger.exception("request %s failed", request_id)
             raise GenerationFailed(str(error) or type(error).__name__, request_id) from error
         finally:
-            note_reason(outcome[1])
-            if outcome[0] != "200":
+            note_reason(outcome.reason)
+            if outcome is not OK:
                 fields = {
                     "request_id": request_id,
-                    "code": int(outcome[0]),
-                    "reason": outcome[1],
+                    "code": outcome.status,
+                    "reason": outcome.reason,
                     "wall_s": round(time.perf_counter() - started, 3),
                 }
                 request_logger.info("synthesis failed", extra={"fields": fields})
@@ -225,7 +246,7 @@ class BarkTTS(Model):
         wall = time.perf_counter() - started
         audio_seconds = sum(prediction.duration_s for prediction in predictions)
         chunks = sum(prediction.chunks for prediction in predictions)
-        self.record_success("v1_predict", request_id, payload, chunks, wall, audio_seconds)
+        self.record_success(V1_PREDICT_ROUTE, request_id, payload, chunks, wall, audio_seconds)
         return {"predictions": [prediction.model_dump() for prediction in predictions]}
 
     def _encode_all(self, requests: list[SynthesisRequest], results: list[Synthesis]) -> list[SynthesisResult]:

@@ -18,12 +18,11 @@ from bark_common.schema import DEFAULT_VOICE as DEFAULT_VOICE
 from bark_common.schema import SynthesisRequest as SynthesisRequest
 from bark_common.schema import Temperature as Temperature
 from bark_common.schema import describe_validation_error as describe_validation_error
-
-from .audio import AudioFormat
-from .config import Settings
-from .errors import InvalidInput
-from .languages import resolve_language
-from .limits import check_words_per_request
+from model_server.config import Settings
+from model_server.errors import InvalidInput
+from model_server.generation.audio import AudioFormat
+from model_server.generation.languages import resolve_language
+from model_server.generation.limits import check_words_per_request
 
 
 class SynthesisResult(BaseModel):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .languages import LANGUAGES
+from model_server.generation.languages import LANGUAGES
 
 logger = logging.getLogger(__name__)
 

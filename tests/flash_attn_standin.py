@@ -94,8 +94,8 @@ def install(folder: Path) -> Path:
 def run(checkpoint: str, attention: str, decoder: str) -> dict[str, Any]:
     """Load the engine as the server does (flash-attn importable, CUDA claimed), run one batch."""
     torch.cuda.is_available = lambda: True  # transformers' FA2 check needs CUDA; all tensors stay on the CPU
-    from model_server import engine as engine_module
     from model_server.config import Settings
+    from model_server.generation import engine as engine_module
 
     # The engine's own gate also wants a CUDA device; the device used stays the CPU.
     engine_module.flash_attention_available = lambda device: True  # type: ignore[assignment]

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from model_server.config import Settings
-from model_server.engine import BatchOutput, Sampling
+from model_server.generation.engine import BatchOutput, Sampling
+from model_server.generation.scheduler import Scheduler
 from model_server.model import BarkTTS
-from model_server.scheduler import Scheduler
 
 SAMPLE_RATE = 24_000
 

@@ -16,7 +16,7 @@ from types import FrameType
 
 import uvicorn
 
-from model_server.logs import configure_logging
+from bark_common.logs import configure_logging
 
 from .api import create_app
 from .config import Settings

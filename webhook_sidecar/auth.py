@@ -1,4 +1,4 @@
-"""API keys on the job routes, with the model server's own rules (`model_server.auth`, one definition).
+"""API keys on the job routes, with the model server's own rules (`bark_common.api_keys`, one definition).
 
 `Authorization: Bearer <key>` or `x-api-key: <key>`, compared in constant time against every
 configured key. Keys are never logged; a caller is known by a short hash of its key, which scopes
@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-from model_server.auth import UNAUTHORIZED_MESSAGE, key_is_valid, presented_key
+from bark_common.api_keys import UNAUTHORIZED_MESSAGE, key_is_valid, presented_key
 
 __all__ = ["UNAUTHORIZED_MESSAGE", "Unauthorized", "authenticated_key", "principal"]
 

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model_server.auth import load_api_keys
+from bark_common.api_keys import load_api_keys
 
 from .signing import generate_secret
 

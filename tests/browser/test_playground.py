@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from model_server.openai_speech.protocol import SpeechRequest
+from model_server.http.openai_speech.protocol import SpeechRequest
 from model_server.schema import SynthesisRequest
 from tests.browser.conftest import API_KEY
 from tests.browser.page import error_text, generate, open_page, set_field, set_stream, wait_for

@@ -1,6 +1,6 @@
 """Schemathesis against the running server's own /openapi.json: every operation it lists, KServe's included.
 
-The document describes the v1 predict body (model_server/openapi.py), so schemathesis generates
+The document describes the v1 predict body (model_server/http/openapi.py), so schemathesis generates
 both bodies the schema allows and bodies it forbids. Our operations get every check: never a 5xx;
 the status, content type and body of every answer are ones the document lists; a body the schema
 forbids is refused (4xx). KServe's operations are our server's routes too: whatever a client sends

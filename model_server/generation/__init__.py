@@ -1,0 +1,1 @@
+"""Generation: text planning, the engine and its decoders, the schedulers, voices, audio encoding."""

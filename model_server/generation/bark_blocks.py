@@ -1,0 +1,93 @@
+"""Bark's transformer blocks as the static and the continuous decoders both run them: the loaded
+`BarkCausalModel` weights referenced in place (no new checkpoint format), and the block math they share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from transformers.models.bark.modeling_bark import BarkCausalModel
+
+
+# -- weights ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _LayerWeights:
+    """One `BarkBlock`'s tensors, referenced (not copied) from the loaded module."""
+
+    norm_1: tuple[torch.Tensor, torch.Tensor | None]
+    att_proj: tuple[torch.Tensor, torch.Tensor | None]
+    out_proj: tuple[torch.Tensor, torch.Tensor | None]
+    norm_2: tuple[torch.Tensor, torch.Tensor | None]
+    mlp_in: tuple[torch.Tensor, torch.Tensor | None]
+    mlp_out: tuple[torch.Tensor, torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class _StageWeights:
+    """The tensors and shapes of one `BarkCausalModel` (the semantic or the coarse model)."""
+
+    token_embedding: torch.Tensor
+    position_embedding: torch.Tensor
+    layers: tuple[_LayerWeights, ...]
+    final_norm: tuple[torch.Tensor, torch.Tensor | None]
+    lm_head: torch.Tensor
+    num_heads: int
+    head_dim: int
+    hidden_size: int
+    norm_eps: float
+    gelu_approximate: str
+
+    @classmethod
+    def of(cls, causal_model: BarkCausalModel) -> _StageWeights:
+        model = cast(Any, causal_model)  # nn.Module attribute access is untyped
+
+        def pair(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return module.weight, module.bias
+
+        layers = tuple(
+            _LayerWeights(
+                norm_1=pair(block.layernorm_1),
+                att_proj=pair(block.attn.att_proj),
+                out_proj=pair(block.attn.out_proj),
+                norm_2=pair(block.layernorm_2),
+                mlp_in=pair(block.mlp.in_proj),
+                mlp_out=pair(block.mlp.out_proj),
+            )
+            for block in model.layers
+        )
+        first = model.layers[0]
+        return cls(
+            token_embedding=model.input_embeds_layer.weight,
+            position_embedding=model.position_embeds_layer.weight,
+            layers=layers,
+            final_norm=pair(model.layernorm_final),
+            lm_head=model.lm_head.weight,
+            num_heads=int(first.attn.num_heads),
+            head_dim=int(first.attn.head_dim),
+            hidden_size=int(first.attn.embed_dim),
+            norm_eps=float(model.layernorm_final.eps),
+            gelu_approximate=str(first.mlp.gelu.approximate),
+        )
+
+
+def _norm(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor | None], eps: float) -> torch.Tensor:
+    weight, bias = weights
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def _linear(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+    return F.linear(x, weights[0], weights[1])
+
+
+def attention_inputs(
+    weights: _StageWeights, layer: _LayerWeights, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One block's query, key and value, (rows, heads, length, head_dim) each."""
+    rows, length, _ = x.shape
+    qkv = _linear(_norm(x, layer.norm_1, weights.norm_eps), layer.att_proj)
+    shape = (rows, length, weights.num_heads, weights.head_dim)
+    query, key, value = (part.view(shape).transpose(1, 2) for part in qkv.split(weights.hidden_size, dim=2))
+    return query, key, value

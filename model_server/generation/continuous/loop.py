@@ -1,0 +1,298 @@
+"""What runs next: the continuous (iteration-level) scheduler, as in vLLM and TGI, for Bark rows.
+
+The asyncio side is the same as the static scheduler's (`enqueue`/`submit`/`cancel`/`close`, a
+bounded queue answering 503, urgent first chunks of streams), so model.py and the OpenAI route use
+either. The difference is the worker: instead of running whole batches of one (voice, settings)
+key, one thread loops over *steps* of a row engine (bark_rows.BarkRowEngine):
+
+    while running:
+        drop rows whose request is gone (client disconnected, timeout)
+        admit waiting chunks into free rows (urgent first, then oldest; up to the active limit)
+        step every active row by one token; deliver the rows that finished
+
+A chunk joins at the next step, a finished chunk leaves at once, and any mix of voices, settings
+and seeds shares a step. An out-of-memory step evicts the active rows, halves the active limit and
+re-queues them at the front (each row's seed is kept, so a retried row gives the same audio); a row
+out of memory alone fails its request. A row's own failure fails only its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from model_server import metrics
+from model_server.errors import Overloaded
+from model_server.generation.faults import OUT_OF_MEMORY
+from model_server.generation.scheduler import BatchFailed, check_fits_queue, results_in_order
+
+logger = logging.getLogger(__name__)
+
+Key = TypeVar("Key", bound=Hashable)
+Result = TypeVar("Result")
+
+
+@dataclass(eq=False)
+class RowJob:
+    """One chunk of one request, as the row engine sees it (`seed` is set at its first admission)."""
+
+    key: Any
+    payload: Any
+    future: asyncio.Future[Any]
+    urgent: bool = False
+    enqueued_at: float = field(default_factory=time.monotonic)
+    seed: int | None = None
+    #: A streaming request's later chunks wait for its urgent first chunk: alone it finishes sooner
+    #: (on a CPU a step's cost grows with its rows), and the client hears audio sooner.
+    after: RowJob | None = None
+
+
+class RowEngine(Protocol):
+    """How steps run (bark_rows.BarkRowEngine, or a fake in tests)."""
+
+    @property
+    def active(self) -> int: ...
+
+    def admit(self, jobs: Sequence[Any]) -> list[tuple[Any, BaseException]]: ...
+
+    def step(self) -> list[tuple[Any, Any]]: ...
+
+    def drop(self, jobs: Sequence[Any]) -> None: ...
+
+    def evict_all(self) -> list[Any]: ...
+
+
+class ContinuousScheduler(Generic[Key, Result]):
+    """Asyncio front over one worker thread that steps rows of all requests together."""
+
+    def __init__(
+        self,
+        engine: RowEngine,
+        *,
+        max_batch_size: int,
+        max_wait_ms: int = 0,
+        max_queue_chunks: int,
+        retry_after_s: int = 2,
+        release_memory: Any = None,
+    ):
+        self._engine = engine
+        self.max_batch_size = max_batch_size
+        self.max_queue_chunks = max_queue_chunks
+        self.retry_after_s = retry_after_s
+        self._release_memory = release_memory or (lambda: None)
+        # max_wait_ms is not needed: a chunk joins the running rows at the next step.
+        self._limit = max_batch_size  # halved on out-of-memory, restored when the engine is idle
+        self._waiting: collections.deque[RowJob] = collections.deque()
+        self._running: dict[int, RowJob] = {}
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        metrics.QUEUE_CAPACITY.set(max_queue_chunks)
+
+    @property
+    def queued_chunks(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active_limit(self) -> int:
+        return self._limit
+
+    # -- the asyncio side ----------------------------------------------------------------------
+    async def submit(self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False) -> list[Result]:
+        """Queue the chunks of one request and wait for all of their results, in order."""
+        return await results_in_order(self.enqueue(key, payloads, urgent_first=urgent_first), self.cancel)
+
+    def enqueue(
+        self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False
+    ) -> list[asyncio.Future[Result]]:
+        """Queue chunks and return one future per chunk (for callers that stream results)."""
+        check_fits_queue(len(payloads), self.max_queue_chunks)
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            if len(self._waiting) + len(payloads) > self.max_queue_chunks:
+                raise Overloaded(
+                    f"server busy: {len(self._waiting)} chunks queued (capacity {self.max_queue_chunks}); retry later",
+                    self.retry_after_s,
+                )
+            jobs = [
+                RowJob(key, payload, loop.create_future(), urgent=urgent_first and index == 0)
+                for index, payload in enumerate(payloads)
+            ]
+            if urgent_first:
+                for job in jobs[1:]:
+                    job.after = jobs[0]
+            for job in jobs:
+                if job.urgent:  # ahead of every waiting chunk but earlier urgent ones
+                    position = next((i for i, waiting in enumerate(self._waiting) if not waiting.urgent), None)
+                    self._waiting.insert(len(self._waiting) if position is None else position, job)
+                else:
+                    self._waiting.append(job)
+            metrics.QUEUE_DEPTH.set(len(self._waiting))
+            self._ensure_worker(loop)
+            self._cond.notify()
+        return [job.future for job in jobs]
+
+    def cancel(self, futures: Sequence[asyncio.Future[Result]]) -> None:
+        """Drop a request's chunks, waiting or running (client gone, timeout, a sibling failed)."""
+        for future in futures:
+            future.cancel()
+        with self._cond:
+            self._purge_waiting()
+            self._cond.notify()
+
+    def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._loop = loop
+            self._stopping = False
+            self._thread = threading.Thread(target=self._work, name="bark-rows", daemon=True)
+            self._thread.start()
+            atexit.unregister(self._stop_worker_at_exit)  # once per scheduler, however often it restarts
+            atexit.register(self._stop_worker_at_exit)
+
+    def _stop_worker_at_exit(self) -> None:
+        """Let a running step finish before the interpreter tears down.
+
+        The worker is a daemon thread (it must not keep a stopping server alive), but a daemon thread
+        still inside a torch kernel when the interpreter finalizes aborts the process ("terminate
+        called without an active exception", exit by SIGABRT). atexit callbacks run after uvicorn's
+        drain and before finalization: stop taking work and wait for the current step.
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    async def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+            pending = list(self._waiting) + list(self._running.values())
+            self._waiting.clear()
+        for job in pending:
+            job.future.cancel()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+        atexit.unregister(self._stop_worker_at_exit)
+
+    # -- the worker thread ---------------------------------------------------------------------
+    def _purge_waiting(self) -> None:
+        """Under the lock: forget waiting chunks whose request is gone."""
+        if any(job.future.done() for job in self._waiting):
+            self._waiting = collections.deque(job for job in self._waiting if not job.future.done())
+        metrics.QUEUE_DEPTH.set(len(self._waiting))
+
+    def _next_admissions(self) -> tuple[list[RowJob], list[RowJob]] | None:
+        """Wait for work; return (cancelled running jobs, jobs to admit), or None to stop."""
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return None
+                self._purge_waiting()
+                gone = [job for job in self._running.values() if job.future.done()]
+                if self._engine.active - len(gone) == 0 and not self._waiting:
+                    self._limit = self.max_batch_size  # idle: forget an earlier out-of-memory
+                if gone or self._engine.active:
+                    break
+                if any(job.after is None or job.after.future.done() for job in self._waiting):
+                    break
+                # Nothing runs and every waiting chunk waits for a first chunk whose result is
+                # on its way to the event loop: look again shortly.
+                self._cond.wait(timeout=0.01 if self._waiting else None)
+            free = max(0, self._limit - (self._engine.active - len(gone)))
+            admitted: list[RowJob] = []
+            held: list[RowJob] = []
+            while self._waiting and len(admitted) < free:
+                job = self._waiting.popleft()
+                if job.after is not None and not job.after.future.done():
+                    held.append(job)  # its request's first chunk still runs
+                else:
+                    admitted.append(job)
+            self._waiting.extendleft(reversed(held))
+            metrics.QUEUE_DEPTH.set(len(self._waiting))
+            return gone, admitted
+
+    def _work(self) -> None:
+        while True:
+            work = self._next_admissions()
+            if work is None:
+                return
+            gone, admitted = work
+            if gone:
+                self._engine.drop(gone)
+                for job in gone:
+                    self._running.pop(id(job), None)
+            now = time.monotonic()
+            for job in admitted:
+                metrics.ADMISSION_WAIT.observe(now - job.enqueued_at)
+                self._running[id(job)] = job
+            try:
+                outcomes: list[tuple[Any, Any]] = []
+                if admitted:
+                    metrics.ADMISSIONS.inc(len(admitted))
+                    metrics.BATCH_SIZE.observe(len(admitted))
+                    outcomes.extend(self._engine.admit(admitted))
+                if self._engine.active:
+                    started = time.perf_counter()
+                    metrics.ACTIVE_ROWS.observe(self._engine.active)
+                    outcomes.extend(self._engine.step())
+                    metrics.STEP_SECONDS.observe(time.perf_counter() - started)
+            except OUT_OF_MEMORY as error:
+                self._out_of_memory(error)
+                continue
+            except Exception as error:  # the worker must survive any step
+                logger.exception("a decoding step of %d rows failed", len(self._running))
+                self._engine.evict_all()
+                failure = BatchFailed(f"generation failed: {type(error).__name__}: {error}")
+                outcomes = [(job, failure) for job in self._running.values()]
+            metrics.INFLIGHT_CHUNKS.set(self._engine.active)
+            for job, outcome in outcomes:
+                self._running.pop(id(job), None)
+                self._settle(job, outcome)
+
+    def _out_of_memory(self, error: BaseException) -> None:
+        jobs = list(self._running.values())
+        self._engine.evict_all()
+        self._running.clear()
+        self._release_memory()
+        if len(jobs) <= 1:
+            for job in jobs:
+                self._settle(job, BatchFailed(f"generation failed: {type(error).__name__}: {error}"))
+            return
+        self._limit = max(1, len(jobs) // 2)
+        logger.warning(
+            "out of memory with %d active rows (%s); retrying them with at most %d active",
+            len(jobs),
+            type(error).__name__,
+            self._limit,
+        )
+        with self._cond:
+            self._waiting.extendleft(reversed(jobs))
+            metrics.QUEUE_DEPTH.set(len(self._waiting))
+
+    def _settle(self, job: RowJob, outcome: Any) -> None:
+        """Hand a row's audio (or its own error) to its request, on the event loop's thread."""
+        if isinstance(outcome, BaseException) and not isinstance(outcome, BatchFailed):
+            logger.error("a chunk failed on its own: %r", outcome)
+            outcome = BatchFailed(f"generation failed: {type(outcome).__name__}: {outcome}")
+
+        def settle() -> None:
+            if job.future.done():
+                return
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the event loop is closed (shutdown): nobody waits any more
+            self._loop.call_soon_threadsafe(settle)

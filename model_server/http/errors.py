@@ -1,0 +1,46 @@
+"""The error table (`model_server.errors`) on the wire: one conversion per format.
+
+- KServe v1: `{"error": message}` with the row's status (`v1_error_response`); KServe itself answers
+  its own `InvalidInput` the same way, and a 500 also carries the request id.
+- OpenAI: `{"error": {"message", "type", "param", "code"}}` (`openai_error`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from model_server.errors import GenerationFailed, Overloaded, RequestTimedOut, describe_error
+
+__all__ = ["openai_error", "register_error_handlers", "v1_error_response"]
+
+
+def openai_error(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def v1_error_response(error: Exception) -> JSONResponse:
+    """The KServe v1 answer to one of our errors."""
+    status = describe_error(error).status
+    content: dict[str, Any] = {"error": str(error)}
+    headers: dict[str, str] = {}
+    if isinstance(error, Overloaded):
+        headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, GenerationFailed):
+        # KServe's catch-all answers 500 too, but without the id that ties the answer to the log.
+        content["request_id"] = error.request_id
+        headers["x-request-id"] = error.request_id
+    return JSONResponse(status_code=status, content=content, headers=headers or None)
+
+
+async def _v1_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    return v1_error_response(exc)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """KServe maps its InvalidInput to 400 itself; we add the statuses it does not know."""
+    for error_type in (Overloaded, RequestTimedOut, GenerationFailed):
+        app.add_exception_handler(error_type, _v1_error_handler)

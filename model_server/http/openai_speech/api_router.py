@@ -1,0 +1,168 @@
+"""HTTP wiring of `POST /v1/audio/speech` on KServe's FastAPI app, with OpenAI-shaped errors.
+
+Every answer carries the request's id (`x-request-id`: the client's, or one made here), and a 500
+names it in its message, so an error report finds the request's log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from model_server.errors import INVALID_INPUT, MODEL_NOT_READY, ErrorDescription, InvalidInput, describe_error
+from model_server.generation.audio import FORMATS
+from model_server.http.errors import openai_error
+from model_server.http.openai_speech.protocol import SpeechRequest
+from model_server.http.openai_speech.serving import SpeechService, SpeechStream, StreamAborted, timeout_message
+from model_server.http.outcomes import note_reason
+from model_server.model import BarkTTS
+from model_server.paths import SPEECH_PATH
+
+logger = logging.getLogger(__name__)
+
+
+def _error(
+    description: ErrorDescription,
+    message: str,
+    request_id: str,
+    param: str | None = None,
+    headers: dict | None = None,
+) -> JSONResponse:
+    # The metric's reason is the row's, the same bounded words as v1 predict.
+    note_reason(description.reason)
+    body = openai_error(message, description.kind, param, description.code)
+    return JSONResponse(
+        status_code=description.status, content=body, headers={**(headers or {}), "x-request-id": request_id}
+    )
+
+
+def _error_for(error: BaseException, request_id: str, timeout_s: float) -> JSONResponse:
+    """The answer to a request that failed before its first byte (errors.describe_error has the status)."""
+    description = describe_error(error)
+    headers: dict[str, str] = {}
+    param = None
+    if description.status == 400:
+        message = str(error)
+        param = error.param if isinstance(error, InvalidInput) else None
+    elif description.status == 503:
+        message = str(error)
+        headers["Retry-After"] = str(getattr(error, "retry_after_s", 1))
+    elif description.status == 504:
+        message = timeout_message(timeout_s)
+    else:  # a failed batch or anything else: the id finds the traceback in the log
+        logger.error("speech request %s failed", request_id, exc_info=error)
+        message = f"generation failed (request id {request_id}): {type(error).__name__}"
+    return _error(description, message, request_id, param, headers)
+
+
+class SpeechStreamResponse(StreamingResponse):
+    """A stream whose failure after the first byte ends the connection without the closing chunk.
+
+    Chunked transfer ends with an empty chunk; a response that stops before it is, to every HTTP
+    client, an incomplete transfer, which is the only way left to say "failed" once `200` went out.
+    The stream's queued chunks and encoder are released however the response ends (even if it never
+    started: the client left between the handler's return and the first send).
+    """
+
+    def __init__(self, stream: SpeechStream, sse: bool, media_type: str, headers: dict[str, str]):
+        super().__init__(stream.sse() if sse else stream.audio(), media_type=media_type, headers=headers)
+        self._stream = stream
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        except StreamAborted:
+            return  # uvicorn closes a connection whose response did not complete
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._stream.close()
+
+
+def register_speech_route(app: FastAPI, model: BarkTTS) -> None:
+    service = SpeechService(model)
+
+    async def create_speech(request: Request) -> Response:
+        """Generate speech from text (OpenAI-compatible; see SpeechRequest for the body)."""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        timeout_s = model.settings.request_timeout_s
+        if not model.ready:
+            return _error(MODEL_NOT_READY, "model is not ready yet", request_id, headers={"Retry-After": "5"})
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            return _error(INVALID_INPUT, f"body is not valid JSON: {error}", request_id)
+        try:
+            plan = service.plan(body, request_id)
+            content_type = FORMATS[plan.request.response_format].content_type
+            if plan.request.streaming is not None:
+                # Queued and the first piece made before the response starts: refusals keep their status.
+                stream = await service.open_stream(plan)
+                sse = plan.request.streaming == "sse"
+                media_type = "text/event-stream" if sse else content_type
+                return SpeechStreamResponse(stream, sse, media_type, {"x-request-id": request_id})
+            data = await asyncio.wait_for(service.whole(plan), timeout_s)
+        except Exception as error:
+            return _error_for(error, request_id, timeout_s)
+        return Response(content=data, media_type=content_type, headers={"x-request-id": request_id})
+
+    error_body: dict[str, Any] = {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {
+                            "message": {"type": "string"},
+                            "type": {"type": "string"},
+                            "param": {"type": ["string", "null"]},
+                            "code": {"type": ["string", "null"]},
+                        },
+                        "required": ["message", "type", "param", "code"],
+                    }
+                },
+                "required": ["error"],
+            }
+        }
+    }
+    app.add_api_route(
+        SPEECH_PATH,
+        create_speech,
+        methods=["POST"],
+        tags=["openai"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": SpeechRequest.model_json_schema()}},
+            }
+        },
+        response_class=Response,
+        responses={
+            200: {
+                "description": (
+                    "the audio file, or a stream of it (chunked audio or server-sent events); a stream that "
+                    "fails after its first byte ends with an `error` event (SSE) or an incomplete transfer (audio)"
+                ),
+                "content": {
+                    **{FORMATS[fmt].content_type: {} for fmt in FORMATS},
+                    "text/event-stream": {},
+                },
+            },
+            400: {"description": "invalid input (OpenAI error shape)", "content": error_body},
+            401: {"description": "missing or invalid API key", "content": error_body},
+            413: {"description": "body over max_body_bytes"},
+            500: {"description": "generation failed; the message names the request id", "content": error_body},
+            503: {"description": "queue full or model not ready; see Retry-After", "content": error_body},
+            504: {"description": "request (or stream) ran past request_timeout_s", "content": error_body},
+        },
+    )

@@ -1,0 +1,130 @@
+"""Describe the v1 predict body in the server's OpenAPI document (`GET /openapi.json`).
+
+KServe's v1 route takes the raw `Request` and decodes it itself, so FastAPI's generated document
+says nothing about what the route accepts: no request body, and a 422 it never returns. Clients,
+code generators and the schemathesis fuzz tests read that document, so `document_api` replaces the
+predict operation's description with our pydantic models (`schema.py`), the operator's bounds from
+`Settings`, and the error statuses the route really answers with. It also takes out KServe's
+description of the routes this server does not serve (`kserve_routes.NOT_SERVED`: they answer 404).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+from model_server.config import Settings
+from model_server.http.kserve_routes import NOT_SERVED
+from model_server.paths import PREDICT_PATH
+from model_server.schema import PredictRequest, SynthesisRequest, SynthesisResult
+
+_REF = "#/components/schemas/{model}"
+
+
+class PredictResponse(BaseModel):
+    """The v1 answer: one prediction per instance, in order."""
+
+    predictions: list[SynthesisResult]
+
+
+class ErrorResponse(BaseModel):
+    """Every error status of our routes has this body."""
+
+    error: str = Field(description="what went wrong; a 400 names the field or the limit (e.g. max_body_bytes)")
+    request_id: str | None = Field(None, description="on a 500: the id of the request's lines in the server log")
+
+
+_ERRORS: dict[str, str] = {
+    "400": "invalid input: the message names the field or the limit (max_words_per_request, ...)",
+    "401": "missing or invalid API key (only when keys are configured)",
+    "404": "no model of this name",
+    "413": "body over max_body_bytes",
+    "500": "generation failed for this request; `request_id` finds it in the log",
+    "503": "queue full (with Retry-After) or model not ready (starting or shutting down)",
+    "504": "request ran past request_timeout_s; its work was dropped",
+}
+
+
+def document_api(app: FastAPI, settings: Settings) -> None:
+    """Make `app.openapi()` describe the predict route; lazy, since KServe adds its routes at start."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            drop_not_served(document)
+            describe_predict(document, settings)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def drop_not_served(document: dict[str, Any]) -> None:
+    """Remove the operations KServe documents but this server answers with 404 (in place)."""
+    paths = document.get("paths", {})
+    for method, path in NOT_SERVED:
+        operations = paths.get(path, {})
+        operations.pop(method.lower(), None)
+        if path in paths and not operations:
+            del paths[path]
+
+
+def _add_components(document: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """Put `model`'s JSON schema (and the models it uses) under components; return a $ref to it."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schema = model.model_json_schema(ref_template=_REF)
+    schemas.update(schema.pop("$defs", {}))
+    schemas[model.__name__] = schema
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _apply_bounds(document: dict[str, Any], settings: Settings) -> None:
+    """The bounds operators tune in Settings, so the document matches what this server accepts."""
+    schemas = document["components"]["schemas"]
+    instance = schemas[SynthesisRequest.__name__]["properties"]
+    instance["prompt"].update(minLength=1, maxLength=settings.max_prompt_chars)
+    chunk_size = instance["batch_chunk_size"]
+    for option in chunk_size.get("anyOf", [chunk_size]):
+        if option.get("type") == "integer":
+            option.update(minimum=settings.min_chunk_words, maximum=settings.max_chunk_words)
+    schemas[PredictRequest.__name__]["properties"]["instances"]["maxItems"] = settings.max_instances
+
+
+def describe_predict(document: dict[str, Any], settings: Settings) -> None:
+    """Rewrite the predict operation in a generated OpenAPI document (in place)."""
+    operation = document.get("paths", {}).get(PREDICT_PATH, {}).get("post")
+    if operation is None:  # KServe has not registered its v1 routes (yet): nothing to describe
+        return
+    body = _add_components(document, PredictRequest)
+    flat = _add_components(document, SynthesisRequest)
+    _apply_bounds(document, settings)
+    operation["summary"] = "Synthesize speech (KServe v1)"
+    operation["description"] = (
+        "Text to speech. `instances` holds one request per item; the original Bark API's flat body "
+        '(`{"prompt": ...}`) is accepted too. Total words, estimated output seconds and body bytes '
+        "are limited by the server's settings."
+    )
+    operation["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": {"anyOf": [body, flat]}}},
+    }
+    for parameter in operation.get("parameters", []):
+        if parameter.get("name") == "model_name" and parameter.get("in") == "path":
+            parameter["schema"] = {"type": "string", "enum": [settings.model_name], "title": "Model Name"}
+    error = _add_components(document, ErrorResponse)
+    responses: dict[str, Any] = {
+        "200": {
+            "description": "one prediction per instance",
+            "content": {"application/json": {"schema": _add_components(document, PredictResponse)}},
+        }
+    }
+    for status, description in _ERRORS.items():
+        responses[status] = {"description": description, "content": {"application/json": {"schema": copy.copy(error)}}}
+    responses["503"]["headers"] = {
+        "Retry-After": {"description": "seconds to wait when the queue is full", "schema": {"type": "integer"}}
+    }
+    operation["responses"] = responses

@@ -1,0 +1,381 @@
+"""The continuous row engine on the tiny checkpoint (CPU, fp32): each row gets what it gets alone.
+
+Rows of different voices, settings and seeds share steps; a row's tokens (and so its audio) must not
+depend on its batch mates or on when it joined. The greedy comparisons below are exact: on this CPU
+the per-row results of a batched matmul equal the single-row ones (checked, not assumed: should a
+BLAS reorder reductions by batch shape, `test_step_logits_alone_and_batched_agree` bounds the drift
+of the logits and the token tests would show which rows flipped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from transformers import StoppingCriteriaList
+from transformers.generation.logits_process import (
+    AlternatingCodebooksLogitsProcessor,
+    BarkEosPrioritizerLogitsProcessor,
+)
+
+from model_server.config import Settings
+from model_server.generation.continuous.bark_rows import TOP_K, BarkRowEngine
+from model_server.generation.continuous.sampling import (
+    RowSampling,
+    choose_tokens,
+    coarse_scores,
+    semantic_scores,
+    uniform_noise,
+    warp,
+)
+from model_server.generation.decoding import _SuppressTokens
+from model_server.generation.engine import BarkEngine, Sampling, _PerRowTokenBudget, tokenize_chunks
+
+CPU = torch.device("cpu")
+GREEDY = Sampling(do_sample=False)
+TEXTS = ["Hello world.", "The quick brown fox jumps over the lazy dog again.", "Speech from a fast server"]
+BUDGETS = [30, 20, 40]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint: Path) -> BarkEngine:
+    return BarkEngine(Settings(model_dir=tiny_checkpoint, device="cpu", decoder="static", warmup=False))
+
+
+class TokenRows(BarkRowEngine):
+    """Also hands back each row's semantic and coarse tokens: the tiny codec's random weights make
+    audio a weak witness (different tokens can decode to the same waveform)."""
+
+    def _finish(self, row):  # type: ignore[no-untyped-def]
+        plan = row.coarse
+        return (tuple(row.semantic), tuple(plan.tokens[plan.history_length :]), super()._finish(row))
+
+
+@pytest.fixture()
+def rows(engine: BarkEngine) -> BarkRowEngine:
+    return TokenRows(engine, max_rows=8)
+
+
+def same(left: tuple, right: tuple) -> bool:
+    """Same semantic and coarse tokens and the same waveform."""
+    return left[0] == right[0] and left[1] == right[1] and np.array_equal(left[2], right[2])
+
+
+def job(text: str, voice: str | None, sampling: Sampling, budget: int) -> SimpleNamespace:
+    return SimpleNamespace(key=(voice, sampling), payload=SimpleNamespace(text=text, budget=budget), seed=None)
+
+
+def run(rows: BarkRowEngine, jobs: list[SimpleNamespace], joining: dict[int, list[SimpleNamespace]] | None = None):
+    """Admit `jobs`, step until all are done; `joining[n]` are admitted before step n. Results by job."""
+    results: dict[int, tuple] = {}
+    assert not rows.admit(jobs)
+    pending = dict(joining or {})
+    step = 0
+    while rows.active or pending:
+        if step in pending:
+            assert not rows.admit(pending.pop(step))
+        for finished, outcome in rows.step():
+            assert not isinstance(outcome, BaseException), outcome
+            results[id(finished)] = outcome
+        step += 1
+    return results
+
+
+def alone(rows: BarkRowEngine, text: str, voice: str | None, sampling: Sampling, budget: int) -> tuple:
+    single = job(text, voice, sampling, budget)
+    return run(rows, [single])[id(single)]
+
+
+def transformers_tokens(engine: BarkEngine, voice: str, texts: list[str], budgets: list[int]) -> list[tuple]:
+    """Semantic and coarse tokens of one batch by transformers' own `generate`, each row trimmed."""
+    semantic_config, coarse_config, _ = engine._configs(GREEDY, max(budgets))
+    encoded = tokenize_chunks(engine.processor.tokenizer, texts, semantic_config.max_input_semantic_length, CPU)
+    history = engine.voices.prompt(voice)
+    prompt_length = semantic_config.max_input_semantic_length + 1
+    semantic = engine.model.semantic.generate(
+        encoded["input_ids"],
+        attention_mask=encoded["attention_mask"],
+        history_prompt=history,
+        semantic_generation_config=semantic_config,
+        stopping_criteria=StoppingCriteriaList([_PerRowTokenBudget(budgets, prompt_length, CPU)]),
+        pad_token_id=semantic_config.semantic_pad_token,
+    )
+    own = [[int(t) for t in row if t != semantic_config.semantic_pad_token] for row in semantic.tolist()]
+    coarse, lengths = engine.model.coarse_acoustics.generate(
+        semantic.clone(),
+        history_prompt=history,
+        semantic_generation_config=semantic_config,
+        coarse_generation_config=coarse_config,
+        codebook_size=engine.codebook_size,
+        return_output_lengths=True,
+    )
+    return [(tuple(tokens), tuple(coarse[index, : int(lengths[index])].tolist())) for index, tokens in enumerate(own)]
+
+
+def test_single_voice_greedy_batch_equals_transformers_generate(engine: BarkEngine, rows: BarkRowEngine):
+    expected = transformers_tokens(engine, "v2/en_speaker_3", TEXTS, BUDGETS)
+    jobs = [job(text, "v2/en_speaker_3", GREEDY, budget) for text, budget in zip(TEXTS, BUDGETS, strict=True)]
+    results = run(rows, jobs)
+    assert [results[id(single)][:2] for single in jobs] == expected
+    # Coarse ran more than one sliding window (60 tokens) for the longest row.
+    assert max(len(coarse) for _, coarse in expected) > 60
+
+
+def test_greedy_row_is_the_same_alone_among_other_voices_and_settings_and_joining_mid_flight(rows: BarkRowEngine):
+    target = ("Speech from a fast server", "v2/en_speaker_1", GREEDY, 40)
+    solo = alone(rows, *target)
+    mates = [
+        job("Hello world.", "v2/en_speaker_0", Sampling(semantic_temperature=0.9, seed=3), 30),
+        job("Another voice entirely, longer text.", None, Sampling(coarse_temperature=0.4), 25),
+        job("Greedy too.", "v2/en_speaker_5", GREEDY, 12),
+    ]
+    mixed = job(*target)
+    assert same(run(rows, [*mates, mixed])[id(mixed)], solo)
+    # Joining a batch that has been running for a while (the mates are in their semantic stage,
+    # one of them already in its coarse stage by step 20).
+    late = job(*target)
+    mates = [job(f"Running row number {i}.", f"v2/en_speaker_{i}", Sampling(seed=i), 14 + 6 * i) for i in range(3)]
+    assert same(run(rows, mates, joining={20: [late]})[id(late)], solo)
+
+
+def test_seeded_sampled_audio_is_identical_alone_and_batched(rows: BarkRowEngine):
+    seeded = Sampling(do_sample=True, semantic_temperature=0.8, coarse_temperature=0.6, fine_temperature=0.5, seed=1234)
+    solo = alone(rows, "A seeded sentence to speak.", "v2/en_speaker_2", seeded, 30)
+    assert same(alone(rows, "A seeded sentence to speak.", "v2/en_speaker_2", seeded, 30), solo)
+    target = job("A seeded sentence to speak.", "v2/en_speaker_2", seeded, 30)
+    mates = [
+        job("Other seed.", "v2/en_speaker_2", Sampling(seed=99), 25),
+        job("Other voice, other temperature.", "v2/en_speaker_7", Sampling(semantic_temperature=1.2, seed=7), 35),
+        job("Unseeded.", None, Sampling(), 20),
+    ]
+    assert same(run(rows, [mates[0], target, *mates[1:]])[id(target)], solo)
+    other_seed = alone(rows, "A seeded sentence to speak.", "v2/en_speaker_2", Sampling(seed=1235), 30)
+    assert other_seed[0] != solo[0], "a different seed draws different tokens"
+
+
+def test_step_logits_alone_and_batched_agree(rows: BarkRowEngine):
+    """The per-row-position step: a row's logits do not depend on the other rows' positions."""
+    stepper = rows.stepper
+    hidden = stepper.stages["semantic"].weights.hidden_size
+    prompts = torch.randn(3, 300, hidden, generator=torch.Generator().manual_seed(0))
+    lengths = [300, 257, 280]
+    for slot, length in enumerate(lengths):
+        stepper.prefill("semantic", slot, prompts[slot : slot + 1, :length])
+    tokens = torch.tensor([5, 17, 42])
+    batched = stepper.step("semantic", tokens, lengths)
+    for slot, length in enumerate(lengths):
+        stepper.prefill("semantic", 0, prompts[slot : slot + 1, :length])
+        single = stepper.step("semantic", tokens[slot : slot + 1], [length])
+        torch.testing.assert_close(batched[slot : slot + 1], single, rtol=1e-5, atol=1e-5)
+
+
+def test_per_row_rules_match_transformers_processors(engine: BarkEngine):
+    """With one setting for every row, our fused chain gives transformers' processed scores."""
+    decoder = engine.decoder
+    assert decoder is not None
+    logits = torch.randn(4, 10_048, generator=torch.Generator().manual_seed(1)) * 3
+    logits[0, 10_000] = 30.0  # past min_eos_p: the EOS prioritiser leaves only EOS in this row
+    logits[1, 10_000] = 13.0  # the EOS prioritiser's threshold is near here
+    for sampling in (Sampling(semantic_temperature=0.7), GREEDY):
+        semantic, coarse, _ = engine._configs(sampling, 30)
+        pad = int(semantic.semantic_pad_token)
+        suppressed = [*range(semantic.semantic_vocab_size, pad), *range(pad + 1, 10_048)]
+        rules = [_SuppressTokens(suppressed, 10_048, torch.device("cpu"))]
+        rules.append(BarkEosPrioritizerLogitsProcessor(eos_token_id=pad, min_eos_p=semantic.min_eos_p, device="cpu"))
+        _, processors = decoder._processors(decoder._semantic, semantic, rules, 257, None)
+        expected = logits.clone()
+        for processor in processors:
+            expected = processor(None, expected)
+        settings = RowSampling.of([sampling.do_sample] * 4, [0.7] * 4, [1] * 4, [0] * 4, torch.device("cpu"))
+        mask = torch.zeros(10_048, dtype=torch.bool)
+        mask[suppressed] = True
+        ours = warp(semantic_scores(logits, mask, pad, semantic.min_eos_p), settings, TOP_K)
+        torch.testing.assert_close(torch.log_softmax(ours, -1), expected)
+
+        coarse_logits = torch.randn(4, 12_096, generator=torch.Generator().manual_seed(2))
+        for step in (0, 1):
+            rule = AlternatingCodebooksLogitsProcessor(300, 10_000, 1024)
+            _, processors = decoder._processors(decoder._coarse, coarse, [rule], 300, torch.zeros(1, 300).long())
+            expected = coarse_logits.clone()
+            for processor in processors:
+                expected = processor(torch.zeros(4, 300 + step, dtype=torch.long), expected)
+            parity = torch.full((4,), step)
+            ours = warp(coarse_scores(coarse_logits, parity, 10_000, 1024), settings, TOP_K)
+            torch.testing.assert_close(torch.log_softmax(ours, -1), expected)
+
+
+def test_counter_based_sampling_draws_from_the_top_k_softmax():
+    """Gumbel-max over the per-row noise: frequencies follow softmax(scores / T) over the top k."""
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]])).expand(4000, 5)
+    draws = scores.shape[0]
+    settings = RowSampling.of([True] * draws, [1.0] * draws, [11] * draws, list(range(draws)), CPU)
+    frequencies = torch.bincount(choose_tokens(scores, settings, top_k=5), minlength=5).float() / draws
+    torch.testing.assert_close(frequencies, torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0]), atol=0.03, rtol=0)
+    # top-k 2 and temperature 0.5: softmax(log([0.5, 0.3]) / 0.5) = [0.735, 0.265]; nothing else.
+    cold = RowSampling.of([True] * draws, [0.5] * draws, [12] * draws, list(range(draws)), CPU)
+    frequencies = torch.bincount(choose_tokens(scores, cold, top_k=2), minlength=5).float() / draws
+    torch.testing.assert_close(frequencies, torch.tensor([0.735, 0.265, 0.0, 0.0, 0.0]), atol=0.03, rtol=0)
+    # Greedy rows in the same call take the argmax.
+    mixed = RowSampling.of([False, True], [1.0, 1.0], [1, 2], [0, 0], CPU)
+    assert choose_tokens(scores[:2], mixed, top_k=5)[0] == 0
+
+
+def test_noise_is_a_function_of_seed_draw_and_token_only():
+    ids = torch.arange(1000).expand(2, 1000)
+    keys = RowSampling.of([True, True], [1.0, 1.0], [11, 12], [0, 0], CPU).keys
+    noise = uniform_noise(keys, ids)
+    assert noise.min() > 0 and noise.max() < 1
+    assert not torch.equal(noise[0], noise[1])
+    # The same token gets the same noise wherever it sits among the candidates.
+    shuffled = torch.randperm(1000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(uniform_noise(keys, ids[:, shuffled]), noise[:, shuffled], rtol=0, atol=0)
+    later = RowSampling.of([True, True], [1.0, 1.0], [11, 12], [1, 1], CPU).keys
+    assert not torch.equal(uniform_noise(later, ids), noise), "the next draw has fresh noise"
+
+
+class ReplayedStep:
+    """Stands in for a CUDA graph on CPU: replay runs the captured step and writes its static output."""
+
+    def __init__(self, step, output: torch.Tensor):  # type: ignore[no-untyped-def]
+        self.step, self.output, self.replays = step, output, 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.output.copy_(self.step())
+
+
+def test_the_graph_path_pads_rows_to_buckets_and_gives_the_eager_tokens(
+    engine: BarkEngine, rows: BarkRowEngine, monkeypatch: pytest.MonkeyPatch
+):
+    """The replay path (static inputs, rows padded to a power-of-two bucket) on CPU, with fake graphs."""
+    specs = [
+        (text, f"v2/en_speaker_{i}", GREEDY, budget)
+        for i, (text, budget) in enumerate(zip(TEXTS, BUDGETS, strict=True))
+    ]
+    jobs = [job(*spec) for spec in specs]
+    eager = run(rows, jobs)
+    graphed = TokenRows(engine, max_rows=8)
+    captured: list[ReplayedStep] = []
+
+    def capture(step):  # type: ignore[no-untyped-def]
+        captured.append(ReplayedStep(step, step().clone()))
+        return SimpleNamespace(graph=captured[-1], logits=captured[-1].output)
+
+    monkeypatch.setattr(graphed.stepper, "_capture", capture)
+    monkeypatch.setattr(graphed.stepper, "use_cuda_graphs", True)
+    again = [job(*spec) for spec in specs]
+    results = run(graphed, again)
+    assert all(same(results[id(b)], eager[id(a)]) for a, b in zip(jobs, again, strict=True))
+    assert captured and all(step.replays for step in captured)
+    shapes = {key[1] for key in graphed.stepper._graphs}
+    assert shapes <= {1, 2, 4}, "three rows ran padded to a bucket of four"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_real_cuda_graphs_give_the_eager_tokens(tiny_checkpoint: Path):
+    """On CUDA (fp32): rows stepped by captured graphs get the tokens of the same rows stepped eagerly."""
+    settings = Settings(model_dir=tiny_checkpoint, device="cuda", dtype="float32", decoder="cudagraph", warmup=False)
+    cuda_engine = BarkEngine(settings)
+    graphed = TokenRows(cuda_engine, max_rows=4)
+    assert graphed.stepper.use_cuda_graphs and graphed.capture_graphs() > 0
+    eager = TokenRows(cuda_engine, max_rows=4)
+    eager.stepper.use_cuda_graphs = False
+    mix = [(TEXTS[i], f"v2/en_speaker_{i}", Sampling(seed=i) if i else GREEDY, BUDGETS[i]) for i in range(3)]
+    first = [job(*spec) for spec in mix]
+    second = [job(*spec) for spec in mix]
+    expected, got = run(eager, first), run(graphed, second)
+    assert [got[id(b)][:2] for b in second] == [expected[id(a)][:2] for a in first]
+
+
+def test_the_setting_picks_the_scheduler_and_the_continuous_one_serves_seeded_audio_alone_or_not(
+    engine: BarkEngine,
+):
+    """BARK_SCHEDULER chooses in one place; through the continuous scheduler a seeded request's audio
+    is the same alone and among concurrent requests of other voices and settings."""
+    import asyncio
+
+    from model_server.generation.continuous.loop import ContinuousScheduler
+    from model_server.generation.scheduler import Scheduler, build_scheduler
+
+    def never(key: object, payloads: list) -> list:
+        raise AssertionError("the continuous scheduler does not run whole batches")
+
+    static = build_scheduler(Settings(model_dir=Path("."), scheduler="static", warmup=False), never, engine)
+    assert isinstance(static, Scheduler)
+    continuous = build_scheduler(Settings(model_dir=Path("."), max_batch_size=4, warmup=False), never, engine)
+    assert isinstance(continuous, ContinuousScheduler)
+    seeded = ("v2/en_speaker_4", Sampling(seed=77, semantic_temperature=0.9))
+    chunks = [SimpleNamespace(text="First part of it.", budget=20), SimpleNamespace(text="And more.", budget=14)]
+
+    async def scenario():
+        alone = await continuous.submit(seeded, chunks)
+        together = await asyncio.gather(
+            continuous.submit(("v2/en_speaker_0", Sampling()), [SimpleNamespace(text="Other words.", budget=25)]),
+            continuous.submit(seeded, chunks),
+            continuous.submit((None, GREEDY), [SimpleNamespace(text="Greedy one.", budget=18)] * 3),
+        )
+        await continuous.close()
+        return alone, together[1]
+
+    alone, together = asyncio.run(scenario())
+    assert len(alone) == 2 and all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
+
+
+def test_out_of_memory_mid_flight_retries_the_rows_from_scratch_with_the_same_audio(
+    engine: BarkEngine, monkeypatch: pytest.MonkeyPatch
+):
+    """A real row engine behind the continuous scheduler: an out-of-memory step with three active
+    rows evicts them, the limit halves, and every request still gets the audio it gets alone."""
+    import asyncio
+
+    from model_server.generation.continuous.loop import ContinuousScheduler
+
+    requests = [
+        (("v2/en_speaker_1", Sampling(seed=5)), [SimpleNamespace(text="One two three.", budget=16)]),
+        (("v2/en_speaker_2", Sampling(seed=6)), [SimpleNamespace(text="Four five six.", budget=20)]),
+        ((None, GREEDY), [SimpleNamespace(text="Seven eight.", budget=12)]),
+    ]
+
+    def serve(rows: BarkRowEngine) -> tuple[list, int]:
+        scheduler = ContinuousScheduler(rows, max_batch_size=4, max_queue_chunks=16)
+
+        async def scenario():
+            results = await asyncio.gather(*(scheduler.submit(key, chunks) for key, chunks in requests))
+            limit = scheduler.active_limit
+            await scheduler.close()
+            return results, limit
+
+        return asyncio.run(scenario())
+
+    expected, _ = serve(TokenRows(engine, max_rows=4))
+    flaky = TokenRows(engine, max_rows=4)
+    real_step = flaky.stepper.step
+    failures = []
+
+    sizes_after: list[int] = []
+
+    def step(stage, tokens, positions):  # type: ignore[no-untyped-def]
+        if len(positions) > 2 and not failures:
+            failures.append(len(positions))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        if failures:
+            sizes_after.append(len(positions))
+        return real_step(stage, tokens, positions)
+
+    monkeypatch.setattr(flaky.stepper, "step", step)
+    results, _ = serve(flaky)
+    assert failures == [3]
+    assert sizes_after and max(sizes_after) == 1, "after the failure the active limit was 3 // 2 rows"
+    assert all(same(a[0], b[0]) for a, b in zip(results, expected, strict=True))

@@ -1,0 +1,293 @@
+"""The continuous scheduler's guarantees on a fake row engine: joining, leaving, bounds, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from model_server.errors import InvalidInput, Overloaded
+from model_server.generation.continuous.loop import ContinuousScheduler, RowJob
+from model_server.generation.scheduler import BatchFailed
+
+
+class FakeRows:
+    """A row engine: payload (name, steps) finishes after `steps` steps as f"{key}:{name}".
+
+    `poison` fails at its end (only its request must fail); more than `oom_above` active rows is
+    an out-of-memory step. Records which rows each step ran.
+    """
+
+    def __init__(self, step_s: float = 0.002, oom_above: int | None = None, explode: bool = False):
+        self.rows: list[list[Any]] = []  # [job, steps left]
+        self.steps: list[list[str]] = []
+        self.admitted: list[str] = []
+        self.step_s = step_s
+        self.oom_above = oom_above
+        self.explode = explode
+        self.started = threading.Event()
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    def admit(self, jobs: Sequence[RowJob]) -> list[tuple[Any, BaseException]]:
+        failed: list[tuple[Any, BaseException]] = []
+        for job in jobs:
+            name, steps = job.payload
+            if name == "unknown-voice":
+                failed.append((job, ValueError("unknown voice")))
+                continue
+            if job.seed is None:
+                job.seed = len(self.admitted)
+            self.admitted.append(name)
+            self.rows.append([job, steps])
+        return failed
+
+    def step(self) -> list[tuple[Any, Any]]:
+        self.started.set()
+        if self.explode:
+            raise RuntimeError("CUDA error: simulated")
+        if self.oom_above is not None and len(self.rows) > self.oom_above:
+            raise MemoryError("simulated out of memory")
+        time.sleep(self.step_s)
+        self.steps.append([row[0].payload[0] for row in self.rows])
+        done: list[tuple[Any, Any]] = []
+        for row in self.rows:
+            row[1] -= 1
+            if row[1] <= 0:
+                job = row[0]
+                name = job.payload[0]
+                outcome = RuntimeError("poisoned row") if name == "poison" else f"{job.key}:{name}:{job.seed}"
+                done.append((job, outcome))
+        self.rows = [row for row in self.rows if row[1] > 0]
+        return done
+
+    def drop(self, jobs: Sequence[Any]) -> None:
+        gone = {id(job) for job in jobs}
+        self.rows = [row for row in self.rows if id(row[0]) not in gone]
+
+    def evict_all(self) -> list[Any]:
+        jobs = [row[0] for row in self.rows]
+        self.rows = []
+        return jobs
+
+
+def make(rows: FakeRows, **overrides: Any) -> ContinuousScheduler:
+    options = {"max_batch_size": 4, "max_queue_chunks": 16, **overrides}
+    return ContinuousScheduler(rows, **options)
+
+
+def names(results: list[str]) -> list[str]:
+    return [result.split(":")[1] for result in results]
+
+
+def test_any_keys_share_steps_and_each_request_gets_its_own_chunks_in_order():
+    rows = FakeRows()
+
+    async def scenario():
+        scheduler = make(rows)
+        results = await asyncio.gather(
+            scheduler.submit("alice", [("a1", 3), ("a2", 5)]),
+            scheduler.submit("bob", [("b1", 4)]),
+        )
+        await scheduler.close()
+        return results
+
+    first, second = asyncio.run(scenario())
+    assert names(first) == ["a1", "a2"] and first[0].startswith("alice:")
+    assert names(second) == ["b1"] and second[0].startswith("bob:")
+    assert any({"a1", "b1"} <= set(step) for step in rows.steps), "different keys share a step"
+
+
+def test_a_chunk_joins_running_rows_and_a_short_one_leaves_before_the_long_one():
+    rows = FakeRows(step_s=0.005)
+
+    async def scenario():
+        scheduler = make(rows)
+        long = asyncio.create_task(scheduler.submit("k", [("long", 60)]))
+        await asyncio.to_thread(rows.started.wait, 5)
+        await asyncio.sleep(0.05)
+        short = await scheduler.submit("k", [("short", 3)])
+        assert not long.done(), "the short request finished while the long one still runs"
+        await long
+        await scheduler.close()
+        return short
+
+    assert names(asyncio.run(scenario())) == ["short"]
+    joined = next(index for index, step in enumerate(rows.steps) if "short" in step)
+    assert joined > 0 and "long" in rows.steps[joined], "short joined the running step, not after it"
+
+
+def test_active_rows_never_exceed_max_batch_size():
+    rows = FakeRows()
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=3)
+        await asyncio.gather(*(scheduler.submit("k", [(f"{i}-{j}", 2 + j) for j in range(3)]) for i in range(4)))
+        await scheduler.close()
+
+    asyncio.run(scenario())
+    assert max(len(step) for step in rows.steps) == 3
+    assert len(rows.admitted) == 12
+
+
+def test_full_queue_is_overloaded_and_a_too_large_request_is_invalid():
+    rows = FakeRows(step_s=0.01)
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=1, max_queue_chunks=3, retry_after_s=7)
+        with pytest.raises(InvalidInput, match="more than the queue holds"):
+            scheduler.enqueue("k", [("x", 1)] * 4)
+        running = asyncio.create_task(scheduler.submit("k", [("r1", 20), ("r2", 1), ("r3", 1)]))
+        await asyncio.to_thread(rows.started.wait, 5)
+        assert scheduler.queued_chunks == 2
+        with pytest.raises(Overloaded) as refused:
+            scheduler.enqueue("k", [("a", 1), ("b", 1)])
+        result = await running
+        await scheduler.close()
+        return refused.value, result
+
+    error, result = asyncio.run(scenario())
+    assert error.retry_after_s == 7
+    assert names(result) == ["r1", "r2", "r3"]
+
+
+def test_cancelling_drops_waiting_and_running_rows():
+    rows = FakeRows(step_s=0.01)
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=2)
+        doomed = asyncio.create_task(scheduler.submit("k", [("gone-running", 10_000), ("gone-1", 5), ("gone-2", 5)]))
+        await asyncio.to_thread(rows.started.wait, 5)
+        assert scheduler.queued_chunks == 1
+        doomed.cancel()
+        await asyncio.gather(doomed, return_exceptions=True)
+        assert scheduler.queued_chunks == 0
+        survivor = await scheduler.submit("k", [("next", 2)])
+        active_after = rows.active
+        await scheduler.close()
+        return survivor, active_after
+
+    survivor, active_after = asyncio.run(scenario())
+    assert names(survivor) == ["next"]
+    assert active_after == 0, "the cancelled running row left the engine"
+    assert "gone-2" not in rows.admitted
+
+
+def test_a_timeout_drops_the_request_rows():
+    rows = FakeRows(step_s=0.01)
+
+    async def scenario():
+        scheduler = make(rows)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(scheduler.submit("k", [("slow", 10_000)]), 0.2)
+        await asyncio.sleep(0.1)
+        active = rows.active
+        await scheduler.close()
+        return active
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_urgent_first_chunk_is_admitted_before_waiting_chunks():
+    rows = FakeRows(step_s=0.005)
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=1)
+        blocker = asyncio.create_task(scheduler.submit("k", [("b1", 10)]))
+        await asyncio.to_thread(rows.started.wait, 5)
+        waiting = asyncio.create_task(scheduler.submit("k", [("w1", 1), ("w2", 1)]))
+        await asyncio.sleep(0)
+        streaming = asyncio.create_task(scheduler.submit("k", [("s1", 1), ("s2", 1)], urgent_first=True))
+        await asyncio.gather(blocker, waiting, streaming)
+        await scheduler.close()
+
+    asyncio.run(scenario())
+    assert rows.admitted == ["b1", "s1", "w1", "w2", "s2"]
+
+
+def test_a_failing_row_fails_only_its_request_and_the_loop_keeps_serving():
+    rows = FakeRows()
+
+    async def scenario():
+        scheduler = make(rows)
+        bad, voice, good = await asyncio.gather(
+            scheduler.submit("a", [("ok", 2), ("poison", 3)]),
+            scheduler.submit("b", [("unknown-voice", 1)]),
+            scheduler.submit("c", [("fine", 4)]),
+            return_exceptions=True,
+        )
+        later = await scheduler.submit("a", [("after", 1)])
+        await scheduler.close()
+        return bad, voice, good, later
+
+    bad, voice, good, later = asyncio.run(scenario())
+    assert isinstance(bad, BatchFailed) and "poisoned row" in str(bad)
+    assert isinstance(voice, BatchFailed) and "unknown voice" in str(voice)
+    assert names(good) == ["fine"] and names(later) == ["after"]
+
+
+def test_a_failing_step_fails_its_rows_and_the_loop_survives():
+    rows = FakeRows(explode=True)
+
+    async def scenario():
+        scheduler = make(rows)
+        with pytest.raises(BatchFailed, match="simulated"):
+            await scheduler.submit("k", [("x", 2)])
+        rows.explode = False
+        later = await scheduler.submit("k", [("y", 1)])
+        await scheduler.close()
+        return later
+
+    assert names(asyncio.run(scenario())) == ["y"]
+
+
+def test_out_of_memory_shrinks_the_active_set_and_retries_with_the_same_seeds():
+    rows = FakeRows(oom_above=2)
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=8)
+        results = await scheduler.submit("k", [(f"c{i}", 3) for i in range(5)])
+        await scheduler.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert names(results) == [f"c{i}" for i in range(5)]
+    assert max(len(step) for step in rows.steps) <= 2
+    # Each chunk kept the seed of its first admission through the retries.
+    assert [result.split(":")[2] for result in results] == ["0", "1", "2", "3", "4"]
+
+
+def test_a_row_out_of_memory_alone_fails_its_request():
+    rows = FakeRows(oom_above=0)
+
+    async def scenario():
+        scheduler = make(rows)
+        with pytest.raises(BatchFailed, match="out of memory"):
+            await scheduler.submit("k", [("big", 2)])
+        await scheduler.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_streaming_request_runs_its_first_chunk_before_its_other_chunks():
+    rows = FakeRows(step_s=0.002)
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=8)
+        result = await scheduler.submit("k", [("first", 5), ("second", 2), ("third", 2)], urgent_first=True)
+        other = await scheduler.submit("k", [("plain-1", 3), ("plain-2", 3)])
+        await scheduler.close()
+        return result, other
+
+    result, other = asyncio.run(scenario())
+    assert names(result) == ["first", "second", "third"]
+    assert names(other) == ["plain-1", "plain-2"]
+    first_alone = [step for step in rows.steps if "first" in step]
+    assert all(step == ["first"] for step in first_alone), "later chunks waited for the first one"
+    assert any(step == ["plain-1", "plain-2"] for step in rows.steps), "a plain request runs its chunks together"
