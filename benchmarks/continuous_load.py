@@ -1,7 +1,7 @@
 """Continuous vs static scheduling on the same weights, in one process: concurrency, head-of-line, Poisson load.
 
 Both schedulers serve the same `BarkTTS` model (one engine load); requests go through
-`BarkTTS.synthesize` (chunking, scheduler, joining) as the HTTP routes do, without HTTP.
+`SynthesisService.synthesize` (chunking, scheduler, joining) as the HTTP routes do, without HTTP.
 
 Scenarios (`--scenarios`, all by default):
   concurrency   N clients (4 and 16) at once, vs the same N requests in a row: the speed-up, for
@@ -69,7 +69,7 @@ class Bench:
 
     async def timed(self, req: SynthesisRequest) -> float:
         started = time.perf_counter()
-        await self.model.synthesize(req)
+        await self.model.service.synthesize(req)
         return time.perf_counter() - started
 
     async def concurrency(self, clients: int) -> list[str]:
@@ -79,7 +79,7 @@ class Bench:
             "all different": [request(1, voice=i, temperature=0.5 + 0.05 * i, seed=i) for i in range(clients)],
         }
         for name, scheduler in self.schedulers.items():
-            self.model.scheduler = scheduler
+            self.model.service.scheduler = scheduler
             speedups = {}
             for mix, requests in mixes.items():
                 in_a_row = sum([await self.timed(req) for req in requests])
@@ -95,7 +95,7 @@ class Bench:
     async def short_long(self) -> list[str]:
         lines = []
         for name, scheduler in self.schedulers.items():
-            self.model.scheduler = scheduler
+            self.model.service.scheduler = scheduler
             # As in issue #14: 12 chunks of 20 words, then a one-sentence request 1 s later.
             long_alone = await self.timed(request(12, voice=2, sentences_per_chunk=2))
             short_alone = await self.timed(request(1, voice=3, seed=1))
@@ -112,7 +112,7 @@ class Bench:
     async def poisson(self, rate: float, duration: float, seed: int) -> list[str]:
         lines = []
         for name, scheduler in self.schedulers.items():
-            self.model.scheduler = scheduler
+            self.model.service.scheduler = scheduler
             rng = random.Random(seed)  # the same arrivals and requests for both schedulers
             arrivals, at = [], 0.0
             while True:
@@ -151,11 +151,11 @@ async def run(args: argparse.Namespace) -> None:
     )
     model = BarkTTS(settings)
     model.load()
-    engine = model.engine
+    engine = model.service.engine
     assert engine is not None
     options = {"max_batch_size": args.max_batch_size, "max_queue_chunks": 4096, "max_wait_ms": settings.max_wait_ms}
     schedulers = {
-        "static": Scheduler(model._run_batch, **options),
+        "static": Scheduler(model.service.run_batch, **options),
         "continuous": ContinuousScheduler(BarkRowEngine(engine, args.max_batch_size), **options),
     }
     if engine.device.type == "cuda":  # as the server's warm-up does: no request pays for a capture

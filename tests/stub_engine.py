@@ -14,8 +14,9 @@ import torch
 
 from model_server.config import Settings
 from model_server.generation.engine import BatchOutput, Sampling
-from model_server.generation.scheduler import Scheduler
+from model_server.generation.scheduler import BatchRunner, Scheduler
 from model_server.model import BarkTTS
+from model_server.synthesis import SynthesisService
 
 SAMPLE_RATE = 24_000
 
@@ -57,15 +58,23 @@ class StubEngine:
         return BatchOutput(waveforms=[np.full(len(text), 0.1, dtype=np.float32) for text in texts])
 
 
-def stub_model(settings: Settings, engine: StubEngine) -> BarkTTS:
-    """A ready BarkTTS over `engine`, with a real scheduler (create it inside a running event loop)."""
-    model = BarkTTS(settings)
-    model.engine = engine  # type: ignore[assignment]
-    model.scheduler = Scheduler(
-        model._run_batch,
+def static_scheduler(settings: Settings, run_batch: BatchRunner, engine: object) -> Scheduler:
+    """The static scheduler, as the stub engine has no row-stepping weights for the continuous one."""
+    return Scheduler(
+        run_batch,
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         max_queue_chunks=settings.max_queue_chunks,
     )
+
+
+def stub_service(settings: Settings, engine: StubEngine) -> SynthesisService:
+    """The synthesis service over `engine`, with a real scheduler (create it inside a running event loop)."""
+    return SynthesisService(settings, engine, static_scheduler)  # type: ignore[arg-type]
+
+
+def stub_model(settings: Settings, engine: StubEngine) -> BarkTTS:
+    """A ready BarkTTS over `engine` (create it inside a running event loop)."""
+    model = BarkTTS(settings, stub_service(settings, engine))
     model.ready = True
     return model

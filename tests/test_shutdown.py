@@ -84,4 +84,4 @@ def test_a_stopped_model_never_loads_again():
     model = stub_model(settings, engine)
     model.stop()
     assert model.load() is False
-    assert model.engine is engine and not model.ready
+    assert model.service.engine is engine and not model.ready

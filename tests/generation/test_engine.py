@@ -144,8 +144,11 @@ def test_a_decoder_fallback_under_auto_shows_in_bark_model_info(
     settings = Settings(model_dir=tiny_checkpoint, decoder="auto", warmup=False, model_name="fallback-test")
     model = BarkTTS(settings)
     assert model.load()
-    assert model.engine is not None
-    assert (model.engine.decoder_name, model.engine.decoder_fallback) == ("static", "cudagraph_unavailable")
+    assert model.service.engine is not None
+    assert (model.service.engine.decoder_name, model.service.engine.decoder_fallback) == (
+        "static",
+        "cudagraph_unavailable",
+    )
     labels = {"source": str(tiny_checkpoint), "decoder": "static", "decoder_fallback": "cudagraph_unavailable"}
     assert (
         REGISTRY.get_sample_value(

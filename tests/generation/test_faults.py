@@ -16,7 +16,7 @@ from model_server.errors import GenerationFailed
 from model_server.generation.engine import Sampling
 from model_server.generation.faults import run_splitting_on_oom
 from model_server.http.errors import register_error_handlers
-from model_server.model import ChunkPayload
+from model_server.synthesis import ChunkPayload
 from tests.stub_engine import StubEngine, stub_model
 
 KEY = ("v2/en_speaker_0", Sampling())
@@ -33,7 +33,7 @@ def payloads(count: int) -> list[ChunkPayload]:
 def test_out_of_memory_batch_is_split_in_halves_and_results_keep_their_order():
     engine = StubEngine(settings(), oom_above=2)
     model = stub_model(settings(), engine)
-    waveforms = model._run_batch(KEY, payloads(7))
+    waveforms = model.service.run_batch(KEY, payloads(7))
     # Each waveform has one sample per character of its text: chunk i has i + 1.
     assert [len(waveform) for waveform in waveforms] == [1, 2, 3, 4, 5, 6, 7]
     assert [len(call) for call in engine.calls] == [7, 3, 1, 2, 4, 2, 2]
@@ -59,7 +59,7 @@ def test_a_single_chunk_out_of_memory_fails():
     engine = StubEngine(settings(), oom_above=0)
     model = stub_model(settings(), engine)
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        model._run_batch(KEY, payloads(2))
+        model.service.run_batch(KEY, payloads(2))
     assert [len(call) for call in engine.calls] == [2, 1]
 
 
@@ -67,7 +67,7 @@ def test_other_errors_are_not_retried():
     engine = StubEngine(settings(), explode_on="x")
     model = stub_model(settings(), engine)
     with pytest.raises(RuntimeError, match="stub engine failure"):
-        model._run_batch(KEY, payloads(4))
+        model.service.run_batch(KEY, payloads(4))
     assert len(engine.calls) == 1
 
 
@@ -83,8 +83,7 @@ def test_failed_generation_fails_only_its_request_with_its_request_id():
             model(failing, headers={}),
             return_exceptions=True,
         )
-        assert model.scheduler is not None
-        await model.scheduler.close()
+        await model.service.close()
         return results[0], results[1], results[2]
 
     named, served, anonymous = asyncio.run(scenario())

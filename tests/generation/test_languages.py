@@ -25,7 +25,7 @@ from model_server.generation.text import (
     speech_seconds,
     split_sentences,
 )
-from model_server.model import BarkTTS, ChunkPayload
+from model_server.synthesis import ChunkPayload, SynthesisService
 from model_server.tiny import TINY_VOICE_PRESETS
 from tests.language_samples import LONG_JA, LONG_ZH, SENTENCES, joiner, paragraph
 from tests.stub_engine import StubEngine, stub_model
@@ -42,10 +42,9 @@ def spoken(text: str) -> str:
 def plan(
     prompt: str, language: str | None = None, voice: str = "v2/en_speaker_1", batch_chunk_size: int | None = None
 ) -> list[ChunkPayload]:
-    """BarkTTS.plan_chunks with the default settings (budgets as in production) on the stub engine."""
+    """SynthesisService.plan_chunks with the default settings (budgets as in production) on the stub engine."""
     defaults = Settings(warmup=False)
-    tts = BarkTTS(defaults)
-    tts.engine = StubEngine(defaults)  # type: ignore[assignment]
+    tts = SynthesisService(defaults, StubEngine(defaults), lambda *_: None)  # type: ignore[arg-type]
     fields = {"prompt": prompt, "voice": voice, "language": language, "batch_chunk_size": batch_chunk_size}
     return tts.plan_chunks(SynthesisRequest.model_validate(fields))
 
@@ -236,8 +235,7 @@ def test_any_text_is_a_200_or_a_clear_400_on_the_request_path(text, code):
         except InvalidInput as error:
             assert str(error), "a refusal says why"
         finally:
-            assert model.scheduler is not None
-            await model.scheduler.close()
+            await model.service.close()
 
     asyncio.run(scenario())
     assert all(chunk.strip() for call in engine.calls for chunk in call), "no empty chunk reaches the engine"

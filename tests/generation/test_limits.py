@@ -101,8 +101,7 @@ def test_request_over_max_output_seconds_is_refused_before_anything_is_queued():
         half = " ".join(text.split()[:20])
         response, _ = await model({"instances": [{"prompt": half}]}, headers={})
         assert response["predictions"][0]["chunks"] >= 1
-        assert model.scheduler is not None
-        await model.scheduler.close()
+        await model.service.close()
 
     asyncio.run(scenario())
     assert sum(len(text.split()) for call in engine.calls for text in call) == 20, "only the allowed request ran"

@@ -73,7 +73,7 @@ def speech_app(slow_s: float = 0.0, **overrides: Any) -> Iterator[App]:
     model = stub_model(settings, engine)
     app = FastAPI()
     register_error_handlers(app)
-    register_speech_route(app, model)
+    register_speech_route(app, model.service, lambda: model.ready)
     app.add_middleware(CancelOnDisconnect)
     app.add_middleware(CountOutcomes)
     port = free_port()
@@ -90,8 +90,7 @@ def speech_app(slow_s: float = 0.0, **overrides: Any) -> Iterator[App]:
         engine.release.set()
         server.should_exit = True
         thread.join(10)
-        assert model.scheduler is not None
-        model.scheduler._executor.shutdown(wait=False, cancel_futures=True)
+        model.service.scheduler._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def counted(code: int, reason: str) -> float:
@@ -130,7 +129,7 @@ def test_a_stream_longer_than_the_queue_is_a_400_before_any_byte(stream):
         error = assert_openai_error(speak(app, FOUR_SENTENCES, **stream), 400, "invalid_request_error", None)
         assert "more than the queue holds" in error["message"]
         wait_counted(400, "invalid_input", before + 1)
-        assert app.model.scheduler is not None and app.model.scheduler.queued_chunks == 0
+        assert app.model.service.scheduler.queued_chunks == 0
 
 
 def test_a_stream_on_a_full_queue_is_a_503_with_retry_after():
@@ -138,15 +137,14 @@ def test_a_stream_on_a_full_queue_is_a_503_with_retry_after():
         results: list[httpx.Response] = []
         holder = threading.Thread(target=lambda: results.append(speak(app, "Hold on. Then go.", stream=True)))
         holder.start()
-        assert app.model.scheduler is not None
         deadline = time.monotonic() + 10
-        while app.model.scheduler.queued_chunks != 1:  # "Hold on." runs (held), "Then go." waits
+        while app.model.service.scheduler.queued_chunks != 1:  # "Hold on." runs (held), "Then go." waits
             assert time.monotonic() < deadline
             time.sleep(0.02)
         before = counted(503, "overloaded")
         response = speak(app, "One more. And another.", stream=True)
         assert_openai_error(response, 503, "server_error", "overloaded")
-        assert response.headers["retry-after"] == str(app.model.scheduler.retry_after_s)
+        assert response.headers["retry-after"] == str(app.model.service.scheduler.retry_after_s)
         wait_counted(503, "overloaded", before + 1)
         app.engine.release.set()
         holder.join(30)
@@ -260,7 +258,7 @@ def test_a_client_leaving_mid_stream_closes_the_encoder_drops_its_chunks_and_cou
             assert response.status_code == 200
             next(response.iter_raw())  # the first sentence's audio; "Hold it." is being generated
         assert encoder_log["closed"].wait(5), "the encoder was not closed"
-        scheduler = app.model.scheduler
+        scheduler = app.model.service.scheduler
         assert scheduler is not None
         deadline = time.monotonic() + 5
         while scheduler.queued_chunks or counted(499, "cancelled") != before + 1:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,8 +23,8 @@ from model_server.http.errors import openai_error
 from model_server.http.openai_speech.protocol import SpeechRequest
 from model_server.http.openai_speech.serving import SpeechService, SpeechStream, StreamAborted, timeout_message
 from model_server.http.outcomes import note_reason
-from model_server.model import BarkTTS
 from model_server.paths import SPEECH_PATH
+from model_server.synthesis import SynthesisService
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +89,15 @@ class SpeechStreamResponse(StreamingResponse):
             self._stream.close()
 
 
-def register_speech_route(app: FastAPI, model: BarkTTS) -> None:
-    service = SpeechService(model)
+def register_speech_route(app: FastAPI, synthesis: SynthesisService, is_ready: Callable[[], bool]) -> None:
+    """POST /v1/audio/speech over `synthesis`; `is_ready` is the model's readiness (503 while false)."""
+    service = SpeechService(synthesis)
 
     async def create_speech(request: Request) -> Response:
         """Generate speech from text (OpenAI-compatible; see SpeechRequest for the body)."""
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        timeout_s = model.settings.request_timeout_s
-        if not model.ready:
+        timeout_s = synthesis.settings.request_timeout_s
+        if not is_ready():
             return _error(MODEL_NOT_READY, "model is not ready yet", request_id, headers={"Retry-After": "5"})
         try:
             body = json.loads(await request.body())

@@ -1,4 +1,4 @@
-"""Speech synthesis for the OpenAI route, on the same model, scheduler and encoders as v1 predict.
+"""Speech synthesis for the OpenAI route, on the same synthesis service and encoders as v1 predict.
 
 A stream is opened before its response starts: the body is validated, every chunk is queued
 (a full queue or a text longer than the queue is refused here) and the first chunk is generated
@@ -40,13 +40,13 @@ from model_server.generation.audio import (
     streaming_formats,
 )
 from model_server.generation.languages import resolve_language
-from model_server.generation.limits import check_output_seconds, check_words_per_request
+from model_server.generation.limits import check_words_per_request
 from model_server.http.errors import openai_error
 from model_server.http.openai_speech.protocol import SpeechRequest
 from model_server.http.outcomes import note_failure
-from model_server.model import BarkTTS, ChunkPayload, sampling_of
 from model_server.paths import OPENAI_SPEECH_ROUTE
 from model_server.schema import SynthesisRequest, describe_validation_error
+from model_server.synthesis import ChunkPayload, SynthesisService
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ def timeout_message(timeout_s: float) -> str:
 class SpeechService:
     """Turns a SpeechRequest into audio bytes, whole or streamed chunk by chunk."""
 
-    def __init__(self, model: BarkTTS):
-        self.model = model
+    def __init__(self, synthesis: SynthesisService):
+        self.synthesis = synthesis
 
     def plan(self, body: object, request_id: str | None) -> SpeechPlan:
         """Validate the body; raise InvalidInput naming the field (the router maps it to OpenAI's shape)."""
@@ -79,7 +79,7 @@ class SpeechService:
             request = SpeechRequest.model_validate(body)
         except ValidationError as error:
             raise InvalidInput(describe_validation_error(error)) from None
-        settings = self.model.settings
+        settings = self.synthesis.settings
         if not request.input.strip():
             raise InvalidInput("input: must not be empty")
         if len(request.input) > settings.max_prompt_chars:
@@ -91,19 +91,18 @@ class SpeechService:
             raise InvalidInput(
                 f"response_format: {request.response_format!r} cannot stream; use one of {streaming_formats()}"
             )
-        assert self.model.engine is not None
-        voice = self.model.engine.voices.resolve(request.voice, "voice")
+        voice = self.synthesis.resolve_voice(request.voice, "voice")
         language = resolve_language(request.language, voice)
         check_words_per_request([(request.input, language)], settings.max_words_per_request, "input")
         synthesis = SynthesisRequest.model_validate({"prompt": request.input, "voice": voice, "language": language})
         # Streaming speaks the first sentence as its own chunk so that audio starts sooner.
-        chunks = self.model.plan_chunks(synthesis, first_sentence_alone=request.streaming is not None)
-        check_output_seconds((chunk.budget for chunk in chunks), settings.max_output_seconds)
+        chunks = self.synthesis.plan_chunks(synthesis, first_sentence_alone=request.streaming is not None)
+        self.synthesis.check_output(chunks)
         return SpeechPlan(request, synthesis, chunks, request_id or uuid.uuid4().hex)
 
     async def whole(self, plan: SpeechPlan) -> bytes:
         started = time.perf_counter()
-        result = await self.model.synthesize(plan.synthesis, plan.chunks)
+        result = await self.synthesis.synthesize(plan.synthesis, plan.chunks)
         encoding_started = time.perf_counter()
         waveform, data = await anyio.to_thread.run_sync(self._speed_and_encode, result.waveform, plan)
         metrics.STAGE_LATENCY.labels(stage="encode").observe(time.perf_counter() - encoding_started)
@@ -112,20 +111,20 @@ class SpeechService:
 
     def _speed_and_encode(self, waveform: np.ndarray, plan: SpeechPlan) -> tuple[np.ndarray, bytes]:
         waveform = change_speed(waveform, plan.request.speed)
-        return waveform, encode(waveform, self.model.sample_rate, plan.request.response_format)
+        return waveform, encode(waveform, self.synthesis.sample_rate, plan.request.response_format)
 
     async def open_stream(self, plan: SpeechPlan) -> SpeechStream:
         """Queue every chunk and make the first piece: any refusal or failure raises here, before any byte."""
-        model = self.model
-        assert model.scheduler is not None
+        synthesis = self.synthesis
         started = time.perf_counter()
-        deadline = time.monotonic() + model.settings.request_timeout_s
-        key = (plan.synthesis.voice, sampling_of(plan.synthesis))
-        futures = model.scheduler.enqueue(key, plan.chunks, urgent_first=True)
+        deadline = time.monotonic() + synthesis.settings.request_timeout_s
+        futures = synthesis.enqueue(plan.synthesis, plan.chunks, urgent_first=True)
         try:
-            encoder = await anyio.to_thread.run_sync(stream_encoder, plan.request.response_format, model.sample_rate)
+            encoder = await anyio.to_thread.run_sync(
+                stream_encoder, plan.request.response_format, synthesis.sample_rate
+            )
         except BaseException:
-            model.scheduler.cancel(futures)
+            synthesis.cancel(futures)
             raise
         stream = SpeechStream(self, plan, futures, encoder, started, deadline)
         try:
@@ -136,9 +135,11 @@ class SpeechService:
         return stream
 
     def record_success(self, plan: SpeechPlan, chunks: int, started: float, samples: int) -> None:
-        audio_seconds = samples / self.model.sample_rate
+        audio_seconds = samples / self.synthesis.sample_rate
         wall = time.perf_counter() - started
-        self.model.record_success(OPENAI_SPEECH_ROUTE, plan.request_id, [plan.synthesis], chunks, wall, audio_seconds)
+        self.synthesis.record_success(
+            OPENAI_SPEECH_ROUTE, plan.request_id, [plan.synthesis], chunks, wall, audio_seconds
+        )
 
 
 class SpeechStream:
@@ -163,7 +164,7 @@ class SpeechStream:
         self._next = 0  # index of the next chunk to deliver; len(futures) means only the tail is left
         self._done = False
         self._samples = 0
-        self._pause = silence(service.model.sample_rate, service.model.settings.pause_ms)
+        self._pause = silence(service.synthesis.sample_rate, service.synthesis.settings.pause_ms)
 
     async def next_piece(self) -> bytes | None:
         """The next chunk's encoded audio, then the encoder's tail, then None."""
@@ -176,7 +177,7 @@ class SpeechStream:
         try:
             waveform = await asyncio.wait_for(future, max(self._deadline - time.monotonic(), 0))
         except asyncio.TimeoutError:
-            raise RequestTimedOut(timeout_message(self.service.model.settings.request_timeout_s)) from None
+            raise RequestTimedOut(timeout_message(self.service.synthesis.settings.request_timeout_s)) from None
         piece = await anyio.to_thread.run_sync(self._feed, waveform, self._next > 0)
         self._next += 1
         return piece
@@ -190,9 +191,7 @@ class SpeechStream:
 
     def close(self) -> None:
         """Drop the chunks that have not run (client gone, a chunk failed) and free the encoder."""
-        scheduler = self.service.model.scheduler
-        assert scheduler is not None
-        scheduler.cancel(self._futures)
+        self.service.synthesis.cancel(self._futures)
         self._encoder.close()
 
     async def audio(self) -> AsyncIterator[bytes]:
