@@ -37,7 +37,7 @@ $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || {
   echo "torch sees no CUDA device: nothing to check" | tee -a "$REPORT"; exit 1; }
 
 section "CUDA tests (graph capture and replay, static decoder and continuous rows)" 100 \
-  $PY -m pytest -q -x tests/test_decoding.py tests/test_continuous_engine.py -k "cuda or graph"
+  $PY -m pytest -q -x tests/generation/test_cuda_graphs.py tests/generation/test_decoding.py tests/generation/test_continuous_engine.py -k "cuda or graph"
 section "Decode steps/s, bark-small shapes, greedy" 70 \
   $PY benchmarks/decode_steps.py --size small --batches 1 8 32 --semantic-tokens 128 --repeats 2
 section "Decode steps/s, bark-small shapes, sampling" 40 \
