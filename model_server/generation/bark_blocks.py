@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -91,3 +92,41 @@ def attention_inputs(
     shape = (rows, length, weights.num_heads, weights.head_dim)
     query, key, value = (part.view(shape).transpose(1, 2) for part in qkv.split(weights.hidden_size, dim=2))
     return query, key, value
+
+
+def block_tail(weights: _StageWeights, layer: _LayerWeights, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """The rest of one block after attention: output projection, residual, MLP, residual."""
+    rows, _, length, _ = attended.shape
+    merged = attended.transpose(1, 2).reshape(rows, length, weights.hidden_size)
+    x = x + _linear(merged, layer.out_proj)
+    hidden = F.gelu(
+        _linear(_norm(x, layer.norm_2, weights.norm_eps), layer.mlp_in), approximate=weights.gelu_approximate
+    )
+    return x + _linear(hidden, layer.mlp_out)
+
+
+def head(weights: _StageWeights, x: torch.Tensor) -> torch.Tensor:
+    """Final norm and the language-model head: (rows, hidden) -> (rows, vocab) logits."""
+    return F.linear(_norm(x, weights.final_norm, weights.norm_eps), weights.lm_head)
+
+
+def prefill_into(
+    weights: _StageWeights, embeds: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """Run prompts (rows, length, hidden) eagerly, writing K/V positions [0, length) of `keys`/`values`
+    (layers, rows, heads, positions, head_dim: views of a cache's rows); return the last logits.
+
+    Both decoders prefill this way: the batch decoder into its first rows, the continuous stepper into
+    a row's slots.
+    """
+    length = embeds.shape[1]
+    positions = torch.arange(length, device=embeds.device)
+    x = embeds.to(dtype) + F.embedding(positions, weights.position_embedding)[None]
+    scale = 1.0 / math.sqrt(weights.head_dim)
+    for index, layer in enumerate(weights.layers):
+        query, key, value = attention_inputs(weights, layer, x)
+        keys[index, :, :, :length] = key
+        values[index, :, :, :length] = value
+        attended = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale)
+        x = block_tail(weights, layer, x, attended)
+    return head(weights, x[:, -1])

@@ -21,7 +21,14 @@ from transformers import BarkModel
 from transformers.models.bark.modeling_bark import BarkCausalModel
 
 from model_server import metrics
-from model_server.generation.bark_blocks import _LayerWeights, _linear, _norm, _StageWeights, attention_inputs
+from model_server.generation.bark_blocks import (
+    _LayerWeights,
+    _StageWeights,
+    attention_inputs,
+    block_tail,
+    head,
+    prefill_into,
+)
 from model_server.generation.faults import OUT_OF_MEMORY
 
 logger = logging.getLogger(__name__)
@@ -198,21 +205,6 @@ class StepRunner:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return attention_inputs(weights, layer, x)
 
-    def _block_tail(
-        self, weights: _StageWeights, layer: _LayerWeights, x: torch.Tensor, attended: torch.Tensor
-    ) -> torch.Tensor:
-        rows, _, length, _ = attended.shape
-        merged = attended.transpose(1, 2).reshape(rows, length, weights.hidden_size)
-        x = x + _linear(merged, layer.out_proj)
-        hidden = F.gelu(
-            _linear(_norm(x, layer.norm_2, weights.norm_eps), layer.mlp_in),
-            approximate=weights.gelu_approximate,
-        )
-        return x + _linear(hidden, layer.mlp_out)
-
-    def _head(self, weights: _StageWeights, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(_norm(x, weights.final_norm, weights.norm_eps), weights.lm_head)
-
     def _prefill(self, stage: _Stage, embeds: torch.Tensor) -> torch.Tensor:
         """Run the prompt (eagerly), fill cache positions [0, length), return the last logits."""
         weights, cache = stage.weights, stage.cache
@@ -221,16 +213,7 @@ class StepRunner:
             raise ValueError(f"batch of {rows} exceeds max_batch_size={self.max_batch_size}")
         if length > cache.max_positions:
             raise ValueError(f"a {stage.name} prompt of {length} tokens exceeds {cache.max_positions} positions")
-        positions = torch.arange(length, device=self.device)
-        x = embeds.to(self.dtype) + F.embedding(positions, weights.position_embedding)[None]
-        scale = 1.0 / math.sqrt(weights.head_dim)
-        for index, layer in enumerate(weights.layers):
-            query, key, value = self._attention_inputs(weights, layer, x)
-            cache.keys[index, :rows, :, :length] = key
-            cache.values[index, :rows, :, :length] = value
-            attended = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale)
-            x = self._block_tail(weights, layer, x, attended)
-        return self._head(weights, x[:, -1])
+        return prefill_into(weights, embeds, cache.keys[:, :rows], cache.values[:, :rows], self.dtype)
 
     def _step(self, stage: _Stage, rows: int, kv_len: int) -> torch.Tensor:
         """One token per row at `self._position`: static shapes, no host sync, graph-capturable.
@@ -252,8 +235,8 @@ class StepRunner:
             attended = F.scaled_dot_product_attention(
                 query, keys[:, :, :kv_len], values[:, :, :kv_len], attn_mask=valid, scale=scale
             )
-            x = self._block_tail(weights, layer, x, attended)
-        return self._head(weights, x[:, 0])
+            x = block_tail(weights, layer, x, attended)
+        return head(weights, x[:, 0])
 
     def _kv_len(self, stage: _Stage, position: int) -> int:
         """Keys to attend over: the position rounded up to a block, so graphs are few but short."""

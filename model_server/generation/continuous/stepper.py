@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BarkModel
 
-from model_server.generation.bark_blocks import _linear, _norm, _StageWeights, attention_inputs
+from model_server.generation.bark_blocks import _StageWeights, attention_inputs, block_tail, head, prefill_into
 from model_server.generation.step_runner import _MIN_DECODE_POSITION, batch_bucket, capture_graph
 
 logger = logging.getLogger(__name__)
@@ -116,17 +116,8 @@ class RowStepper:
             raise ValueError(f"{rows} rows at slot {first_slot} exceed the {self.slots} cache slots")
         if length > stage.max_positions:
             raise ValueError(f"a {stage_name} prompt of {length} tokens exceeds {stage.max_positions} positions")
-        positions = torch.arange(length, device=self.device)
-        x = embeds.to(self.dtype) + F.embedding(positions, weights.position_embedding)[None]
-        scale = 1.0 / math.sqrt(weights.head_dim)
         end = first_slot + rows
-        for index, layer in enumerate(weights.layers):
-            query, key, value = attention_inputs(weights, layer, x)
-            stage.keys[index, first_slot:end, :, :length] = key
-            stage.values[index, first_slot:end, :, :length] = value
-            attended = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale)
-            x = _tail(weights, layer, x, attended)
-        return _head(weights, x[:, -1])
+        return prefill_into(weights, embeds, stage.keys[:, first_slot:end], stage.values[:, first_slot:end], self.dtype)
 
     def move(self, stage_name: str, source: int, target: int, length: int) -> None:
         """Copy a row's cache [0, length) from one slot to another (compacting after a row left)."""
@@ -189,8 +180,8 @@ class RowStepper:
             attended = F.scaled_dot_product_attention(
                 query, keys[:, :, :kv_len], values[:, :, :kv_len], attn_mask=mask, scale=scale
             )
-            x = _tail(weights, layer, x, attended)
-        return _head(weights, x[:, 0])
+            x = block_tail(weights, layer, x, attended)
+        return head(weights, x[:, 0])
 
     # -- CUDA graphs ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -228,17 +219,3 @@ class RowStepper:
         graph, logits = capture_graph(step, self.device, self._pool)
         logger.debug("captured a row step graph in %.1f ms", (time.perf_counter() - started) * 1e3)
         return _Graph(graph, logits)
-
-
-def _tail(weights: _StageWeights, layer: Any, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-    rows, _, length, _ = attended.shape
-    merged = attended.transpose(1, 2).reshape(rows, length, weights.hidden_size)
-    x = x + _linear(merged, layer.out_proj)
-    hidden = F.gelu(
-        _linear(_norm(x, layer.norm_2, weights.norm_eps), layer.mlp_in), approximate=weights.gelu_approximate
-    )
-    return x + _linear(hidden, layer.mlp_out)
-
-
-def _head(weights: _StageWeights, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(_norm(x, weights.final_norm, weights.norm_eps), weights.lm_head)
