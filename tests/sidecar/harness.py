@@ -61,6 +61,13 @@ def job_body(receiver: Receiver, prompt: str = "Hello there.", **model_input: An
 # -- audio -----------------------------------------------------------------------------------------
 
 
+def submit(url: str, body: dict[str, object]) -> str:
+    """POST a job to a running sidecar; its id (the 202 is asserted)."""
+    response = httpx.post(f"{url}/async_predict", json=body, timeout=10)
+    assert response.status_code == 202, response.text
+    return str(response.json()["job_id"])
+
+
 def samples_for(prompt: str) -> np.ndarray:
     """Audio that identifies its prompt: 16 PCM16 samples from the prompt's SHA-256."""
     return np.frombuffer(hashlib.sha256(prompt.encode()).digest(), dtype=np.int16)

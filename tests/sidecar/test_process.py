@@ -26,6 +26,7 @@ from tests.sidecar.harness import (
     decode_wav,
     job_body,
     samples_for,
+    submit,
     wait_for,
 )
 from webhook_sidecar.signing import verify
@@ -59,12 +60,6 @@ def start_sidecar(tmp_path: Path, fake_model: FakeModel) -> Iterator[Callable[..
 def states(db_path: Path) -> dict[str, str]:
     with sqlite3.connect(db_path) as db:
         return dict(db.execute("SELECT id, state FROM jobs").fetchall())
-
-
-def submit(url: str, body: dict[str, object]) -> str:
-    response = httpx.post(f"{url}/async_predict", json=body, timeout=10)
-    assert response.status_code == 202, response.text
-    return str(response.json()["job_id"])
 
 
 def test_sigkill_while_queued_running_and_delivering_loses_no_job(

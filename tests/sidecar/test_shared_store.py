@@ -27,6 +27,7 @@ from tests.sidecar.harness import (
     SidecarProcess,
     job_body,
     prediction_for,
+    submit,
     wait_for,
     wav_for,
 )
@@ -65,12 +66,6 @@ def start_sidecar(tmp_path: Path, fake_model: FakeModel, pg_url: str) -> Iterato
 def states(pg_url: str) -> dict[str, str]:
     with psycopg.connect(pg_url) as conn:
         return dict(conn.execute("SELECT id, state FROM bark_jobs").fetchall())
-
-
-def submit(url: str, body: dict[str, object]) -> str:
-    response = httpx.post(f"{url}/async_predict", json=body, timeout=10)
-    assert response.status_code == 202, response.text
-    return str(response.json()["job_id"])
 
 
 def by_webhook_id(deliveries: list[Delivery]) -> dict[str, list[Delivery]]:
