@@ -11,6 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
+from .errors import InvalidInput
 from .formats import AudioFormat
 
 # At least 0.01: logits divided by a near-zero temperature overflow to inf and sampling fails
@@ -58,12 +59,14 @@ class SynthesisRequest(BaseModel):
     seed: StrictInt | None = Field(None, ge=0, le=2**32 - 1, description="fixes sampling for repeatable audio")
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line per problem, naming the field the way a client wrote it (e.g. instances[0].voice)."""
-    lines = []
+def invalid_input_from(error: ValidationError) -> InvalidInput:
+    """A 400 with one line per problem, each naming the field the way a client wrote it
+    (`instances[0].voice`); `param` is the first problem's field (None for the body as a whole)."""
+    fields, lines = [], []
     for item in error.errors():
         path = ""
         for part in item["loc"]:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        fields.append(path or None)
         lines.append(f"{path or 'body'}: {item['msg']}")
-    return "; ".join(lines)
+    return InvalidInput("; ".join(lines), param=fields[0] if fields else None)

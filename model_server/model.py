@@ -17,9 +17,7 @@ import orjson
 from kserve import Model
 from kserve.errors import InvalidInput as KServeInvalidInput
 
-from model_server import metrics
-from model_server.config import Settings
-from model_server.errors import (
+from bark_common.errors import (
     CANCELLED,
     GENERATION_ERROR,
     INVALID_INPUT,
@@ -30,6 +28,8 @@ from model_server.errors import (
     Overloaded,
     RequestTimedOut,
 )
+from model_server import metrics
+from model_server.config import Settings
 from model_server.generation import audio
 from model_server.http.outcomes import note_reason
 from model_server.paths import V1_PREDICT_ROUTE
@@ -106,7 +106,7 @@ class BarkTTS(Model):
             try:
                 payload = orjson.loads(payload)
             except orjson.JSONDecodeError as error:
-                raise InvalidInput(f"body is not valid JSON: {error}") from None
+                raise InvalidInput(f"body is not valid JSON: {error}", param=None) from None
         instances = parse_predict_body(payload, self.settings)
         service = self.service
         return [
@@ -160,7 +160,7 @@ class BarkTTS(Model):
         timeout = self.settings.request_timeout_s
         # Planned up front so that the whole request's estimated audio is checked before any chunk queues.
         service = self.service
-        plans = [service.plan_chunks(instance) for instance in payload]
+        plans = [service.plan_chunks(instance, field=f"instances[{i}].prompt") for i, instance in enumerate(payload)]
         service.check_output(chunk for plan in plans for chunk in plan)
         try:
             work = (service.synthesize(instance, plan) for instance, plan in zip(payload, plans, strict=True))

@@ -12,14 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bark_common.errors import InvalidInput
+
 # The request schema lives in bark_common (pydantic only), so the webhook sidecar can validate jobs
 # without importing kserve or torch; these names stay importable from here.
 from bark_common.schema import DEFAULT_VOICE as DEFAULT_VOICE
 from bark_common.schema import SynthesisRequest as SynthesisRequest
 from bark_common.schema import Temperature as Temperature
-from bark_common.schema import describe_validation_error as describe_validation_error
+from bark_common.schema import invalid_input_from
 from model_server.config import Settings
-from model_server.errors import InvalidInput
 from model_server.generation.audio import AudioFormat
 from model_server.generation.languages import resolve_language
 from model_server.generation.limits import check_words_per_request
@@ -46,17 +47,19 @@ class PredictRequest(BaseModel):
 def parse_predict_body(body: Any, settings: Settings) -> list[SynthesisRequest]:
     """Validate a v1 body into instances, raising InvalidInput (HTTP 400) that names the field."""
     if not isinstance(body, dict):
-        raise InvalidInput("body must be a JSON object with an 'instances' list or a 'prompt'")
+        raise InvalidInput("body must be a JSON object with an 'instances' list or a 'prompt'", param=None)
     if "instances" not in body and "prompt" in body:
         body = {"instances": [body]}
     if "instances" in body and not isinstance(body["instances"], list):
-        raise InvalidInput("instances: must be a list of objects")
+        raise InvalidInput("instances: must be a list of objects", param="instances")
     try:
         request = PredictRequest.model_validate(body)
     except ValidationError as error:
-        raise InvalidInput(describe_validation_error(error)) from None
+        raise invalid_input_from(error) from None
     if len(request.instances) > settings.max_instances:
-        raise InvalidInput(f"instances: at most {settings.max_instances} per request (max_instances)")
+        raise InvalidInput(
+            f"instances: at most {settings.max_instances} per request (max_instances)", param="instances"
+        )
     for index, instance in enumerate(request.instances):
         _check_bounds(instance, f"instances[{index}]", settings)
     _check_total_words(request.instances, settings)
@@ -72,15 +75,17 @@ def _check_total_words(instances: list[SynthesisRequest], settings: Settings) ->
 
 def _check_bounds(instance: SynthesisRequest, where: str, settings: Settings) -> None:
     if not instance.prompt.strip():
-        raise InvalidInput(f"{where}.prompt: must not be empty")
+        raise InvalidInput(f"{where}.prompt: must not be empty", param=f"{where}.prompt")
     if len(instance.prompt) > settings.max_prompt_chars:
         raise InvalidInput(
             f"{where}.prompt: {len(instance.prompt)} characters is over the limit of "
-            f"{settings.max_prompt_chars} (max_prompt_chars)"
+            f"{settings.max_prompt_chars} (max_prompt_chars)",
+            param=f"{where}.prompt",
         )
     size = instance.batch_chunk_size
     if size is not None and not settings.min_chunk_words <= size <= settings.max_chunk_words:
         raise InvalidInput(
             f"{where}.batch_chunk_size: must be between {settings.min_chunk_words} and "
-            f"{settings.max_chunk_words} words, got {size}"
+            f"{settings.max_chunk_words} words, got {size}",
+            param=f"{where}.batch_chunk_size",
         )

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from bark_common.errors import InvalidInput
 from model_server import metrics
 from model_server.config import Settings
-from model_server.errors import InvalidInput
 from model_server.generation import audio
 from model_server.generation.engine import BarkEngine, Sampling
 from model_server.generation.faults import release_cached_memory, run_splitting_on_oom
@@ -105,8 +105,12 @@ class SynthesisService:
         """The voice presets with their language, and the OpenAI-name aliases."""
         return {"voices": self.engine.voices.describe(), "aliases": self.engine.voices.aliases}
 
-    def plan_chunks(self, request: SynthesisRequest, first_sentence_alone: bool = False) -> list[ChunkPayload]:
-        """Sentences packed into chunks, each with a semantic token budget from its estimated speech."""
+    def plan_chunks(
+        self, request: SynthesisRequest, first_sentence_alone: bool = False, field: str = "prompt"
+    ) -> list[ChunkPayload]:
+        """Sentences packed into chunks, each with a semantic token budget from its estimated speech.
+
+        `field` names the text as the client sent it (`input` on the OpenAI route) in a 400."""
         settings = self.settings
         started = time.perf_counter()
         language = resolve_language(request.language, request.voice)
@@ -114,7 +118,7 @@ class SynthesisService:
         chunks = plan_chunks(request.prompt, max_words, language, first_sentence_alone)
         metrics.STAGE_LATENCY.labels(stage="split").observe(time.perf_counter() - started)
         if not chunks:
-            raise InvalidInput("prompt: has no words to speak (no letter or digit in it)")
+            raise InvalidInput(f"{field}: has no words to speak (no letter or digit in it)", param=field)
         per_word, minimum = settings.semantic_tokens_per_word, settings.semantic_tokens_min
         return [
             ChunkPayload(chunk.text, semantic_budget(chunk.seconds, per_word, minimum, self.engine.max_semantic_tokens))

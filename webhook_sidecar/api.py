@@ -2,7 +2,8 @@
 
 Routes: `POST /async_predict` (the original API's body), `POST /` (a CloudEvent, binary or structured
 mode, as a Knative Trigger sends it), `GET /jobs/{id}`, `GET /downloads/{token}`, and the open
-`/healthz`, `/readyz`, `/metrics`. Every error is `{"error": "..."}` with the status saying what kind.
+`/healthz`, `/readyz`, `/metrics`. Every error is one of the error table's types
+(`bark_common.errors`), answered in one place as `{"error": "..."}` with the row's status.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
+from bark_common.errors import BodyTooLarge, Conflict, Gone, InvalidInput, NotFound, ServingError, Unavailable
 from bark_common.formats import content_type
-from bark_common.schema import describe_validation_error
+from bark_common.schema import invalid_input_from
 
-from .auth import Unauthorized, authenticated_key, principal
+from .auth import authenticated_key, principal
 from .config import Settings
 from .delivery import DEFAULT_EVENT_SOURCE, iso_time
 from .jobs import DELIVERABLE, Job, StoreUnavailable
@@ -41,17 +43,12 @@ from .urls import UnsafeUrl, check_webhook_url_async
 logger = logging.getLogger("webhook_sidecar")
 IDEMPOTENCY_HEADER = "idempotency-key"
 _MAX_IDEMPOTENCY_KEY_CHARS = 255
-_DRAIN_RETRY_AFTER_S = "5"
+_RETRY_AFTER_S = 5
 
 
-class ApiError(Exception):
-    """An HTTP error answer; raised anywhere in a handler, turned into JSON in one place."""
-
-    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.headers = headers or {}
+def error_response(error: ServingError) -> JSONResponse:
+    """The sidecar's wire format of the error table: `{"error": message}`, the row's status."""
+    return JSONResponse({"error": str(error)}, status_code=error.description.status, headers=error.http_headers())
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -68,19 +65,16 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="bark-kserve job sidecar", lifespan=lifespan)
     app.state.service = service
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse({"error": error.message}, status_code=error.status_code, headers=error.headers)
+    @app.exception_handler(ServingError)
+    async def _serving_error(_: Request, error: ServingError) -> JSONResponse:
+        return error_response(error)
 
     @app.exception_handler(StoreUnavailable)
     async def _store_unavailable(_: Request, error: StoreUnavailable) -> JSONResponse:
         # The database restarting or failing over: the client retries (the idempotency key makes it safe).
+        # The database's own message stays in the log.
         logger.warning("answering 503: %s", error)
-        return JSONResponse(
-            {"error": "the job store is unavailable; retry shortly"},
-            status_code=503,
-            headers={"retry-after": _DRAIN_RETRY_AFTER_S},
-        )
+        return error_response(Unavailable("the job store is unavailable; retry shortly", _RETRY_AFTER_S))
 
     @app.post("/async_predict", status_code=202, tags=["jobs"])
     async def async_predict(request: Request) -> Response:
@@ -91,11 +85,13 @@ def create_app(settings: Settings) -> FastAPI:
         job_request = await _validate(body, service)
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is not None and not 0 < len(key) <= _MAX_IDEMPOTENCY_KEY_CHARS:
-            raise ApiError(400, f"Idempotency-Key: must be 1 to {_MAX_IDEMPOTENCY_KEY_CHARS} characters")
+            raise InvalidInput(
+                f"Idempotency-Key: must be 1 to {_MAX_IDEMPOTENCY_KEY_CHARS} characters", param="Idempotency-Key"
+            )
         scoped = _scoped_key(caller, "http", key) if key else None
         job, created = await service.submit(job_request, _public_base(service, request), scoped)
         if not created and job.request_hash != request_hash(job_request):
-            raise ApiError(409, "Idempotency-Key: already used for a different request body")
+            raise Conflict("Idempotency-Key: already used for a different request body")
         accepted = _accepted(job)
         headers = {"location": accepted.status_url}
         if not created:
@@ -116,10 +112,12 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             event = from_http(dict(request.headers), raw)
         except CloudEventError as error:
-            raise ApiError(400, f"not a CloudEvent: {error}") from None
+            raise InvalidInput(f"not a CloudEvent: {error}", param=None) from None
         event_type = event["type"]
         if event_type != service.settings.request_event_type:
-            raise ApiError(400, f"type: expected {service.settings.request_event_type!r}, got {event_type!r}")
+            raise InvalidInput(
+                f"type: expected {service.settings.request_event_type!r}, got {event_type!r}", param="type"
+            )
         job_request = await _validate(_event_data(event), service)
         scoped = _scoped_key(caller, "cloudevent", f"{event['source']}\n{event['id']}")
         job, _created = await service.submit(job_request, _public_base(service, request), scoped)
@@ -150,16 +148,16 @@ def create_app(settings: Settings) -> FastAPI:
         """Audio too large to deliver inline. The unguessable, expiring token is the credential
         (receivers hold no API key), like a presigned URL."""
         if not service.started:
-            raise ApiError(503, "starting")
+            raise Unavailable("starting", _RETRY_AFTER_S)
         job = await asyncio.to_thread(service.store.get_by_download_token, token)
         if job is None:
-            raise ApiError(404, "no download with this token")
+            raise NotFound("no download with this token")
         if (job.download_expires_at or 0) < time.time() or job.result is None:
-            raise ApiError(410, "this download link has expired")
+            raise Gone("this download link has expired")
         try:
             audio = base64.b64decode(job.result["audio"], validate=True)
         except (KeyError, binascii.Error):
-            raise ApiError(410, "this download has no audio") from None
+            raise Gone("this download has no audio") from None
         audio_format = str(job.result.get("format", "wav"))
         return Response(
             audio,
@@ -193,17 +191,14 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _authenticate(service: JobService, request: Request) -> str | None:
-    """The matching key (None when auth is off); a 401 naming both accepted headers otherwise."""
-    try:
-        return authenticated_key(request.headers, service.api_keys)
-    except Unauthorized as error:
-        raise ApiError(401, str(error), {"www-authenticate": "Bearer"}) from None
+    """The matching key (None when auth is off); Unauthorized (401) naming both accepted headers otherwise."""
+    return authenticated_key(request.headers, service.api_keys)
 
 
 def _refuse_when_draining(service: JobService) -> None:
     if not service.ready:
         reason = "shutting down" if service.draining else "starting"
-        raise ApiError(503, f"not taking jobs: {reason}; retry shortly", {"retry-after": _DRAIN_RETRY_AFTER_S})
+        raise Unavailable(f"not taking jobs: {reason}; retry shortly", _RETRY_AFTER_S)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -212,7 +207,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     A declared Content-Length is checked first; a chunked body (no length) is counted while it
     streams in, so a client cannot make us buffer more than `limit` bytes.
     """
-    too_large = ApiError(413, f"body: larger than {limit} bytes")
+    too_large = BodyTooLarge(f"body: larger than {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
@@ -229,7 +224,7 @@ async def _read_json(request: Request, limit: int) -> Any:
     try:
         return json.loads(raw)
     except ValueError:
-        raise ApiError(400, "body: not valid JSON") from None
+        raise InvalidInput("body: not valid JSON", param=None) from None
 
 
 def _event_data(event: CloudEvent) -> Any:
@@ -238,7 +233,7 @@ def _event_data(event: CloudEvent) -> Any:
         try:
             return json.loads(data)
         except ValueError:
-            raise ApiError(400, "data: not valid JSON") from None
+            raise InvalidInput("data: not valid JSON", param="data") from None
     return data
 
 
@@ -247,11 +242,11 @@ async def _validate(body: Any, service: JobService) -> AsyncPredictRequest:
     try:
         job_request = AsyncPredictRequest.model_validate(body)
     except ValidationError as error:
-        raise ApiError(400, describe_validation_error(error)) from None
+        raise invalid_input_from(error) from None
     try:
         await check_webhook_url_async(job_request.webhook_endpoint, service.allowlist)
     except UnsafeUrl as error:
-        raise ApiError(400, str(error)) from None
+        raise InvalidInput(str(error), param="webhook_endpoint") from None
     return job_request
 
 
@@ -271,7 +266,7 @@ def _accepted(job: Job) -> JobAccepted:
 async def _get_job(service: JobService, job_id: str) -> Job:
     job = await asyncio.to_thread(service.store.get, job_id)
     if job is None:
-        raise ApiError(404, "no job with this id")
+        raise NotFound("no job with this id")
     return job
 
 

@@ -11,14 +11,11 @@ import hashlib
 from collections.abc import Mapping
 
 from bark_common.api_keys import UNAUTHORIZED_MESSAGE, key_is_valid, presented_key
+from bark_common.errors import Unauthorized
 
-__all__ = ["UNAUTHORIZED_MESSAGE", "Unauthorized", "authenticated_key", "principal"]
+__all__ = ["UNAUTHORIZED_MESSAGE", "authenticated_key", "principal"]
 
 ANONYMOUS = "-"
-
-
-class Unauthorized(Exception):
-    """No key, or not one of ours (HTTP 401)."""
 
 
 def authenticated_key(headers: Mapping[str, str], keys: tuple[str, ...]) -> str | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model_server.errors import InvalidInput
+from bark_common.errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ def resolve_language(requested: str | None, voice: str, field: str = "language")
     if requested is not None:
         if requested not in LANGUAGES:
             raise InvalidInput(
-                f"{field}: {requested!r} is not one of Bark's languages; use one of {', '.join(LANGUAGES)}"
+                f"{field}: {requested!r} is not one of Bark's languages; use one of {', '.join(LANGUAGES)}",
+                param=field,
             )
         return requested
     return language_of(voice) or DEFAULT_LANGUAGE

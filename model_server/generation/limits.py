@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from model_server.errors import InvalidInput
+from bark_common.errors import InvalidInput
 from model_server.generation.text import request_words
 
 #: Bark's semantic tokens per second of speech: a chunk's token budget bounds its audio length.
@@ -28,7 +28,8 @@ def check_output_seconds(budgets: Iterable[int], limit_s: float) -> None:
     if estimate > limit_s:
         raise InvalidInput(
             f"request may produce up to {estimate:.1f} s of audio, over the limit of {limit_s:g} s "
-            "(max_output_seconds); send a shorter text"
+            "(max_output_seconds); send a shorter text",
+            param=None,
         )
 
 
@@ -40,5 +41,6 @@ def check_words_per_request(texts: Iterable[tuple[str, str]], limit: int, where:
     if words > limit + 1e-9:
         count = f"{words:.0f}" if float(words).is_integer() else f"about {words:.1f}"
         raise InvalidInput(
-            f"{where}: {count} words in total is over the limit of {limit} per request (max_words_per_request)"
+            f"{where}: {count} words in total is over the limit of {limit} per request (max_words_per_request)",
+            param=where,
         )

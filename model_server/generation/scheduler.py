@@ -15,12 +15,13 @@ import concurrent.futures
 import contextlib
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
+from bark_common.errors import InvalidInput, Overloaded
 from model_server import metrics
-from model_server.errors import InvalidInput, Overloaded
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def check_fits_queue(chunks: int, max_queue_chunks: int) -> None:
     if chunks > max_queue_chunks:
         raise InvalidInput(
             f"request needs {chunks} chunks, more than the queue holds "
-            f"({max_queue_chunks}); send a shorter text or a larger batch_chunk_size"
+            f"({max_queue_chunks}); send a shorter text or a larger batch_chunk_size",
+            param=None,
         )
 
 
@@ -85,7 +87,56 @@ async def results_in_order(
         cancel(futures)
 
 
-class Scheduler(Generic[Key, Result]):
+class ChunkScheduler(ABC, Generic[Key, Result]):
+    """What the synthesis service uses; `Scheduler` (static batches) and `ContinuousScheduler` (rows
+    stepped together) differ only in how they queue and run chunks, not in the queue's bounds."""
+
+    def __init__(self, *, max_queue_chunks: int, retry_after_s: int):
+        self.max_queue_chunks = max_queue_chunks
+        self.retry_after_s = retry_after_s
+        metrics.QUEUE_CAPACITY.set(max_queue_chunks)
+
+    @property
+    @abstractmethod
+    def queued_chunks(self) -> int:
+        """Chunks waiting to start (the bounded queue's depth)."""
+
+    async def submit(self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False) -> list[Result]:
+        """Queue the chunks of one request and wait for all of their results, in order."""
+        return await results_in_order(self.enqueue(key, payloads, urgent_first=urgent_first), self.cancel)
+
+    def enqueue(
+        self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False
+    ) -> list[asyncio.Future[Result]]:
+        """Queue chunks and return one future per chunk (for callers that stream results).
+
+        `urgent_first`: a stream's first chunk goes ahead of waiting chunks, so its audio starts sooner.
+        """
+        check_fits_queue(len(payloads), self.max_queue_chunks)
+        return self._enqueue(key, payloads, urgent_first)
+
+    def _check_room(self, adding: int) -> None:
+        """Overloaded (503 + Retry-After) rather than a queue that grows without bound."""
+        if self.queued_chunks + adding > self.max_queue_chunks:
+            raise Overloaded(
+                f"server busy: {self.queued_chunks} chunks queued (capacity {self.max_queue_chunks}); retry later",
+                self.retry_after_s,
+            )
+
+    @abstractmethod
+    def _enqueue(self, key: Key, payloads: Sequence[object], urgent_first: bool) -> list[asyncio.Future[Result]]:
+        """Queue chunks already known to fit the queue's capacity (call `_check_room` under the lock)."""
+
+    @abstractmethod
+    def cancel(self, futures: Sequence[asyncio.Future[Result]]) -> None:
+        """Drop a request's chunks that have not finished (client gone, timeout, a sibling failed)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop the worker; chunks still queued are dropped."""
+
+
+class Scheduler(ChunkScheduler[Key, Result]):
     """Asyncio front (submit/await) over a single worker thread that runs batches."""
 
     def __init__(
@@ -97,18 +148,16 @@ class Scheduler(Generic[Key, Result]):
         max_queue_chunks: int,
         retry_after_s: int = 2,
     ):
+        super().__init__(max_queue_chunks=max_queue_chunks, retry_after_s=retry_after_s)
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
-        self.max_queue_chunks = max_queue_chunks
-        self.retry_after_s = retry_after_s
         self._pending: collections.OrderedDict[Key, collections.deque[_Chunk[Result]]] = collections.OrderedDict()
         self._queued = 0
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         # One thread: the engine is not re-entrant and one GPU runs one batch at a time anyway.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bark-batch")
-        metrics.QUEUE_CAPACITY.set(max_queue_chunks)
 
     @property
     def queued_chunks(self) -> int:
@@ -119,20 +168,8 @@ class Scheduler(Generic[Key, Result]):
             self._wakeup = asyncio.Event()
             self._worker = asyncio.get_running_loop().create_task(self._work(), name="bark-scheduler")
 
-    async def submit(self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False) -> list[Result]:
-        """Queue the chunks of one request and wait for all of their results, in order."""
-        return await results_in_order(self.enqueue(key, payloads, urgent_first=urgent_first), self.cancel)
-
-    def enqueue(
-        self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False
-    ) -> list[asyncio.Future[Result]]:
-        """Queue chunks and return one future per chunk (for callers that stream results)."""
-        check_fits_queue(len(payloads), self.max_queue_chunks)
-        if self._queued + len(payloads) > self.max_queue_chunks:
-            raise Overloaded(
-                f"server busy: {self._queued} chunks queued (capacity {self.max_queue_chunks}); retry later",
-                self.retry_after_s,
-            )
+    def _enqueue(self, key: Key, payloads: Sequence[object], urgent_first: bool) -> list[asyncio.Future[Result]]:
+        self._check_room(len(payloads))
         self._ensure_worker()
         loop = asyncio.get_running_loop()
         chunks = [
@@ -237,21 +274,6 @@ class Scheduler(Generic[Key, Result]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-class ChunkScheduler(Protocol):
-    """What model.py and the OpenAI route use; both `Scheduler` and `ContinuousScheduler` provide it."""
-
-    @property
-    def queued_chunks(self) -> int: ...
-
-    async def submit(self, key: Any, payloads: Sequence[object], *, urgent_first: bool = False) -> list[Any]: ...
-
-    def enqueue(self, key: Any, payloads: Sequence[object], *, urgent_first: bool = False) -> list[Any]: ...
-
-    def cancel(self, futures: Sequence[Any]) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 def build_scheduler(settings: Any, run_batch: BatchRunner, engine: Any) -> ChunkScheduler:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from model_server.errors import InvalidInput
+from bark_common.errors import InvalidInput
 from model_server.generation.languages import LANGUAGES, language_of
 from model_server.paths import VOICES_PATH
 
@@ -47,7 +47,8 @@ class VoiceLibrary:
             examples = ", ".join([*self.names[:3], *list(self.aliases)[:2]])
             raise InvalidInput(
                 f"{field}: unknown voice {voice!r}; GET {VOICES_PATH} lists the {len(self.names)} "
-                f"available voices (e.g. {examples})"
+                f"available voices (e.g. {examples})",
+                param=field,
             )
 
     def prompt(self, voice: str) -> dict[str, torch.Tensor]:

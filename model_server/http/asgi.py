@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import orjson
@@ -13,7 +13,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
 
-async def send_json_error(send: Send, status: int, body: Any, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def send_json_error(send: Send, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
     """A complete JSON response, sent before (or instead of) the wrapped app."""
     payload = orjson.dumps(body)
     await send(
@@ -23,7 +23,7 @@ async def send_json_error(send: Send, status: int, body: Any, headers: Sequence[
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
-                *headers,
+                *((name.encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()),
             ],
         }
     )

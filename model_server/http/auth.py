@@ -13,7 +13,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from bark_common.api_keys import UNAUTHORIZED_MESSAGE, key_is_valid, presented_key
-from model_server.errors import UNAUTHORIZED
+from bark_common.errors import Unauthorized
 from model_server.http.asgi import ASGIApp, Receive, Send, send_json_error
 from model_server.http.errors import openai_error
 from model_server.paths import METRICS_PATH, OPENAI_AUDIO_PREFIX
@@ -42,8 +42,9 @@ class ApiKeyAuth:
         if key_is_valid(presented_key(headers), self.keys):
             await self.app(scope, receive, send)
             return
+        error = Unauthorized(UNAUTHORIZED_MESSAGE)
         if str(scope.get("path", "")).startswith(OPENAI_AUDIO_PREFIX):  # OpenAI clients parse OpenAI's error shape
-            body = openai_error(UNAUTHORIZED_MESSAGE, UNAUTHORIZED.kind, None, UNAUTHORIZED.code)
+            body = openai_error(error.description, str(error))
         else:
-            body = {"error": UNAUTHORIZED_MESSAGE}
-        await send_json_error(send, UNAUTHORIZED.status, body, [(b"www-authenticate", b"Bearer")])
+            body = {"error": str(error)}
+        await send_json_error(send, error.description.status, body, error.http_headers())

@@ -7,6 +7,7 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any
 
+from bark_common.errors import BODY_TOO_LARGE
 from model_server.http.asgi import ASGIApp, Message, Receive, Send, send_json_error
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class BodySizeLimit:
         message = f"{what} is over the limit of {self.max_bytes} bytes (max_body_bytes)"
         logger.info("refused: %s", message)
         # The unread rest of the body cannot be skipped safely: end the connection after this.
-        await send_json_error(send, 413, {"error": message}, [(b"connection", b"close")])
+        await send_json_error(send, BODY_TOO_LARGE.status, {"error": message}, {"connection": "close"})
 
 
 def _content_length(scope: MutableMapping[str, Any]) -> int | None:

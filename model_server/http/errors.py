@@ -1,4 +1,4 @@
-"""The error table (`model_server.errors`) on the wire: one conversion per format.
+"""The error table (`bark_common.errors`) on the wire: one conversion per format.
 
 - KServe v1: `{"error": message}` with the row's status (`v1_error_response`); KServe itself answers
   its own `InvalidInput` the same way, and a 500 also carries the request id.
@@ -12,27 +12,31 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from model_server.errors import GenerationFailed, Overloaded, RequestTimedOut, describe_error
+from bark_common.errors import (
+    ErrorDescription,
+    GenerationFailed,
+    Overloaded,
+    RequestTimedOut,
+    ServingError,
+    describe_error,
+)
 
 __all__ = ["openai_error", "register_error_handlers", "v1_error_response"]
 
 
-def openai_error(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+def openai_error(description: ErrorDescription, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error body for a row of the table: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": message, "type": description.kind, "param": param, "code": description.code}}
 
 
 def v1_error_response(error: Exception) -> JSONResponse:
     """The KServe v1 answer to one of our errors."""
     status = describe_error(error).status
     content: dict[str, Any] = {"error": str(error)}
-    headers: dict[str, str] = {}
-    if isinstance(error, Overloaded):
-        headers["Retry-After"] = str(error.retry_after_s)
+    headers = error.http_headers() if isinstance(error, ServingError) else {}
     if isinstance(error, GenerationFailed):
         # KServe's catch-all answers 500 too, but without the id that ties the answer to the log.
         content["request_id"] = error.request_id
-        headers["x-request-id"] = error.request_id
     return JSONResponse(status_code=status, content=content, headers=headers or None)
 
 

@@ -20,8 +20,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from bark_common.errors import BY_STATUS
 from model_server import metrics
-from model_server.errors import BY_STATUS
 from model_server.http.asgi import ASGIApp, Message, Receive, Send
 from model_server.paths import OPENAI_SPEECH_ROUTE, PREDICT_PATH, SPEECH_PATH, V1_PREDICT_ROUTE
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from model_server.errors import InvalidInput, Overloaded
+from bark_common.errors import InvalidInput, Overloaded
 from model_server.generation.continuous.loop import ContinuousScheduler, RowJob
 from model_server.generation.scheduler import BatchFailed
 

@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from kserve.errors import generic_exception_handler
 from starlette.testclient import TestClient
 
+from bark_common.errors import GenerationFailed
 from model_server.config import Settings
-from model_server.errors import GenerationFailed
 from model_server.generation.engine import Sampling
 from model_server.generation.faults import run_splitting_on_oom
 from model_server.http.errors import register_error_handlers

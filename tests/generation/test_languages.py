@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from bark_common.errors import InvalidInput
 from bark_common.schema import BARK_LANGUAGES, SynthesisRequest
 from model_server.config import Settings
-from model_server.errors import InvalidInput
 from model_server.generation.languages import LANGUAGES, language_of, resolve_language
 from model_server.generation.limits import SEMANTIC_TOKENS_PER_SECOND, check_words_per_request
 from model_server.generation.text import (

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from bark_common.errors import InvalidInput
 from model_server.config import Settings
-from model_server.errors import InvalidInput
 from model_server.generation.limits import check_output_seconds, estimated_output_seconds
 from model_server.http.body_limit import BodySizeLimit
 from model_server.schema import parse_predict_body

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from model_server.errors import InvalidInput, Overloaded
+from bark_common.errors import InvalidInput, Overloaded
 from model_server.generation.scheduler import BatchFailed, Scheduler
 
 

@@ -116,6 +116,7 @@ def test_sse_stream_carries_base64_deltas_then_done(server):
     [
         ({"voice": "alloy"}, "input"),
         ({"input": "   "}, "input"),
+        ({"input": "... !!! ..."}, "input"),
         ({"input": "hi", "voice": "not-a-voice"}, "voice"),
         ({"input": "hi", "speed": 5}, "speed"),
         ({"input": "hi", "speed": 0.1}, "speed"),

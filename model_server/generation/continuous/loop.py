@@ -27,12 +27,11 @@ import threading
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from model_server import metrics
-from model_server.errors import Overloaded
 from model_server.generation.faults import OUT_OF_MEMORY
-from model_server.generation.scheduler import BatchFailed, check_fits_queue, results_in_order
+from model_server.generation.scheduler import BatchFailed, ChunkScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ class RowEngine(Protocol):
     def evict_all(self) -> list[Any]: ...
 
 
-class ContinuousScheduler(Generic[Key, Result]):
+class ContinuousScheduler(ChunkScheduler[Key, Result]):
     """Asyncio front over one worker thread that steps rows of all requests together."""
 
     def __init__(
@@ -83,10 +82,9 @@ class ContinuousScheduler(Generic[Key, Result]):
         retry_after_s: int = 2,
         release_memory: Any = None,
     ):
+        super().__init__(max_queue_chunks=max_queue_chunks, retry_after_s=retry_after_s)
         self._engine = engine
         self.max_batch_size = max_batch_size
-        self.max_queue_chunks = max_queue_chunks
-        self.retry_after_s = retry_after_s
         self._release_memory = release_memory or (lambda: None)
         # max_wait_ms is not needed: a chunk joins the running rows at the next step.
         self._limit = max_batch_size  # halved on out-of-memory, restored when the engine is idle
@@ -96,7 +94,6 @@ class ContinuousScheduler(Generic[Key, Result]):
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        metrics.QUEUE_CAPACITY.set(max_queue_chunks)
 
     @property
     def queued_chunks(self) -> int:
@@ -107,22 +104,10 @@ class ContinuousScheduler(Generic[Key, Result]):
         return self._limit
 
     # -- the asyncio side ----------------------------------------------------------------------
-    async def submit(self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False) -> list[Result]:
-        """Queue the chunks of one request and wait for all of their results, in order."""
-        return await results_in_order(self.enqueue(key, payloads, urgent_first=urgent_first), self.cancel)
-
-    def enqueue(
-        self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False
-    ) -> list[asyncio.Future[Result]]:
-        """Queue chunks and return one future per chunk (for callers that stream results)."""
-        check_fits_queue(len(payloads), self.max_queue_chunks)
+    def _enqueue(self, key: Key, payloads: Sequence[object], urgent_first: bool) -> list[asyncio.Future[Result]]:
         loop = asyncio.get_running_loop()
         with self._cond:
-            if len(self._waiting) + len(payloads) > self.max_queue_chunks:
-                raise Overloaded(
-                    f"server busy: {len(self._waiting)} chunks queued (capacity {self.max_queue_chunks}); retry later",
-                    self.retry_after_s,
-                )
+            self._check_room(len(payloads))
             jobs = [
                 RowJob(key, payload, loop.create_future(), urgent=urgent_first and index == 0)
                 for index, payload in enumerate(payloads)

@@ -17,7 +17,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from model_server.errors import INVALID_INPUT, MODEL_NOT_READY, ErrorDescription, InvalidInput, describe_error
+from bark_common.errors import (
+    INVALID_INPUT,
+    MODEL_NOT_READY,
+    ErrorDescription,
+    InvalidInput,
+    ServingError,
+    describe_error,
+)
 from model_server.generation.audio import FORMATS
 from model_server.http.errors import openai_error
 from model_server.http.openai_speech.protocol import SpeechRequest
@@ -38,7 +45,7 @@ def _error(
 ) -> JSONResponse:
     # The metric's reason is the row's, the same bounded words as v1 predict.
     note_reason(description.reason)
-    body = openai_error(message, description.kind, param, description.code)
+    body = openai_error(description, message, param)
     return JSONResponse(
         status_code=description.status, content=body, headers={**(headers or {}), "x-request-id": request_id}
     )
@@ -47,14 +54,10 @@ def _error(
 def _error_for(error: BaseException, request_id: str, timeout_s: float) -> JSONResponse:
     """The answer to a request that failed before its first byte (errors.describe_error has the status)."""
     description = describe_error(error)
-    headers: dict[str, str] = {}
-    param = None
-    if description.status == 400:
+    headers = error.http_headers() if isinstance(error, ServingError) else {}
+    param = error.param if isinstance(error, InvalidInput) else None
+    if description.status in (400, 503):
         message = str(error)
-        param = error.param if isinstance(error, InvalidInput) else None
-    elif description.status == 503:
-        message = str(error)
-        headers["Retry-After"] = str(getattr(error, "retry_after_s", 1))
     elif description.status == 504:
         message = timeout_message(timeout_s)
     else:  # a failed batch or anything else: the id finds the traceback in the log

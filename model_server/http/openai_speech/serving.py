@@ -28,8 +28,9 @@ import anyio.to_thread
 import numpy as np
 from pydantic import ValidationError
 
+from bark_common.errors import ErrorDescription, InvalidInput, RequestTimedOut, describe_error
+from bark_common.schema import invalid_input_from
 from model_server import metrics
-from model_server.errors import ErrorDescription, InvalidInput, RequestTimedOut, describe_error
 from model_server.generation.audio import (
     FORMATS,
     StreamEncoder,
@@ -45,7 +46,7 @@ from model_server.http.errors import openai_error
 from model_server.http.openai_speech.protocol import SpeechRequest
 from model_server.http.outcomes import note_failure
 from model_server.paths import OPENAI_SPEECH_ROUTE
-from model_server.schema import SynthesisRequest, describe_validation_error
+from model_server.schema import SynthesisRequest
 from model_server.synthesis import ChunkPayload, SynthesisService
 
 logger = logging.getLogger(__name__)
@@ -78,25 +79,29 @@ class SpeechService:
         try:
             request = SpeechRequest.model_validate(body)
         except ValidationError as error:
-            raise InvalidInput(describe_validation_error(error)) from None
+            raise invalid_input_from(error) from None
         settings = self.synthesis.settings
         if not request.input.strip():
-            raise InvalidInput("input: must not be empty")
+            raise InvalidInput("input: must not be empty", param="input")
         if len(request.input) > settings.max_prompt_chars:
             raise InvalidInput(
                 f"input: {len(request.input)} characters is over the limit of {settings.max_prompt_chars}"
-                " (max_prompt_chars)"
+                " (max_prompt_chars)",
+                param="input",
             )
         if request.streaming is not None and not FORMATS[request.response_format].streams:  # SSE carries pieces too
             raise InvalidInput(
-                f"response_format: {request.response_format!r} cannot stream; use one of {streaming_formats()}"
+                f"response_format: {request.response_format!r} cannot stream; use one of {streaming_formats()}",
+                param="response_format",
             )
         voice = self.synthesis.resolve_voice(request.voice, "voice")
         language = resolve_language(request.language, voice)
         check_words_per_request([(request.input, language)], settings.max_words_per_request, "input")
         synthesis = SynthesisRequest.model_validate({"prompt": request.input, "voice": voice, "language": language})
         # Streaming speaks the first sentence as its own chunk so that audio starts sooner.
-        chunks = self.synthesis.plan_chunks(synthesis, first_sentence_alone=request.streaming is not None)
+        chunks = self.synthesis.plan_chunks(
+            synthesis, first_sentence_alone=request.streaming is not None, field="input"
+        )
         self.synthesis.check_output(chunks)
         return SpeechPlan(request, synthesis, chunks, request_id or uuid.uuid4().hex)
 
@@ -214,7 +219,7 @@ class SpeechStream:
         except Exception as error:
             description = self._failed(error)
             message = str(error) if description.status == 504 else self._failure_message(error)
-            error_event = {"type": "error", **openai_error(message, description.kind, None, description.code)}
+            error_event = {"type": "error", **openai_error(description, message)}
             yield f"event: error\ndata: {json.dumps(error_event)}\n\n".encode()
             return
         finally:
