@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.sidecar.harness import SECRET, FakeModel, Receiver, SidecarProcess, ThreadedUvicorn, wait_for  # noqa: E402
-from webhook_sidecar.jobs import Store  # noqa: E402
+from webhook_sidecar.jobs import NewJob, Store  # noqa: E402
 from webhook_sidecar.store import JobStore  # noqa: E402
 from webhook_sidecar.store_postgres import PostgresJobStore  # noqa: E402
 
@@ -75,7 +75,7 @@ def bench_store(make: Callable[[], Store], jobs: int, writers: int, claimers: in
         store = stores[index % len(stores)]
         for n in range(per_writer):
             job_id = f"w{index}-{n}"
-            store.create(job_id, {"prompt": job_id}, "http://127.0.0.1/hook", "http://sidecar", "hash", job_id)
+            store.create(NewJob(job_id, {"prompt": job_id}, "http://127.0.0.1/hook", "http://sidecar", "hash", job_id))
 
     create_s = run_threads(writers, write)
     latencies: list[float] = []

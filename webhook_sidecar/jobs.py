@@ -10,15 +10,17 @@ Two backends (`SIDECAR_DATABASE_URL`):
 
 The transitions are the same for both: queued -> running -> succeeded | failed -> delivering ->
 delivered | dead. A transition names the states it may come from, so a stale caller changes nothing
-(and learns it from `StaleJob`).
+(and learns it from `StaleJob`). `Store` writes the transitions that are only "this state, these
+columns" once; each backend writes its claims, leases and housekeeping in its own SQL.
 """
 
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from .protocol import JobState, Outcome
 
@@ -85,8 +87,32 @@ class Job:
 
 _FIELDS = frozenset(Job.__dataclass_fields__)
 
+#: What an INSERT of a new job writes, in the order of `NewJob.insert_values` (the state is 'queued').
+NEW_JOB_COLUMNS = (
+    "id, idempotency_key, request_hash, model_input, webhook_endpoint, public_base, state, "
+    "created_at, updated_at, next_attempt_at"
+)
 
-class Store(Protocol):
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job as the API accepted it, before the store gives it a state and timestamps."""
+
+    id: str
+    model_input: dict[str, Any]
+    webhook_endpoint: str
+    public_base: str
+    #: Tells a replayed idempotency key with the same body from one with another body (409).
+    request_hash: str
+    idempotency_key: str | None = None
+
+    def insert_values(self, now: float) -> tuple[Any, ...]:
+        """The values of NEW_JOB_COLUMNS but `state`: queued, created and due `now`."""
+        identity = (self.id, self.idempotency_key, self.request_hash, json.dumps(self.model_input))
+        return (*identity, self.webhook_endpoint, self.public_base, now, now, now)
+
+
+class Store(ABC):
     """The job store the service, the runner and the deliverer use; SQLite and PostgreSQL implement it.
 
     Calls block (sqlite3, psycopg): async callers wrap them in `asyncio.to_thread`.
@@ -94,30 +120,88 @@ class Store(Protocol):
 
     #: True when other sidecars share the store (leases matter, `recover` runs periodically).
     shared: bool
+    _clock: Callable[[], float]
 
+    @abstractmethod
     def open(self) -> None: ...
+    @abstractmethod
     def close(self) -> None: ...
+    @abstractmethod
     def describe(self) -> str:
         """Where the store is, for logs (never a password)."""
-        ...
 
-    def create(
-        self,
-        job_id: str,
-        model_input: dict[str, Any],
-        webhook_endpoint: str,
-        public_base: str,
-        request_hash: str,
-        idempotency_key: str | None = None,
-    ) -> tuple[Job, bool]: ...
+    @abstractmethod
+    def create(self, new: NewJob) -> tuple[Job, bool]:
+        """Store a queued job and commit; with a known idempotency key return that job instead."""
+
+    @abstractmethod
     def get(self, job_id: str, with_result: bool = False) -> Job | None: ...
+    @abstractmethod
     def get_by_download_token(self, token: str) -> Job | None: ...
-    def counts(self) -> dict[str, int]: ...
-    def next_run_due(self) -> float | None: ...
-    def next_delivery_due(self) -> float | None: ...
-    def claim_run(self) -> Job | None: ...
-    def count_attempt(self, job_id: str, delta: int = 1, error: str | None = None) -> int: ...
-    def requeue(self, job_id: str, error: str | None = None, delay_s: float = 0.0) -> None: ...
+    @abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Jobs per state, every state present (a gauge should read 0, not vanish)."""
+
+    @abstractmethod
+    def claim_run(self) -> Job | None:
+        """Take the oldest due queued job: it becomes `running` and this sidecar's."""
+
+    @abstractmethod
+    def count_attempt(self, job_id: str, delta: int = 1, error: str | None = None) -> int:
+        """Count `delta` model calls (0: only note the error); returns the new count."""
+
+    @abstractmethod
+    def claim_delivery(self) -> Job | None:
+        """Take the most overdue deliverable job, counting the attempt before it is made."""
+
+    @abstractmethod
+    def mark_delivered(self, job_id: str, status_code: int) -> None:
+        """Done. The audio is dropped unless a download link still needs it."""
+
+    @abstractmethod
+    def release(self, job_id: str) -> None:
+        """A delivery cut short (shutdown): due again at once, the attempt stays counted."""
+
+    @abstractmethod
+    def recover(self, count_interrupted: bool = True) -> tuple[int, int]:
+        """Hand back interrupted work; returns (runs, deliveries). SQLite: everything in flight (one
+        owner, called at start); PostgreSQL: rows whose lease lapsed (called periodically)."""
+
+    @abstractmethod
+    def renew(self) -> int:
+        """Extend the leases this sidecar holds (a no-op without leases); returns how many."""
+
+    @abstractmethod
+    def release_all(self) -> tuple[int, int]:
+        """Shutdown: hand back everything this sidecar holds, due at once for whoever is left."""
+
+    @abstractmethod
+    def purge(self, retention_s: float) -> int:
+        """Forget finished jobs past retention, and audio whose download link expired."""
+
+    @abstractmethod
+    def _transition(
+        self, job_id: str, allowed_from: tuple[JobState, ...], to: JobState, count: bool = True, **changes: Any
+    ) -> None:
+        """Move a job this sidecar holds from one of `allowed_from` to `to`, setting `changes`; the row
+        is left idle (not in flight, no lease). StaleJob when it is not there; `count`: report `to`."""
+
+    @abstractmethod
+    def _min_due(self, where: str) -> float | None:
+        """The earliest `next_attempt_at` among the rows `where` selects (SQL both dialects read alike)."""
+
+    # -- what is the same in both backends -------------------------------------------------------
+
+    def next_run_due(self) -> float | None:
+        return self._min_due("state = 'queued'")
+
+    def next_delivery_due(self) -> float | None:
+        return self._min_due("state IN ('succeeded', 'failed', 'delivering') AND in_flight = FALSE")
+
+    def requeue(self, job_id: str, error: str | None = None, delay_s: float = 0.0) -> None:
+        """Hand a running job back (shutdown, or a retry later); its next run starts afresh."""
+        self._transition(job_id, ("running",), "queued", next_attempt_at=self._clock() + delay_s, last_error=error)
+
     def finish(
         self,
         job_id: str,
@@ -127,23 +211,37 @@ class Store(Protocol):
         status_code: int | None = None,
         download_token: str | None = None,
         download_ttl_s: float = 0.0,
-    ) -> None: ...
-    def claim_delivery(self) -> Job | None: ...
-    def schedule_retry(self, job_id: str, delay_s: float, error: str, status_code: int | None) -> None: ...
-    def mark_delivered(self, job_id: str, status_code: int) -> None: ...
-    def mark_dead(self, job_id: str, error: str, status_code: int | None) -> None: ...
-    def release(self, job_id: str) -> None: ...
-    def recover(self, count_interrupted: bool = True) -> tuple[int, int]:
-        """Hand back interrupted work; returns (runs, deliveries). SQLite: everything in flight (one
-        owner, called at start); PostgreSQL: rows whose lease lapsed (called periodically)."""
-        ...
+    ) -> None:
+        """Store the model's answer (or the failure) and make it due for delivery now (by any replica
+        sharing the store, which can also serve its download)."""
+        now = self._clock()
+        self._transition(
+            job_id,
+            ("running",),
+            outcome,
+            outcome=outcome,
+            finished_at=now,
+            next_attempt_at=now,
+            result=json.dumps(result),
+            error=error,
+            last_error=error,
+            last_status_code=status_code,
+            download_token=download_token,
+            download_expires_at=now + download_ttl_s if download_token else None,
+        )
 
-    def renew(self) -> int:
-        """Extend the leases this sidecar holds (a no-op without leases); returns how many."""
-        ...
+    def schedule_retry(self, job_id: str, delay_s: float, error: str, status_code: int | None) -> None:
+        """A failed delivery: due again after `delay_s` (a retry is no state change)."""
+        self._transition(
+            job_id,
+            ("delivering",),
+            "delivering",
+            count=False,
+            next_attempt_at=self._clock() + delay_s,
+            last_error=error,
+            last_status_code=status_code,
+        )
 
-    def release_all(self) -> tuple[int, int]:
-        """Shutdown: hand back everything this sidecar holds, due at once for whoever is left."""
-        ...
-
-    def purge(self, retention_s: float) -> int: ...
+    def mark_dead(self, job_id: str, error: str, status_code: int | None) -> None:
+        """Given up: kept (with its result) for inspection until retention purges it."""
+        self._transition(job_id, DELIVERABLE, "dead", last_error=error, last_status_code=status_code)

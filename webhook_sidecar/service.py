@@ -27,7 +27,7 @@ import httpx
 
 from .config import Settings
 from .delivery import Deliverer
-from .jobs import Job, StaleJob, Store, StoreUnavailable
+from .jobs import Job, NewJob, StaleJob, Store, StoreUnavailable
 from .metrics import SidecarMetrics
 from .protocol import AsyncPredictRequest
 from .store import JobStore
@@ -136,15 +136,15 @@ class JobService:
         self, request: AsyncPredictRequest, public_base: str, idempotency_key: str | None
     ) -> tuple[Job, bool]:
         """Store the job (committed before this returns); an idempotency key seen before returns that job."""
-        job, created = await asyncio.to_thread(
-            self.store.create,
-            new_job_id(),
-            request.model_input.model_dump(mode="json", exclude_unset=True),
-            request.webhook_endpoint,
-            public_base,
-            request_hash(request),
-            idempotency_key,
+        new = NewJob(
+            id=new_job_id(),
+            model_input=request.model_input.model_dump(mode="json", exclude_unset=True),
+            webhook_endpoint=request.webhook_endpoint,
+            public_base=public_base,
+            request_hash=request_hash(request),
+            idempotency_key=idempotency_key,
         )
+        job, created = await asyncio.to_thread(self.store.create, new)
         if created:
             self.wake_runs()
         return job, created

@@ -8,7 +8,6 @@ power cut, not only a killed process. Several sidecars need the PostgreSQL store
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -18,10 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from .jobs import COLUMNS as _COLUMNS
-from .jobs import DELIVERABLE, INTERRUPTED_RUN, STATES, Job, StaleJob, StoreUnavailable, TransitionHook
-from .protocol import JobState, Outcome
+from .jobs import (
+    INTERRUPTED_RUN,
+    NEW_JOB_COLUMNS,
+    STATES,
+    Job,
+    NewJob,
+    StaleJob,
+    Store,
+    StoreUnavailable,
+    TransitionHook,
+)
+from .protocol import JobState
 
-__all__ = ["DELIVERABLE", "STATES", "Job", "JobStore", "StaleJob"]
+__all__ = ["STATES", "Job", "JobStore", "StaleJob"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -53,7 +62,7 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, in_flight, next_attempt_at);
 """
 
 
-class JobStore:
+class JobStore(Store):
     """Thread-safe access to one SQLite file; async callers wrap calls in `asyncio.to_thread`."""
 
     shared = False
@@ -119,7 +128,7 @@ class JobStore:
         count: bool = True,
         **changes: Any,
     ) -> None:
-        changes = {"state": to, "updated_at": self._clock(), **changes}
+        changes = {"state": to, "updated_at": self._clock(), "in_flight": 0, **changes}
         assignments = ", ".join(f"{name} = :{name}" for name in changes)
         marks = ", ".join(f":from{index}" for index in range(len(allowed_from)))
         params = {**changes, "id": job_id, **{f"from{i}": state for i, state in enumerate(allowed_from)}}
@@ -132,41 +141,20 @@ class JobStore:
 
     # -- intake ----------------------------------------------------------------------------------
 
-    def create(
-        self,
-        job_id: str,
-        model_input: dict[str, Any],
-        webhook_endpoint: str,
-        public_base: str,
-        request_hash: str,
-        idempotency_key: str | None = None,
-    ) -> tuple[Job, bool]:
+    def create(self, new: NewJob) -> tuple[Job, bool]:
         """Store a queued job and commit; with a known idempotency key return that job instead."""
-        now = self._clock()
         with self._transaction() as db:
-            if idempotency_key is not None:
+            if new.idempotency_key is not None:
                 row = db.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
+                    f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,)
                 ).fetchone()
                 if row is not None:
                     return Job.from_row(row), False
             db.execute(
-                "INSERT INTO jobs (id, idempotency_key, request_hash, model_input, webhook_endpoint, "
-                "public_base, state, created_at, updated_at, next_attempt_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-                (
-                    job_id,
-                    idempotency_key,
-                    request_hash,
-                    json.dumps(model_input),
-                    webhook_endpoint,
-                    public_base,
-                    now,
-                    now,
-                    now,
-                ),
+                f"INSERT INTO jobs ({NEW_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                new.insert_values(self._clock()),
             )
-            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (new.id,)).fetchone()
         self._on_transition("queued")
         return Job.from_row(row), True
 
@@ -194,12 +182,6 @@ class JobStore:
         counts: dict[str, int] = dict.fromkeys(STATES, 0)
         counts.update({row[0]: row[1] for row in rows})
         return counts
-
-    def next_run_due(self) -> float | None:
-        return self._min_due("state = 'queued'")
-
-    def next_delivery_due(self) -> float | None:
-        return self._min_due("state IN ('succeeded', 'failed', 'delivering') AND in_flight = 0")
 
     def _min_due(self, where: str) -> float | None:
         with self._lock:
@@ -233,45 +215,6 @@ class JobStore:
             ).fetchone()
         return int(row[0]) if row is not None else 0
 
-    def requeue(self, job_id: str, error: str | None = None, delay_s: float = 0.0) -> None:
-        """Hand a running job back (shutdown, or a retry later); its next run starts afresh."""
-        self._transition(
-            job_id,
-            ("running",),
-            "queued",
-            in_flight=0,
-            next_attempt_at=self._clock() + delay_s,
-            last_error=error,
-        )
-
-    def finish(
-        self,
-        job_id: str,
-        outcome: Outcome,
-        result: dict[str, Any],
-        error: str | None = None,
-        status_code: int | None = None,
-        download_token: str | None = None,
-        download_ttl_s: float = 0.0,
-    ) -> None:
-        """Store the model's answer (or the failure) and make it due for delivery now."""
-        now = self._clock()
-        self._transition(
-            job_id,
-            ("running",),
-            outcome,
-            outcome=outcome,
-            in_flight=0,
-            finished_at=now,
-            next_attempt_at=now,
-            result=json.dumps(result),
-            error=error,
-            last_error=error,
-            last_status_code=status_code,
-            download_token=download_token,
-            download_expires_at=now + download_ttl_s if download_token else None,
-        )
-
     # -- delivering ------------------------------------------------------------------------------
 
     def claim_delivery(self) -> Job | None:
@@ -295,18 +238,6 @@ class JobStore:
             self._on_transition("delivering")
         return Job.from_row(row)
 
-    def schedule_retry(self, job_id: str, delay_s: float, error: str, status_code: int | None) -> None:
-        self._transition(
-            job_id,
-            ("delivering",),
-            "delivering",
-            count=False,
-            in_flight=0,
-            next_attempt_at=self._clock() + delay_s,
-            last_error=error,
-            last_status_code=status_code,
-        )
-
     def mark_delivered(self, job_id: str, status_code: int) -> None:
         """Done. The audio is dropped unless a download link still needs it."""
         with self._transaction() as db:
@@ -320,10 +251,6 @@ class JobStore:
             if cursor.rowcount != 1:
                 raise StaleJob(f"job {job_id} is not delivering")
         self._on_transition("delivered")
-
-    def mark_dead(self, job_id: str, error: str, status_code: int | None) -> None:
-        """Given up: kept (with its result) for inspection until retention purges it."""
-        self._transition(job_id, DELIVERABLE, "dead", in_flight=0, last_error=error, last_status_code=status_code)
 
     def release(self, job_id: str) -> None:
         """A delivery cut short (shutdown): due again at once, the attempt stays counted."""

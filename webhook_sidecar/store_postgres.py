@@ -18,7 +18,6 @@ psycopg 3 with a connection pool; calls block, the service runs them in threads 
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -32,9 +31,20 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .jobs import COLUMNS, DELIVERABLE, INTERRUPTED_RUN, STATES, Job, StaleJob, StoreUnavailable, TransitionHook
+from .jobs import (
+    COLUMNS,
+    INTERRUPTED_RUN,
+    NEW_JOB_COLUMNS,
+    STATES,
+    Job,
+    NewJob,
+    StaleJob,
+    Store,
+    StoreUnavailable,
+    TransitionHook,
+)
 from .migrations import TABLE, migrate
-from .protocol import JobState, Outcome
+from .protocol import JobState
 
 _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
 LEASE_LAPSED = "interrupted: the sidecar running it stopped (its lease lapsed)"
@@ -51,7 +61,7 @@ def redact(url: str) -> str:
     return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
 
 
-class PostgresJobStore:
+class PostgresJobStore(Store):
     """The `Store` interface on PostgreSQL, shared by every sidecar of a deployment."""
 
     shared = True
@@ -146,26 +156,15 @@ class PostgresJobStore:
 
     # -- intake ----------------------------------------------------------------------------------
 
-    def create(
-        self,
-        job_id: str,
-        model_input: dict[str, Any],
-        webhook_endpoint: str,
-        public_base: str,
-        request_hash: str,
-        idempotency_key: str | None = None,
-    ) -> tuple[Job, bool]:
+    def create(self, new: NewJob) -> tuple[Job, bool]:
         """Insert a queued job; a known idempotency key (from any replica) returns that job instead."""
-        now = self._clock()
         row = self._one(
-            f"INSERT INTO {TABLE} (id, idempotency_key, request_hash, model_input, webhook_endpoint, "
-            "public_base, state, created_at, updated_at, next_attempt_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s) "
+            f"INSERT INTO {TABLE} ({NEW_JOB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s) "
             f"ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}",
-            [job_id, idempotency_key, request_hash, json.dumps(model_input), webhook_endpoint, public_base] + [now] * 3,
+            new.insert_values(self._clock()),
         )
         if row is None:  # the key exists: committed by someone else, so it is visible now
-            existing = self._one(f"SELECT {COLUMNS} FROM {TABLE} WHERE idempotency_key = %s", (idempotency_key,))
+            existing = self._one(f"SELECT {COLUMNS} FROM {TABLE} WHERE idempotency_key = %s", (new.idempotency_key,))
             if existing is None:
                 raise StaleJob("idempotency key conflict on a job that vanished (purged?)")
             return Job.from_row(existing), False
@@ -191,12 +190,6 @@ class PostgresJobStore:
         counts.update({row["state"]: int(row["n"]) for row in rows})
         return counts
 
-    def next_run_due(self) -> float | None:
-        return self._min_due("state = 'queued'")
-
-    def next_delivery_due(self) -> float | None:
-        return self._min_due("state IN ('succeeded', 'failed', 'delivering') AND NOT in_flight")
-
     def _min_due(self, where: str) -> float | None:
         row = self._one(f"SELECT MIN(next_attempt_at) AS due FROM {TABLE} WHERE {where}")
         return float(row["due"]) if row is not None and row["due"] is not None else None
@@ -205,19 +198,20 @@ class PostgresJobStore:
 
     def claim_run(self) -> Job | None:
         """Take the oldest due queued job under a lease: it becomes `running` and ours."""
-        now = self._clock()
-        row = self._one(
+        row = self._claim(
             f"UPDATE {TABLE} SET state = 'running', in_flight = true, started_at = %(now)s, "
             f"updated_at = %(now)s, lease_owner = %(me)s, lease_expires_at = {_DB_NOW} + %(lease)s "
             f"WHERE id = (SELECT id FROM {TABLE} WHERE state = 'queued' AND next_attempt_at <= %(now)s "
             "ORDER BY next_attempt_at, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) "
-            f"RETURNING {COLUMNS}",
-            {"now": now, "me": self.owner, "lease": self.lease_s},
+            f"RETURNING {COLUMNS}"
         )
-        if row is None:
-            return None
-        self._on_transition("running")
-        return Job.from_row(row)
+        if row is not None:
+            self._on_transition("running")
+        return Job.from_row(row) if row is not None else None
+
+    def _claim(self, sql: str) -> dict[str, Any] | None:
+        """Run a claim (`%(now)s`, `%(me)s`, `%(lease)s`: this sidecar's lease from now on)."""
+        return self._one(sql, {"now": self._clock(), "me": self.owner, "lease": self.lease_s})
 
     def count_attempt(self, job_id: str, delta: int = 1, error: str | None = None) -> int:
         row = self._one(
@@ -227,66 +221,23 @@ class PostgresJobStore:
         )
         return int(row["attempts"]) if row is not None else 0
 
-    def requeue(self, job_id: str, error: str | None = None, delay_s: float = 0.0) -> None:
-        self._transition(job_id, ("running",), "queued", next_attempt_at=self._clock() + delay_s, last_error=error)
-
-    def finish(
-        self,
-        job_id: str,
-        outcome: Outcome,
-        result: dict[str, Any],
-        error: str | None = None,
-        status_code: int | None = None,
-        download_token: str | None = None,
-        download_ttl_s: float = 0.0,
-    ) -> None:
-        """Store the answer (any replica can then deliver it or serve its download) and end the lease."""
-        now = self._clock()
-        self._transition(
-            job_id,
-            ("running",),
-            outcome,
-            outcome=outcome,
-            finished_at=now,
-            next_attempt_at=now,
-            result=json.dumps(result),
-            error=error,
-            last_error=error,
-            last_status_code=status_code,
-            download_token=download_token,
-            download_expires_at=now + download_ttl_s if download_token else None,
-        )
-
     # -- delivering ------------------------------------------------------------------------------
 
     def claim_delivery(self) -> Job | None:
         """Take the most overdue deliverable job under a lease, counting the attempt before it is made."""
-        now = self._clock()
-        row = self._one(
+        row = self._claim(
             f"WITH due AS (SELECT id, state AS prior FROM {TABLE} "
             "WHERE state IN ('succeeded', 'failed', 'delivering') AND NOT in_flight "
             "AND next_attempt_at <= %(now)s ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED) "
             f"UPDATE {TABLE} AS j SET state = 'delivering', in_flight = true, "
             "delivery_attempts = j.delivery_attempts + 1, updated_at = %(now)s, lease_owner = %(me)s, "
-            f"lease_expires_at = {_DB_NOW} + %(lease)s FROM due WHERE j.id = due.id RETURNING due.prior, j.*",
-            {"now": now, "me": self.owner, "lease": self.lease_s},
+            f"lease_expires_at = {_DB_NOW} + %(lease)s FROM due WHERE j.id = due.id RETURNING due.prior, j.*"
         )
         if row is None:
             return None
         if row["prior"] != "delivering":  # a retry is no state change
             self._on_transition("delivering")
         return Job.from_row(row)
-
-    def schedule_retry(self, job_id: str, delay_s: float, error: str, status_code: int | None) -> None:
-        self._transition(
-            job_id,
-            ("delivering",),
-            "delivering",
-            count=False,
-            next_attempt_at=self._clock() + delay_s,
-            last_error=error,
-            last_status_code=status_code,
-        )
 
     def mark_delivered(self, job_id: str, status_code: int) -> None:
         """Done. The audio is dropped unless a download link still needs it."""
@@ -302,9 +253,6 @@ class PostgresJobStore:
         if count != 1:
             raise StaleJob(f"job {job_id} is not delivering under this sidecar's lease")
         self._on_transition("delivered")
-
-    def mark_dead(self, job_id: str, error: str, status_code: int | None) -> None:
-        self._transition(job_id, DELIVERABLE, "dead", last_error=error, last_status_code=status_code)
 
     def release(self, job_id: str) -> None:
         """A delivery cut short (shutdown): due again at once for any sidecar; the attempt stays counted."""

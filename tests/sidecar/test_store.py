@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from webhook_sidecar.jobs import NewJob
 from webhook_sidecar.store import JobStore, StaleJob
 
 
@@ -33,7 +34,7 @@ def store(tmp_path: Path, clock: Clock) -> Iterator[JobStore]:
 
 
 def add(store: JobStore, job_id: str = "j1", key: str | None = None) -> None:
-    store.create(job_id, {"prompt": "hi"}, "http://127.0.0.1/hook", "http://sidecar", "hash", key)
+    store.create(NewJob(job_id, {"prompt": "hi"}, "http://127.0.0.1/hook", "http://sidecar", "hash", key))
 
 
 def test_the_store_uses_wal_and_creates_its_folder(store: JobStore) -> None:
@@ -103,7 +104,7 @@ def test_recover_requeues_running_jobs_and_makes_interrupted_deliveries_due(stor
 
 def test_the_same_idempotency_key_returns_the_first_job(store: JobStore) -> None:
     add(store, "first", key="k")
-    job, created = store.create("second", {"prompt": "other"}, "http://x/", "http://s", "h2", "k")
+    job, created = store.create(NewJob("second", {"prompt": "other"}, "http://x/", "http://s", "h2", "k"))
     assert (job.id, created) == ("first", False)
     assert store.get("second") is None
 

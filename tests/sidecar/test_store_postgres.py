@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
+from webhook_sidecar.jobs import NewJob
 from webhook_sidecar.migrations import MIGRATIONS, TABLE, migrate
 from webhook_sidecar.store import StaleJob
 from webhook_sidecar.store_postgres import PostgresJobStore, redact
@@ -36,7 +37,7 @@ def make_store(pg_url: str) -> Iterator[StoreFactory]:
 
 
 def add(store: PostgresJobStore, job_id: str, key: str | None = None) -> bool:
-    return store.create(job_id, {"prompt": job_id}, "http://127.0.0.1/hook", "http://sidecar", "hash", key)[1]
+    return store.create(NewJob(job_id, {"prompt": job_id}, "http://127.0.0.1/hook", "http://sidecar", "hash", key))[1]
 
 
 def finish_and_claim_delivery(store: PostgresJobStore, job_id: str) -> None:
@@ -164,7 +165,7 @@ def test_release_all_hands_everything_back_at_once(make_store: StoreFactory) -> 
 def test_an_idempotency_key_is_shared_by_every_replica_even_when_they_race(make_store: StoreFactory) -> None:
     a, b = make_store(), make_store()
     assert add(a, "first", key="k") is True
-    job, created = b.create("second", {"prompt": "other"}, "http://x/", "http://s", "h2", "k")
+    job, created = b.create(NewJob("second", {"prompt": "other"}, "http://x/", "http://s", "h2", "k"))
     assert (job.id, created) == ("first", False)
 
     outcomes: list[tuple[str, bool]] = []
@@ -172,7 +173,7 @@ def test_an_idempotency_key_is_shared_by_every_replica_even_when_they_race(make_
 
     def race(store: PostgresJobStore, job_id: str) -> None:
         barrier.wait()
-        job, created = store.create(job_id, {"prompt": "x"}, "http://x/", "http://s", "h", "raced")
+        job, created = store.create(NewJob(job_id, {"prompt": "x"}, "http://x/", "http://s", "h", "raced"))
         outcomes.append((job.id, created))
 
     threads = [threading.Thread(target=race, args=(store, f"r{i}")) for i, store in enumerate([a, b] * 3)]
