@@ -10,8 +10,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("model_server", "bark_common", "webhook_sidecar")
-#: "No module over ~400 lines": the two halves of the static decoder sit just above 400.
-MAX_LINES = 420
+#: "No module over ~400 lines": Bark's generation rules (decoding.py) sit just above 400.
+MAX_LINES = 410
 
 
 def our_modules() -> dict[str, Path]:

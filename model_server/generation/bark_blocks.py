@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -108,6 +109,40 @@ def block_tail(weights: _StageWeights, layer: _LayerWeights, x: torch.Tensor, at
 def head(weights: _StageWeights, x: torch.Tensor) -> torch.Tensor:
     """Final norm and the language-model head: (rows, hidden) -> (rows, vocab) logits."""
     return F.linear(_norm(x, weights.final_norm, weights.norm_eps), weights.lm_head)
+
+
+#: Stores one layer's new keys or values (rows, heads, 1, head_dim) into its cache view
+#: (rows, heads, positions, head_dim) at each row's position.
+KeyValueWriter = Callable[[torch.Tensor, torch.Tensor], object]
+
+
+def decode_step(
+    weights: _StageWeights,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    x: torch.Tensor,
+    kv_len: int,
+    mask: torch.Tensor,
+    write: KeyValueWriter,
+) -> torch.Tensor:
+    """One new token per row (embedded: rows, 1, hidden) through every block; (rows, vocab) logits.
+
+    `keys`/`values` are (layers, rows, heads, positions, head_dim) views of the rows in use; `write`
+    puts each layer's new key and value at the rows' positions (one shared position in the batch
+    decoder, one per row in the continuous stepper), and `mask` lets a row see keys [0, kv_len) up to
+    its own position. Static shapes and no host sync, so both decoders can capture it in a CUDA graph.
+    """
+    scale = 1.0 / math.sqrt(weights.head_dim)
+    for index, layer in enumerate(weights.layers):
+        query, key, value = attention_inputs(weights, layer, x)
+        layer_keys, layer_values = keys[index], values[index]
+        write(layer_keys, key)
+        write(layer_values, value)
+        attended = F.scaled_dot_product_attention(
+            query, layer_keys[:, :, :kv_len], layer_values[:, :, :kv_len], attn_mask=mask, scale=scale
+        )
+        x = block_tail(weights, layer, x, attended)
+    return head(weights, x[:, 0])
 
 
 def prefill_into(

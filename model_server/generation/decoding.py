@@ -149,8 +149,7 @@ class StaticBarkDecoder(StepRunner):
             prompt,
             max_new_tokens,
             processors,
-            do_sample=bool(prepared.do_sample),
-            eos_ids=_eos_ids(prepared),
+            prepared,
             pad_token=pad,
             budgets=budget_tensor,
         )
@@ -220,8 +219,7 @@ class StaticBarkDecoder(StepRunner):
                 prompt,
                 new_tokens,
                 processors,
-                do_sample=bool(prepared.do_sample),
-                eos_ids=_eos_ids(prepared),
+                prepared,
                 pad_token=prepared.pad_token_id,
                 budgets=None,
             )
@@ -268,13 +266,14 @@ class StaticBarkDecoder(StepRunner):
         prompt: torch.Tensor,
         max_new_tokens: int,
         processors: list[LogitsProcessor],
+        prepared: GenerationConfig,
         *,
-        do_sample: bool,
-        eos_ids: list[int],
         pad_token: int | None,
         budgets: torch.Tensor | None,
     ) -> torch.LongTensor:
         """Generate after a prefill with `generate`'s rules: pad finished rows, stop when all are done.
+
+        `prepared` (from `_processors`) says whether to sample and which tokens end a row.
 
         Returns the new tokens only, (rows, steps run), like `generate(...)[:, prompt_length:]`.
         """
@@ -290,6 +289,7 @@ class StaticBarkDecoder(StepRunner):
         # The full sequence as `generate` holds it: processors may look at it (repetition penalty).
         sequence = torch.empty((rows, prompt_length + max_new_tokens), dtype=torch.long, device=self.device)
         sequence[:, :prompt_length] = prompt
+        do_sample, eos_ids = bool(prepared.do_sample), _eos_ids(prepared)
         eos = torch.tensor(eos_ids, dtype=torch.long, device=self.device) if eos_ids else None
         if eos is not None and pad_token is None:
             pad_token = eos_ids[0]

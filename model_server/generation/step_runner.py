@@ -9,7 +9,6 @@ its model runner. Why a static cache and graphs at all: see `decoding.py`.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,14 +20,7 @@ from transformers import BarkModel
 from transformers.models.bark.modeling_bark import BarkCausalModel
 
 from model_server import metrics
-from model_server.generation.bark_blocks import (
-    _LayerWeights,
-    _StageWeights,
-    attention_inputs,
-    block_tail,
-    head,
-    prefill_into,
-)
+from model_server.generation.bark_blocks import _StageWeights, decode_step, prefill_into
 from model_server.generation.faults import OUT_OF_MEMORY
 
 logger = logging.getLogger(__name__)
@@ -199,12 +191,6 @@ class StepRunner:
         if not torch.allclose(replayed, eager, rtol=1e-2, atol=1e-2):
             raise RuntimeError("a replayed CUDA graph step differs from the same step run eagerly")
 
-    # -- the transformer --------------------------------------------------------------------------
-    def _attention_inputs(
-        self, weights: _StageWeights, layer: _LayerWeights, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return attention_inputs(weights, layer, x)
-
     def _prefill(self, stage: _Stage, embeds: torch.Tensor) -> torch.Tensor:
         """Run the prompt (eagerly), fill cache positions [0, length), return the last logits."""
         weights, cache = stage.weights, stage.cache
@@ -226,17 +212,15 @@ class StepRunner:
         x = F.embedding(self._token[:rows], weights.token_embedding) + F.embedding(position, weights.position_embedding)
         x = x.unsqueeze(1)
         valid = (self._key_positions[:kv_len] <= self._position).view(1, 1, 1, kv_len)
-        scale = 1.0 / math.sqrt(weights.head_dim)
-        for index, layer in enumerate(weights.layers):
-            query, key, value = self._attention_inputs(weights, layer, x)
-            keys, values = cache.keys[index, :rows], cache.values[index, :rows]
-            keys.index_copy_(2, position, key)
-            values.index_copy_(2, position, value)
-            attended = F.scaled_dot_product_attention(
-                query, keys[:, :, :kv_len], values[:, :, :kv_len], attn_mask=valid, scale=scale
-            )
-            x = block_tail(weights, layer, x, attended)
-        return head(weights, x[:, 0])
+        return decode_step(
+            weights,
+            cache.keys[:, :rows],
+            cache.values[:, :rows],
+            x,
+            kv_len,
+            valid,
+            lambda layer_cache, new: layer_cache.index_copy_(2, position, new),
+        )
 
     def _kv_len(self, stage: _Stage, position: int) -> int:
         """Keys to attend over: the position rounded up to a block, so graphs are few but short."""

@@ -14,7 +14,6 @@ so each has its own cache (2x the memory of the batch decoder's shared one; see 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BarkModel
 
-from model_server.generation.bark_blocks import _StageWeights, attention_inputs, block_tail, head, prefill_into
+from model_server.generation.bark_blocks import _StageWeights, decode_step, prefill_into
 from model_server.generation.step_runner import _MIN_DECODE_POSITION, batch_bucket, capture_graph
 
 logger = logging.getLogger(__name__)
@@ -171,17 +170,15 @@ class RowStepper:
         mask = torch.zeros(visible.shape, dtype=x.dtype, device=self.device).masked_fill_(~visible, -float("inf"))
         mask = mask.view(rows, 1, 1, kv_len)
         where = positions.view(rows, 1, 1, 1).expand(rows, weights.num_heads, 1, weights.head_dim)
-        scale = 1.0 / math.sqrt(weights.head_dim)
-        for index, layer in enumerate(weights.layers):
-            query, key, value = attention_inputs(weights, layer, x)
-            keys, values = stage.keys[index, :rows], stage.values[index, :rows]
-            keys.scatter_(2, where, key)
-            values.scatter_(2, where, value)
-            attended = F.scaled_dot_product_attention(
-                query, keys[:, :, :kv_len], values[:, :, :kv_len], attn_mask=mask, scale=scale
-            )
-            x = block_tail(weights, layer, x, attended)
-        return head(weights, x[:, 0])
+        return decode_step(
+            weights,
+            stage.keys[:, :rows],
+            stage.values[:, :rows],
+            x,
+            kv_len,
+            mask,
+            lambda cache, new: cache.scatter_(2, where, new),
+        )
 
     # -- CUDA graphs ---------------------------------------------------------------------------
     @torch.inference_mode()
