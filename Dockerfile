@@ -2,7 +2,7 @@
 # bark-kserve: the model server (python -m model_server) and the webhook sidecar
 # (python -m webhook_sidecar) in one CUDA image. Build (see docs/DEPLOY.md):
 #   docker build -t ghcr.io/bark-kserve/bark-kserve:0.1.0 .
-#   docker build --build-arg WITH_FLASH_ATTN=0 -t ...      # skip flash-attn (SDPA is used)
+#   docker build --build-arg WITH_FLASH_ATTN=1 -t ...      # + flash-attn (opt-in; SDPA is the default)
 #
 # CUDA 12.8 runtime + cuDNN on Ubuntu 24.04, whose python3.12 the project runs on. torch comes
 # from PyTorch's cu128 index (its wheels carry sm_86 kernels for the A10G); the driver on the node
@@ -13,8 +13,10 @@ FROM ${CUDA_IMAGE}
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG TORCH_VERSION=2.9.1
 # 1: try flash-attn 2 (a prebuilt wheel must match torch/CUDA/Python; there is no nvcc here to
-# build one); when none fits the build goes on and the server uses SDPA.
-ARG WITH_FLASH_ATTN=1
+# build one); when none fits the build goes on and the server uses SDPA. Off by default: `auto`
+# attention is SDPA and the default decoder's semantic/coarse steps use SDPA whatever is installed,
+# so flash-attn serves only `--attention flash_attention_2`, and then only the fine stage.
+ARG WITH_FLASH_ATTN=0
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \

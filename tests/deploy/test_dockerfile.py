@@ -49,8 +49,8 @@ def test_torch_is_a_cuda_build_installed_before_the_project() -> None:
     assert re.fullmatch(r"TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu\d+", index)
 
 
-def test_flash_attn_is_optional_and_cannot_break_the_build() -> None:
-    assert "WITH_FLASH_ATTN=1" in instructions("ARG")
+def test_flash_attn_is_opt_in_and_cannot_break_the_build() -> None:
+    assert "WITH_FLASH_ATTN=0" in instructions("ARG")
     (step,) = [r for r in instructions("RUN") if "flash-attn" in r]
     assert '"$WITH_FLASH_ATTN" = "1"' in step
     assert re.search(r"\|\|\s*echo", step)
