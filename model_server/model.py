@@ -34,7 +34,7 @@ from model_server.generation import audio
 from model_server.http.outcomes import note_reason
 from model_server.paths import V1_PREDICT_ROUTE
 from model_server.schema import SynthesisRequest, SynthesisResult, parse_predict_body
-from model_server.synthesis import Synthesis, SynthesisService
+from model_server.synthesis import ChunkPayload, Synthesis, SynthesisService
 
 logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("bark.requests")
@@ -158,10 +158,17 @@ class BarkTTS(Model):
         request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
         started = time.perf_counter()
         timeout = self.settings.request_timeout_s
-        # Planned up front so that the whole request's estimated audio is checked before any chunk queues.
+        # Planned up front so that the whole request's estimated audio is checked before any chunk queues;
+        # in a worker thread, since splitting a long text takes a while (0.25 s for 20,000 characters)
+        # and the event loop meanwhile serves every other request.
         service = self.service
-        plans = [service.plan_chunks(instance, field=f"instances[{i}].prompt") for i, instance in enumerate(payload)]
-        service.check_output(chunk for plan in plans for chunk in plan)
+
+        def plan_all() -> list[list[ChunkPayload]]:
+            plans = [service.plan_chunks(item, field=f"instances[{i}].prompt") for i, item in enumerate(payload)]
+            service.check_output(chunk for plan in plans for chunk in plan)
+            return plans
+
+        plans = await asyncio.to_thread(plan_all)
         try:
             work = (service.synthesize(instance, plan) for instance, plan in zip(payload, plans, strict=True))
             results = await asyncio.wait_for(asyncio.gather(*work), timeout)

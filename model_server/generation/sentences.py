@@ -16,6 +16,7 @@ import functools
 import itertools
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable
 
 from model_server.generation.languages import DEFAULT_LANGUAGE
@@ -92,7 +93,14 @@ def _pysbd_splitter(language: str) -> Splitter | None:
     except ImportError:
         return None
     segmenter = pysbd.Segmenter(language=language, clean=False)
-    return lambda text: [str(sentence) for sentence in segmenter.segment(text)]
+    # A Segmenter keeps the text it works on in itself; plans are made in worker threads.
+    lock = threading.Lock()
+
+    def split(text: str) -> list[str]:
+        with lock:
+            return [str(sentence) for sentence in segmenter.segment(text)]
+
+    return split
 
 
 _FACTORIES: dict[str, Callable[[str], Splitter | None]] = {

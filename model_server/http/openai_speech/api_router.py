@@ -107,7 +107,8 @@ def register_speech_route(app: FastAPI, synthesis: SynthesisService, is_ready: C
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             return _error(INVALID_INPUT, f"body is not valid JSON: {error}", request_id)
         try:
-            plan = service.plan(body, request_id)
+            # In a worker thread: splitting a long text would hold up every other request's I/O.
+            plan = await asyncio.to_thread(service.plan, body, request_id)
             content_type = FORMATS[plan.request.response_format].content_type
             if plan.request.streaming is not None:
                 # Queued and the first piece made before the response starts: refusals keep their status.
