@@ -89,6 +89,8 @@ def test_shared_sentence_splitters_are_safe_across_threads() -> None:
         "hi": ["पहला वाक्य है। दूसरा वाक्य है।", "यह तीसरा है। और चौथा।"],
         "ja": ["これは一つ目です。これは二つ目です。", "三つ目の文です。四つ目です。"],
         "en": ["Dr. Smith left. He came back.", "One more. And the last one."],
+        "de": ["Das ist z. B. gut. Wir gehen jetzt.", "Noch ein Satz. Und der letzte."],
+        "zh": ["这是第一句。这是第二句。", "第三句话。最后一句。"],
     }
     for language, pair in texts.items():
         _, split = sentence_splitter(language)
