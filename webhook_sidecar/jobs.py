@@ -31,8 +31,11 @@ DELIVERABLE: tuple[JobState, ...] = ("succeeded", "failed", "delivering")
 COLUMNS = (
     "id, idempotency_key, request_hash, model_input, webhook_endpoint, public_base, state, outcome, error, "
     "attempts, delivery_attempts, in_flight, created_at, updated_at, started_at, finished_at, "
-    "delivered_at, next_attempt_at, last_error, last_status_code, download_token, download_expires_at"
+    "delivered_at, next_attempt_at, last_error, last_status_code, download_token, download_expires_at, "
+    "chunks_done, chunks_total"
 )
+#: What a claim of a run sets besides its state: a re-run reports its progress afresh.
+FRESH_RUN = "chunks_done = NULL, chunks_total = NULL"
 INTERRUPTED_RUN = "interrupted: the sidecar stopped during the model call"
 
 TransitionHook = Callable[[JobState], None]
@@ -72,6 +75,9 @@ class Job:
     last_status_code: int | None
     download_token: str | None
     download_expires_at: float | None
+    #: The model server's progress on the current run (chunks of the text), None until it reports.
+    chunks_done: int | None = None
+    chunks_total: int | None = None
     result: dict[str, Any] | None = None
 
     @classmethod
@@ -187,6 +193,11 @@ class Store(ABC):
         is left idle (not in flight, no lease). StaleJob when it is not there; `count`: report `to`."""
 
     @abstractmethod
+    def _update_held(self, job_id: str, allowed_from: tuple[JobState, ...], **changes: Any) -> None:
+        """Set `changes` on a row this sidecar holds in one of `allowed_from`, keeping its state, its
+        `in_flight` and its lease. StaleJob when it is not there (finished, handed back, taken over)."""
+
+    @abstractmethod
     def _min_due(self, where: str) -> float | None:
         """The earliest `next_attempt_at` among the rows `where` selects (SQL both dialects read alike)."""
 
@@ -197,6 +208,10 @@ class Store(ABC):
 
     def next_delivery_due(self) -> float | None:
         return self._min_due("state IN ('succeeded', 'failed', 'delivering') AND in_flight = FALSE")
+
+    def note_progress(self, job_id: str, done: int, total: int) -> None:
+        """The model's progress on a running job (chunks); StaleJob once the run is no longer ours."""
+        self._update_held(job_id, ("running",), chunks_done=done, chunks_total=total, updated_at=self._clock())
 
     def requeue(self, job_id: str, error: str | None = None, delay_s: float = 0.0) -> None:
         """Hand a running job back (shutdown, or a retry later); its next run starts afresh."""
@@ -211,10 +226,13 @@ class Store(ABC):
         status_code: int | None = None,
         download_token: str | None = None,
         download_ttl_s: float = 0.0,
+        chunks: int | None = None,
     ) -> None:
         """Store the model's answer (or the failure) and make it due for delivery now (by any replica
-        sharing the store, which can also serve its download)."""
+        sharing the store, which can also serve its download). `chunks`: all of them are done (a
+        failure keeps the last progress reported, which says how far it got)."""
         now = self._clock()
+        progress: dict[str, Any] = {"chunks_done": chunks, "chunks_total": chunks} if chunks is not None else {}
         self._transition(
             job_id,
             ("running",),
@@ -228,6 +246,7 @@ class Store(ABC):
             last_status_code=status_code,
             download_token=download_token,
             download_expires_at=now + download_ttl_s if download_token else None,
+            **progress,
         )
 
     def schedule_retry(self, job_id: str, delay_s: float, error: str, status_code: int | None) -> None:

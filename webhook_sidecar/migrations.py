@@ -56,6 +56,8 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             f"CREATE INDEX {TABLE}_finished ON {TABLE} (updated_at) WHERE state IN ('delivered', 'dead')",
         ),
     ),
+    # The model server's progress on a running job (`GET /jobs/{id}` shows it).
+    (2, (f"ALTER TABLE {TABLE} ADD COLUMN chunks_done integer, ADD COLUMN chunks_total integer",)),
 )
 
 

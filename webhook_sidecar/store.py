@@ -18,6 +18,7 @@ from typing import Any
 
 from .jobs import COLUMNS as _COLUMNS
 from .jobs import (
+    FRESH_RUN,
     INTERRUPTED_RUN,
     NEW_JOB_COLUMNS,
     STATES,
@@ -56,10 +57,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_status_code INTEGER,
     result TEXT,
     download_token TEXT UNIQUE,
-    download_expires_at REAL
+    download_expires_at REAL,
+    chunks_done INTEGER,
+    chunks_total INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, in_flight, next_attempt_at);
 """
+#: Columns added after the first release: `CREATE TABLE IF NOT EXISTS` leaves an older file without them.
+_ADDED_COLUMNS = {"chunks_done": "INTEGER", "chunks_total": "INTEGER"}
 
 
 class JobStore(Store):
@@ -89,6 +94,15 @@ class JobStore(Store):
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
         self._db = db
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Upgrade a file an older sidecar created (nullable columns: its rows stay valid)."""
+        with self._transaction() as db:
+            present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in present:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -128,16 +142,18 @@ class JobStore(Store):
         count: bool = True,
         **changes: Any,
     ) -> None:
-        changes = {"state": to, "updated_at": self._clock(), "in_flight": 0, **changes}
+        self._update_held(job_id, allowed_from, **{"state": to, "updated_at": self._clock(), "in_flight": 0, **changes})
+        if count:
+            self._on_transition(to)
+
+    def _update_held(self, job_id: str, allowed_from: tuple[JobState, ...], **changes: Any) -> None:
         assignments = ", ".join(f"{name} = :{name}" for name in changes)
         marks = ", ".join(f":from{index}" for index in range(len(allowed_from)))
         params = {**changes, "id": job_id, **{f"from{i}": state for i, state in enumerate(allowed_from)}}
         with self._transaction() as db:
             cursor = db.execute(f"UPDATE jobs SET {assignments} WHERE id = :id AND state IN ({marks})", params)
             if cursor.rowcount != 1:
-                raise StaleJob(f"job {job_id} is not in {allowed_from} (wanted {to})")
-        if count:
-            self._on_transition(to)
+                raise StaleJob(f"job {job_id} is not in {allowed_from}")
 
     # -- intake ----------------------------------------------------------------------------------
 
@@ -195,7 +211,7 @@ class JobStore(Store):
         now = self._clock()
         with self._transaction() as db:
             row = db.execute(
-                f"UPDATE jobs SET state = 'running', in_flight = 1, started_at = ?, updated_at = ? "
+                f"UPDATE jobs SET state = 'running', in_flight = 1, started_at = ?, updated_at = ?, {FRESH_RUN} "
                 "WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND next_attempt_at <= ? "
                 f"ORDER BY next_attempt_at, created_at LIMIT 1) RETURNING {_COLUMNS}",
                 (now, now, now),

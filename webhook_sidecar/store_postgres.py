@@ -33,6 +33,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .jobs import (
     COLUMNS,
+    FRESH_RUN,
     INTERRUPTED_RUN,
     NEW_JOB_COLUMNS,
     STATES,
@@ -134,10 +135,7 @@ class PostgresJobStore(Store):
         with self._conn() as conn:
             return int(conn.execute(sql, params).rowcount)
 
-    def _owned_update(self, job_id: str, allowed_from: tuple[JobState, ...], changes: dict[str, Any]) -> None:
-        """Update a row this sidecar holds; its lease ends with it (every caller leaves the row idle)."""
-        changes = {"updated_at": self._clock(), "in_flight": False, "lease_owner": None, **changes}
-        changes["lease_expires_at"] = None
+    def _update_held(self, job_id: str, allowed_from: tuple[JobState, ...], **changes: Any) -> None:
         assignments = ", ".join(f"{name} = %({name})s" for name in changes)
         params = {**changes, "id": job_id, "allowed": list(allowed_from), "me": self.owner}
         count = self._rowcount(
@@ -150,7 +148,9 @@ class PostgresJobStore(Store):
     def _transition(
         self, job_id: str, allowed_from: tuple[JobState, ...], to: JobState, count: bool = True, **changes: Any
     ) -> None:
-        self._owned_update(job_id, allowed_from, {"state": to, **changes})
+        # The lease ends with the transition: every one leaves the row idle.
+        idle = {"updated_at": self._clock(), "in_flight": False, "lease_owner": None, "lease_expires_at": None}
+        self._update_held(job_id, allowed_from, **{**idle, "state": to, **changes})
         if count:
             self._on_transition(to)
 
@@ -200,7 +200,7 @@ class PostgresJobStore(Store):
         """Take the oldest due queued job under a lease: it becomes `running` and ours."""
         row = self._claim(
             f"UPDATE {TABLE} SET state = 'running', in_flight = true, started_at = %(now)s, "
-            f"updated_at = %(now)s, lease_owner = %(me)s, lease_expires_at = {_DB_NOW} + %(lease)s "
+            f"updated_at = %(now)s, lease_owner = %(me)s, lease_expires_at = {_DB_NOW} + %(lease)s, {FRESH_RUN} "
             f"WHERE id = (SELECT id FROM {TABLE} WHERE state = 'queued' AND next_attempt_at <= %(now)s "
             "ORDER BY next_attempt_at, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) "
             f"RETURNING {COLUMNS}"
