@@ -36,7 +36,7 @@ from .auth import authenticated_key, principal
 from .config import Settings
 from .delivery import DEFAULT_EVENT_SOURCE, iso_time
 from .jobs import DELIVERABLE, Job, StoreUnavailable
-from .protocol import EVENT_ACCEPTED, AsyncPredictRequest, JobAccepted, JobStatus
+from .protocol import EVENT_ACCEPTED, AsyncPredictRequest, JobAccepted, JobProgress, JobStatus
 from .service import JobService, request_hash
 from .urls import UnsafeUrl, check_webhook_url_async
 
@@ -275,6 +275,9 @@ def _status(job: Job) -> JobStatus:
         return iso_time(value) if value is not None else None
 
     waiting = job.state in DELIVERABLE and not job.in_flight
+    progress = None
+    if job.chunks_done is not None and job.chunks_total is not None:
+        progress = JobProgress(chunks_done=job.chunks_done, chunks_total=job.chunks_total)
     return JobStatus(
         job_id=job.id,
         state=job.state,
@@ -290,4 +293,5 @@ def _status(job: Job) -> JobStatus:
         last_error=job.last_error,
         last_status_code=job.last_status_code,
         webhook_host=urlsplit(job.webhook_endpoint).hostname or "",
+        progress=progress,
     )

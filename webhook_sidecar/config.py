@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     event_source: str = Field(default="", description="CloudEvent `source` of results; empty: derived")
     grace_period_s: float = Field(default=25.0, ge=0, description="SIGTERM: time to finish in-flight work")
     poll_interval_s: float = Field(default=1.0, gt=0, description="longest idle wait between store checks")
+    progress_poll_s: float = Field(
+        default=2.0, ge=0, description="how often a running job asks the model server for its progress; 0: never"
+    )
     job_retention_s: int = Field(default=7 * 86_400, ge=60, description="finished jobs are purged after this")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_format: Literal["text", "json"] = "text"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bark_common.schema import SynthesisRequest
 
@@ -50,6 +50,24 @@ class JobAccepted(BaseModel):
     status_url: str
 
 
+class JobProgress(BaseModel):
+    """How far the model server is with a job's text, in chunks (Bark speaks one chunk per call).
+
+    Also parses the model server's `GET /v1/requests/{id}/progress` answer (strict: a malformed one is ignored).
+    """
+
+    model_config = ConfigDict(strict=True)
+
+    chunks_done: int = Field(ge=0)
+    chunks_total: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _done_within_total(self) -> JobProgress:
+        if self.chunks_done > self.chunks_total:
+            raise ValueError("chunks_done exceeds chunks_total")
+        return self
+
+
 class JobStatus(BaseModel):
     """What `GET /jobs/{id}` shows. Never the audio: that goes only to the webhook."""
 
@@ -67,6 +85,9 @@ class JobStatus(BaseModel):
     last_error: str | None = Field(description="the latest problem (model or webhook); cleared once delivered")
     last_status_code: int | None = Field(None, description="HTTP status of the last webhook answer")
     webhook_host: str
+    progress: JobProgress | None = Field(
+        None, description="the model server's progress on the current run; null until it reports"
+    )
 
 
 class JobFailure(BaseModel):

@@ -10,6 +10,9 @@ counts it), so a job that keeps killing the sidecar gives up after `max_attempts
 - 4xx (400: a bound the model server checks, e.g. prompt length): `failed` with its message.
 - no answer within the job timeout: `failed` (Bark may be stuck; a retry would double the load).
 A `failed` job is delivered as a `.failed` CloudEvent like any result.
+
+Every call carries the job id as `x-request-id` (the model server's logs and its progress route use it);
+while a call is in flight, progress.py reads the model's progress into the job.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import httpx
 
 from .config import Settings
 from .jobs import Job, StaleJob, Store
+from .progress import progress_url, watching_progress
 from .protocol import JobFailure
 from .retry import backoff_s, parse_retry_after
 
@@ -74,15 +78,16 @@ class JobRunner:
                 return
             try:
                 # httpx's timeout is per read; wait_for holds the whole call to the job's deadline.
-                response = await asyncio.wait_for(
-                    self.client.post(
-                        settings.model_url,
-                        json={"instances": [job.model_input]},
-                        headers=self.headers,
-                        timeout=httpx.Timeout(remaining, connect=min(remaining, 10.0)),
-                    ),
-                    remaining,
-                )
+                async with self._watching_progress(job):
+                    response = await asyncio.wait_for(
+                        self.client.post(
+                            settings.model_url,
+                            json={"instances": [job.model_input]},
+                            headers={**self.headers, "x-request-id": job.id},
+                            timeout=httpx.Timeout(remaining, connect=min(remaining, 10.0)),
+                        ),
+                        remaining,
+                    )
             except (httpx.ConnectError, httpx.ConnectTimeout) as error:
                 # Nothing reached the model (not up yet): not counted, the job timeout bounds it.
                 waits += 1
@@ -120,6 +125,10 @@ class JobRunner:
                 await self._finish_failed(job, _error_message(response), status)
             return
 
+    def _watching_progress(self, job: Job) -> contextlib.AbstractAsyncContextManager[None]:
+        url = progress_url(self.settings.model_url, job.id)
+        return watching_progress(self.store, self.client, url, job.id, self.headers, self.settings.progress_poll_s)
+
     async def _note(self, job: Job, counted: int, error: str | None = None) -> int:
         """Count an answered model call (a 503 or no connection is not counted); keep the error."""
         return await asyncio.to_thread(self.store.count_attempt, job.id, counted, error)
@@ -146,6 +155,9 @@ class JobRunner:
             if not isinstance(prediction, dict) or not isinstance(prediction.get("audio"), str):
                 raise TypeError("the prediction has no base64 `audio` string")
             audio = prediction["audio"]
+            chunks = prediction.get("chunks")
+            if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 0:
+                chunks = None  # an older model server, or garbage: keep the last progress read
         except (ValueError, KeyError, IndexError, TypeError) as error:
             await self._finish_failed(job, f"the model answered 200 without a prediction ({error!r})", 200)
             return
@@ -161,6 +173,7 @@ class JobRunner:
             200,
             token,
             self.settings.download_ttl_s,
+            chunks,
         )
         logger.info("job %s succeeded", job.id)
         self.on_finished()
