@@ -170,7 +170,8 @@ class BarkTTS(Model):
 
         plans = await asyncio.to_thread(plan_all)
         try:
-            work = (service.synthesize(instance, plan) for instance, plan in zip(payload, plans, strict=True))
+            pairs = zip(payload, plans, strict=True)
+            work = (service.synthesize(instance, plan, request_id) for instance, plan in pairs)
             results = await asyncio.wait_for(asyncio.gather(*work), timeout)
         except asyncio.TimeoutError:
             message = f"request took longer than {timeout:g} s (request_timeout_s); its work was dropped"

@@ -10,6 +10,9 @@ SPEECH_PATH = "/v1/audio/speech"
 #: The voice list, and the same list under the model's own v1 path.
 VOICES_PATH = "/v1/audio/voices"
 MODEL_VOICES_PATH = "/v1/models/{model_name}/voices"
+#: How far a request is (chunks done of chunks queued), by its x-request-id; under API keys.
+REQUESTS_PREFIX = "/v1/requests/"
+REQUEST_PROGRESS_PATH = REQUESTS_PREFIX + "{request_id}/progress"
 PLAYGROUND_PATH = "/playground"
 METRICS_PATH = "/metrics"
 #: OpenAI's audio routes (speech, voices): their errors have OpenAI's shape.

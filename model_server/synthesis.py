@@ -26,8 +26,15 @@ from model_server.generation.engine import BarkEngine, Sampling
 from model_server.generation.faults import release_cached_memory, run_splitting_on_oom
 from model_server.generation.languages import resolve_language
 from model_server.generation.limits import check_output_seconds
-from model_server.generation.scheduler import BatchFailed, BatchRunner, ChunkScheduler, build_scheduler
+from model_server.generation.scheduler import (
+    BatchFailed,
+    BatchRunner,
+    ChunkScheduler,
+    build_scheduler,
+    results_in_order,
+)
 from model_server.generation.text import plan_chunks, semantic_budget
+from model_server.progress import ProgressBoard
 from model_server.schema import SynthesisRequest
 
 request_logger = logging.getLogger("bark.requests")
@@ -68,6 +75,8 @@ class SynthesisService:
         self.settings = settings
         self.engine = engine
         self.scheduler = scheduler_factory(settings, self.run_batch, engine)
+        #: Chunks done per request id, for `GET /v1/requests/{id}/progress`.
+        self.progress = ProgressBoard()
 
     @classmethod
     def load(cls, settings: Settings) -> SynthesisService:
@@ -129,21 +138,33 @@ class SynthesisService:
         """Refuse a request whose estimated audio is over `max_output_seconds`, before any chunk queues."""
         check_output_seconds((chunk.budget for chunk in chunks), self.settings.max_output_seconds)
 
-    async def synthesize(self, request: SynthesisRequest, chunks: list[ChunkPayload] | None = None) -> Synthesis:
+    async def synthesize(
+        self, request: SynthesisRequest, chunks: list[ChunkPayload] | None = None, request_id: str | None = None
+    ) -> Synthesis:
         """Generate one instance's audio: all its chunks batched, trimmed and joined in order."""
         chunks = self.plan_chunks(request) if chunks is None else chunks
         try:
-            parts = await self.scheduler.submit((request.voice, sampling_of(request)), chunks)
+            parts = await results_in_order(self.enqueue(request, chunks, request_id=request_id), self.cancel)
         except BatchFailed as error:
             raise RuntimeError(str(error)) from error
         joined = audio.join_with_pauses(parts, self.sample_rate, self.settings.pause_ms)
         return Synthesis(waveform=joined, chunks=len(chunks))
 
     def enqueue(
-        self, request: SynthesisRequest, chunks: Sequence[ChunkPayload], *, urgent_first: bool = False
+        self,
+        request: SynthesisRequest,
+        chunks: Sequence[ChunkPayload],
+        *,
+        urgent_first: bool = False,
+        request_id: str | None = None,
     ) -> list[asyncio.Future[Any]]:
-        """Queue every chunk now (a full queue refuses here); one future per chunk, in order."""
-        return self.scheduler.enqueue((request.voice, sampling_of(request)), chunks, urgent_first=urgent_first)
+        """Queue every chunk now (a full queue refuses here); one future per chunk, in order.
+
+        With a `request_id`, the chunks count towards that request's progress."""
+        futures = self.scheduler.enqueue((request.voice, sampling_of(request)), chunks, urgent_first=urgent_first)
+        if request_id is not None:
+            self.progress.track(request_id, futures)
+        return futures
 
     def cancel(self, futures: Sequence[asyncio.Future[Any]]) -> None:
         """Drop the queued chunks of `futures` that have not run."""

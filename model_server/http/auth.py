@@ -2,8 +2,9 @@
 
 Keys come from settings (`BARK_API_KEYS`, comma separated) and/or a mounted Secret file
 (`BARK_API_KEYS_FILE`, one key per line); with none configured, auth is off. Every POST route
-(predict, speech, ...) needs a key, as `Authorization: Bearer <key>` or `x-api-key: <key>`; health,
-readiness, voices and (unless `metrics_require_auth`) /metrics stay open for probes and scrapers.
+(predict, speech, ...) and the request progress route need a key, as `Authorization: Bearer <key>`
+or `x-api-key: <key>`; health, readiness, voices and (unless `metrics_require_auth`) /metrics stay
+open for probes and scrapers.
 Keys are compared in constant time and never logged.
 """
 
@@ -16,7 +17,7 @@ from bark_common.api_keys import UNAUTHORIZED_MESSAGE, key_is_valid, presented_k
 from bark_common.errors import Unauthorized
 from model_server.http.asgi import ASGIApp, Receive, Send, send_json_error
 from model_server.http.errors import openai_error
-from model_server.paths import METRICS_PATH, OPENAI_AUDIO_PREFIX
+from model_server.paths import METRICS_PATH, OPENAI_AUDIO_PREFIX, REQUESTS_PREFIX
 
 __all__ = ["ApiKeyAuth"]
 
@@ -30,7 +31,7 @@ class ApiKeyAuth:
         self.protect_metrics = protect_metrics
 
     def _protected(self, scope: MutableMapping[str, Any]) -> bool:
-        if scope.get("method") == "POST":
+        if scope.get("method") == "POST" or str(scope.get("path", "")).startswith(REQUESTS_PREFIX):
             return True
         return self.protect_metrics and scope.get("path") == METRICS_PATH
 

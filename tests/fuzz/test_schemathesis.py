@@ -35,6 +35,7 @@ OPERATIONS = [
     ("POST", "/v1/audio/speech", GenerationMode.POSITIVE),
     ("POST", "/v1/audio/speech", GenerationMode.NEGATIVE),
     ("GET", "/v1/audio/voices", GenerationMode.POSITIVE),
+    ("GET", "/v1/requests/{request_id}/progress", GenerationMode.POSITIVE),
 ]
 
 CHECKS = [

@@ -100,3 +100,28 @@ def test_refused_keys_are_counted_as_401_outcomes(guarded_server):
     before = metric(guarded_server.url, series)
     httpx.post(guarded_server.url + PREDICT, json=short_body(), timeout=60)
     assert metric(guarded_server.url, series) == before + 1
+
+
+def test_request_progress_needs_a_key_and_reports_a_finished_request(guarded_server):
+    key = {"x-api-key": KEYS[0]}
+    request_id = "progress-check-1"
+    body = {"instances": [{"prompt": "One sentence here. And a second one."}, {"prompt": "A third."}]}
+    answer = httpx.post(
+        guarded_server.url + PREDICT, json=body, headers={**key, "x-request-id": request_id}, timeout=120
+    )
+    assert answer.status_code == 200, answer.text
+    chunks = sum(prediction["chunks"] for prediction in answer.json()["predictions"])
+    path = f"{guarded_server.url}/v1/requests/{request_id}/progress"
+    assert httpx.get(path, timeout=10).status_code == 401
+    progress = httpx.get(path, headers=key, timeout=10)
+    assert progress.status_code == 200, progress.text
+    assert progress.json() | {"elapsed_s": 0} == {
+        "request_id": request_id,
+        "chunks_done": chunks,
+        "chunks_total": chunks,
+        "finished": True,
+        "elapsed_s": 0,
+    }
+    unknown = httpx.get(f"{guarded_server.url}/v1/requests/never-sent/progress", headers=key, timeout=10)
+    assert unknown.status_code == 404
+    assert "never-sent" in unknown.json()["error"]

@@ -107,7 +107,7 @@ class SpeechService:
 
     async def whole(self, plan: SpeechPlan) -> bytes:
         started = time.perf_counter()
-        result = await self.synthesis.synthesize(plan.synthesis, plan.chunks)
+        result = await self.synthesis.synthesize(plan.synthesis, plan.chunks, plan.request_id)
         encoding_started = time.perf_counter()
         waveform, data = await anyio.to_thread.run_sync(self._speed_and_encode, result.waveform, plan)
         metrics.STAGE_LATENCY.labels(stage="encode").observe(time.perf_counter() - encoding_started)
@@ -123,7 +123,7 @@ class SpeechService:
         synthesis = self.synthesis
         started = time.perf_counter()
         deadline = time.monotonic() + synthesis.settings.request_timeout_s
-        futures = synthesis.enqueue(plan.synthesis, plan.chunks, urgent_first=True)
+        futures = synthesis.enqueue(plan.synthesis, plan.chunks, urgent_first=True, request_id=plan.request_id)
         try:
             encoder = await anyio.to_thread.run_sync(
                 stream_encoder, plan.request.response_format, synthesis.sample_rate
