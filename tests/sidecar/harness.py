@@ -31,7 +31,7 @@ import numpy as np
 import soundfile as sf
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from tests.serving import REPO_ROOT, free_port
 from webhook_sidecar.api import create_app
@@ -130,7 +130,11 @@ class FakeModel:
 
     Close `gate` to hold requests open (the job stays `running`); `in_flight` counts held requests.
     `overlaps` lists prompts that arrived while a call with the same prompt was still in flight (a
-    job run by two sidecars at once).
+    job run by two sidecars at once). `request_ids` records each call's `x-request-id`.
+
+    `GET /v1/requests/{id}/progress` answers `progress` (status, body: a dict is JSON, a str is sent
+    as is) for any id; None: 404, as for a request the model server does not know. `progress_reads`
+    records each read as (request id, its headers).
     """
 
     gate: threading.Event = field(default_factory=threading.Event)
@@ -142,6 +146,9 @@ class FakeModel:
     running: Counter[str] = field(default_factory=Counter)
     #: Seconds every call takes (0: answer at once), so concurrent runs of one job would overlap.
     delay_s: float = 0.0
+    request_ids: list[str | None] = field(default_factory=list)
+    progress: tuple[int, dict[str, Any] | str] | None = None
+    progress_reads: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -157,6 +164,9 @@ class FakeModel:
             self.overlaps.clear()
             self.running.clear()
             self.delay_s = 0.0
+            self.request_ids.clear()
+            self.progress = None
+            self.progress_reads.clear()
 
     @property
     def predict_url(self) -> str:
@@ -171,6 +181,7 @@ class FakeModel:
             prompt = body["instances"][0]["prompt"]
             with self._lock:
                 self.prompts.append(prompt)
+                self.request_ids.append(request.headers.get("x-request-id"))
                 self.in_flight += 1
                 if self.running[prompt]:
                     self.overlaps.append(prompt)
@@ -189,6 +200,18 @@ class FakeModel:
                 status, content, headers = scripted
                 return JSONResponse(content, status_code=status, headers=headers)
             return JSONResponse({"predictions": [prediction_for(prompt)]})
+
+        @app.get("/v1/requests/{request_id}/progress")
+        async def progress(request_id: str, request: Request) -> Response:
+            with self._lock:
+                self.progress_reads.append((request_id, dict(request.headers)))
+                answer = self.progress
+            if answer is None:
+                return JSONResponse({"error": f"no request {request_id}"}, status_code=404)
+            status, content = answer
+            if isinstance(content, str):
+                return PlainTextResponse(content, status_code=status)
+            return JSONResponse({"request_id": request_id, **content}, status_code=status)
 
         return app
 

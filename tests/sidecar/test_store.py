@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.sidecar.store_checks import check_progress_follows_the_run, claim
 from webhook_sidecar.jobs import NewJob
 from webhook_sidecar.store import JobStore, StaleJob
 
@@ -130,3 +131,32 @@ def test_download_audio_is_kept_until_the_link_expires_then_jobs_are_purged(stor
     clock.now += 1000
     assert store.purge(retention_s=1000) == 1
     assert store.get("j1") is None
+
+
+def test_progress_follows_the_run(store: JobStore) -> None:
+    check_progress_follows_the_run(store, lambda job_id: add(store, job_id))
+
+
+def test_a_file_from_before_progress_gains_its_columns_and_keeps_its_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = JobStore(path)
+    old.open()
+    add(old, "old")
+    old.close()
+    with sqlite3.connect(path) as db:  # the previous release's table: no progress columns
+        db.execute("ALTER TABLE jobs DROP COLUMN chunks_done")
+        db.execute("ALTER TABLE jobs DROP COLUMN chunks_total")
+    store = JobStore(path)
+    store.open()
+    try:
+        job = store.get("old")
+        assert job is not None and job.state == "queued" and job.chunks_done is None
+        claim(store, "old")
+        store.note_progress("old", 1, 2)
+        assert store.get("old").chunks_done == 1  # type: ignore[union-attr]
+    finally:
+        store.close()
+    reopened = JobStore(path)
+    reopened.open()  # columns present: nothing to add
+    assert reopened.get("old").chunks_total == 2  # type: ignore[union-attr]
+    reopened.close()

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
-from webhook_sidecar.jobs import NewJob
+from tests.sidecar.store_checks import check_progress_follows_the_run, chunks, claim
+from webhook_sidecar.jobs import NEW_JOB_COLUMNS, NewJob
 from webhook_sidecar.migrations import MIGRATIONS, TABLE, migrate
 from webhook_sidecar.store import StaleJob
 from webhook_sidecar.store_postgres import PostgresJobStore, redact
@@ -197,6 +198,44 @@ def test_download_audio_is_kept_until_the_link_expires(make_store: StoreFactory)
     time.sleep(0.3)
     assert b.purge(retention_s=3600) == 0
     assert a.get_by_download_token("tok").result is None  # type: ignore[union-attr]
+
+
+def test_progress_follows_the_run(make_store: StoreFactory) -> None:
+    store = make_store()
+    check_progress_follows_the_run(store, lambda job_id: add(store, job_id))
+
+
+def test_progress_is_written_only_under_this_sidecars_lease_and_keeps_it(make_store: StoreFactory) -> None:
+    a, b = make_store(), make_store()
+    add(a, "j1")
+    claim(a, "j1")
+    with pytest.raises(StaleJob):
+        b.note_progress("j1", 9, 10)
+    a.note_progress("j1", 3, 10)
+    assert chunks(b, "j1") == (3, 10)
+    assert a.renew() == 1, "the lease is still held and the job still in flight"
+    a.finish("j1", "succeeded", {"audio": "AAAA"}, chunks=10)
+    assert chunks(b, "j1") == (10, 10)
+
+
+def test_a_database_from_before_progress_is_migrated_and_keeps_its_jobs(
+    pg_url: str, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new = NewJob("old", {"prompt": "old"}, "http://127.0.0.1/hook", "http://sidecar", "hash")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        with monkeypatch.context() as patch:
+            patch.setattr("webhook_sidecar.migrations.MIGRATIONS", MIGRATIONS[:1])
+            assert migrate(conn) == [1]
+        conn.execute(
+            f"INSERT INTO {TABLE} ({NEW_JOB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s)",
+            new.insert_values(time.time()),
+        )
+    store = make_store()  # opening migrates to the latest version
+    job = store.get("old")
+    assert job is not None and job.state == "queued" and (job.chunks_done, job.chunks_total) == (None, None)
+    claim(store, "old")
+    store.note_progress("old", 1, 3)
+    assert chunks(store, "old") == (1, 3)
 
 
 def test_logs_never_show_the_password() -> None:
