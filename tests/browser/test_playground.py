@@ -159,6 +159,34 @@ def test_whole_synthesis_fills_the_audio_element_and_the_timing_line(
     assert link.get_attribute("href").startswith("blob:") and link.get_attribute("download").endswith(".wav")
 
 
+def test_a_long_whole_synthesis_shows_its_progress_while_it_runs(
+    browser: Any, playground_server: RunningServer
+) -> None:
+    open_page(browser, playground_server.url)
+    set_field(browser, "api-key", API_KEY)
+    set_stream(browser, False)
+    set_field(browser, "batch_chunk_size", "3")
+    set_field(browser, "text", " ".join(f"Sentence number {index} ends here." for index in range(10)))
+    browser.find_element("id", "generate").click()
+    shown = wait_for(
+        browser,
+        "const p = document.getElementById('progress');"
+        " return !p.hidden && document.getElementById('progress-text').textContent",
+    )
+    assert re.fullmatch(r"Generating: \d+ of \d+ chunks", shown), shown
+    result = wait_for(
+        browser,
+        "const c = document.getElementById('result-card'); return c.dataset.state !== 'running' && {...c.dataset}",
+    )
+    assert result["state"] == "done", error_text(browser)
+    chunks = int(re.search(r"\((\d+) chunks", browser.find_element("id", "route-note").text).group(1))  # type: ignore[union-attr]
+    assert int(result["progressPolls"]) >= 1
+    assert result["progressShown"].endswith(f"/{chunks}"), (result["progressShown"], chunks)
+    assert not browser.find_element("id", "progress").is_displayed(), "the bar goes when the audio comes"
+    # A poll that comes before the chunks are queued is a 404 (logged by the browser, not an error).
+    assert [entry for entry in severe_console_entries(browser) if "/progress" not in entry["message"]] == []
+
+
 def test_streaming_starts_playing_before_the_request_has_finished(
     browser: Any, playground_server: RunningServer
 ) -> None:

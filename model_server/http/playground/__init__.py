@@ -31,7 +31,7 @@ from model_server.generation.audio import FORMATS
 from model_server.http.asgi import ASGIApp, Message, Receive, Send
 from model_server.http.openai_speech.protocol import SpeechRequest
 from model_server.model import BarkTTS
-from model_server.paths import PLAYGROUND_PATH, SPEECH_PATH, VOICES_PATH
+from model_server.paths import PLAYGROUND_PATH, REQUEST_PROGRESS_PATH, SPEECH_PATH, VOICES_PATH
 from model_server.schema import SynthesisRequest
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ def playground_config(model: BarkTTS, auth_required: bool) -> dict[str, Any]:
             "voices": f"..{VOICES_PATH}",
             "speech": f"..{SPEECH_PATH}",
             "predict": f"../v1/models/{model.name}:predict",
+            # `{request_id}` is filled in by the page: how far a whole (not streamed) synthesis is.
+            "progress": f"..{REQUEST_PROGRESS_PATH}",
         },
         "max_prompt_chars": settings.max_prompt_chars,
         "default_voice": synthesis["voice"]["default"],

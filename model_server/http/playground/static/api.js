@@ -100,11 +100,26 @@ export async function startSpeechStream(config, request, apiKey, signal) {
   return response;
 }
 
+/** A request id for x-request-id: random hex (crypto.randomUUID needs HTTPS; this page may be on plain HTTP). */
+export function newRequestId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** How far the request sent with `requestId` is ({chunks_done, chunks_total, finished}); null when not known yet. */
+export async function requestProgress(config, requestId, apiKey) {
+  const url = config.routes.progress.replace("{request_id}", encodeURIComponent(requestId));
+  const headers = { Accept: "application/json" };
+  if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+  const response = await fetch(url, { headers });
+  return response.ok ? response.json() : null;
+}
+
 /** POST the v1 predict route (which takes the sampling settings); resolves to its one prediction. */
-export async function predict(config, instance, apiKey, signal) {
+export async function predict(config, instance, apiKey, signal, requestId) {
   const response = await fetch(config.routes.predict, {
     method: "POST",
-    headers: jsonHeaders(apiKey),
+    headers: { ...jsonHeaders(apiKey), "x-request-id": requestId },
     body: JSON.stringify({ instances: [instance] }),
     signal,
   });

@@ -1,11 +1,24 @@
 // The playground page: wires the form to the API. Every bound comes from config.json (the server's
 // request models), so nothing here repeats a limit. Timestamps of each run are kept as data-*
 // attributes on #result-card (milliseconds since the click), which the browser tests read.
-import { ApiError, decodeBase64, loadConfig, loadVoices, modelReady, predict, startSpeechStream } from "./api.js";
+import {
+  ApiError,
+  decodeBase64,
+  loadConfig,
+  loadVoices,
+  modelReady,
+  newRequestId,
+  predict,
+  requestProgress,
+  startSpeechStream,
+} from "./api.js";
 import { PcmStreamPlayer, wavBlob } from "./audio.js";
 
 const KEY_STORAGE = "bark-playground-api-key";
 const TEMPERATURES = ["semantic_temperature", "coarse_temperature", "fine_temperature"];
+// A whole synthesis asks how far it is: soon after it starts, then every half second.
+const PROGRESS_FIRST_POLL_MS = 200;
+const PROGRESS_POLL_MS = 500;
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -142,6 +155,7 @@ function showError(error) {
 
 function resetResult() {
   $("error").hidden = true;
+  $("progress").hidden = true;
   $("timing").hidden = true;
   $("download").hidden = true;
   $("route-note").hidden = true;
@@ -221,6 +235,36 @@ async function runStream(startedAt, signal) {
   $("route-note").hidden = false;
 }
 
+function showProgress(progress) {
+  const total = progress.chunks_total;
+  $("progress-bar").max = Math.max(total, 1);
+  $("progress-bar").value = progress.chunks_done;
+  $("progress-text").textContent = `Generating: ${progress.chunks_done} of ${total} chunk${total === 1 ? "" : "s"}`;
+  $("progress").hidden = false;
+  $("placeholder").hidden = true;
+  const card = $("result-card");
+  card.dataset.progressPolls = String(Number(card.dataset.progressPolls || 0) + 1);
+  card.dataset.progressShown = `${progress.chunks_done}/${total}`;
+}
+
+/** Poll the progress of `requestId` until the returned function is called (the request ended). */
+function watchProgress(requestId) {
+  let stopped = false;
+  let timer = null;
+  const poll = async () => {
+    const progress = await requestProgress(state.config, requestId, apiKey()).catch(() => null);
+    if (stopped) return;
+    if (progress && !progress.finished) showProgress(progress);
+    timer = setTimeout(poll, PROGRESS_POLL_MS);
+  };
+  timer = setTimeout(poll, PROGRESS_FIRST_POLL_MS);
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+    $("progress").hidden = true;
+  };
+}
+
 async function runWhole(startedAt, signal) {
   const config = state.config;
   const voice = $("voice").value;
@@ -228,7 +272,14 @@ async function runWhole(startedAt, signal) {
   for (const name of TEMPERATURES) instance[name] = Number($(name).value);
   if ($("seed").value !== "") instance.seed = Number($("seed").value);
   if ($("batch_chunk_size").value !== "") instance.batch_chunk_size = Number($("batch_chunk_size").value);
-  const result = await predict(config, instance, apiKey(), signal);
+  const requestId = newRequestId();
+  const stopWatching = watchProgress(requestId);
+  let result;
+  try {
+    result = await predict(config, instance, apiKey(), signal, requestId);
+  } finally {
+    stopWatching();
+  }
   mark("firstAudioMs", startedAt);
   mark("doneMs", startedAt);
   const totalMs = performance.now() - startedAt;
