@@ -6,7 +6,7 @@ is mounted and /playground is a 404. The page reads every bound it shows (prompt
 ranges, formats, speed) from `/playground/config.json`, which is built here from the same pydantic
 models and `Settings` that validate requests, so the page cannot drift from what the API accepts.
 
-The files are public (they are static; API-key auth guards only POST routes and maybe /metrics), the
+The files are public (they are static; API-key auth guards POST routes, progress and maybe /metrics), the
 API calls the page makes carry the key the user enters. Every answer under /playground has strict
 security headers: scripts and styles from this origin only (no inline code), nothing framed, no
 referrer, no MIME sniffing.
