@@ -1,4 +1,5 @@
-"""One job end to end against the real model server (tiny checkpoint): the webhook gets real audio."""
+"""One job end to end against the real model server (tiny checkpoint): the webhook gets real audio, and
+the model server tracked the call under the job's id (the progress the job status shows)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import io
 from pathlib import Path
 
+import httpx
 import numpy as np
 import soundfile as sf
 
@@ -17,7 +19,9 @@ from webhook_sidecar.signing import verify
 def test_a_job_on_the_real_model_delivers_decodable_wav(
     server: RunningServer, receiver: Receiver, tmp_path: Path
 ) -> None:
-    settings = fast_settings(db_path=tmp_path / "jobs.sqlite3", model_url=f"{server.url}/v1/models/bark:predict")
+    settings = fast_settings(
+        db_path=tmp_path / "jobs.sqlite3", model_url=f"{server.url}/v1/models/bark:predict", progress_poll_s=0.05
+    )
     with in_process_sidecar(settings) as sidecar, sidecar.client() as client:
         response = client.post(
             "/async_predict",
@@ -27,7 +31,8 @@ def test_a_job_on_the_real_model_delivers_decodable_wav(
             },
         )
         assert response.status_code == 202, response.text
-        status = sidecar.wait_state(response.json()["job_id"], "delivered", "dead", timeout_s=120)
+        job_id = response.json()["job_id"]
+        status = sidecar.wait_state(job_id, "delivered", "dead", timeout_s=120)
     assert status["state"] == "delivered" and status["outcome"] == "succeeded", status
     (delivery,) = receiver.deliveries
     verify(SECRET, delivery.headers, delivery.body)
@@ -38,3 +43,9 @@ def test_a_job_on_the_real_model_delivers_decodable_wav(
     assert rate == data["sample_rate"] == 24_000
     assert abs(len(samples) / rate - data["duration_s"]) < 1e-3
     assert np.isfinite(samples).all() and np.abs(samples).max() > 0
+    chunks = data["chunks"]
+    assert status["progress"] == {"chunks_done": chunks, "chunks_total": chunks}
+    # The model server knows the call by the job id (kept a minute after it finished).
+    progress = httpx.get(f"{server.url}/v1/requests/{job_id}/progress", timeout=10)
+    assert progress.status_code == 200, progress.text
+    assert progress.json()["chunks_done"] == progress.json()["chunks_total"] == chunks and progress.json()["finished"]
