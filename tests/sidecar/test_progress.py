@@ -7,14 +7,16 @@ answers each test sets. Progress is a nicety: no answer of that route may change
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 
 from tests.sidecar.harness import FakeModel, InProcessSidecar, Receiver, job_body, prediction_for, submit, wait_for
-from webhook_sidecar.progress import progress_url, read_progress
+from webhook_sidecar.jobs import Store
+from webhook_sidecar.progress import progress_url, read_progress, watching_progress
 
 Progress = dict[str, int]
 
@@ -109,3 +111,40 @@ def test_an_unreachable_or_slow_progress_route_reads_as_no_progress(error: httpx
 def test_the_progress_url_is_on_the_model_servers_host() -> None:
     model_url = "https://model.local:8443/v1/models/bark:predict?x=1"
     assert progress_url(model_url, "a/b c") == "https://model.local:8443/v1/requests/a%2Fb%20c/progress"
+
+
+class SlowStore:
+    """Only `note_progress`, and it holds each write until `release` is set."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.writes: list[tuple[str, int, int]] = []
+
+    def note_progress(self, job_id: str, done: int, total: int) -> None:
+        self.started.set()
+        self.release.wait(10)
+        self.writes.append((job_id, done, total))
+
+
+def test_the_poller_ends_with_the_call_after_the_write_it_started_and_leaves_no_task() -> None:
+    store = SlowStore()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=progress(1, 2))
+
+    def pollers() -> list[asyncio.Task[Any]]:
+        return [task for task in asyncio.all_tasks() if task.get_name().startswith("progress-")]
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+            watch = watching_progress(cast(Store, store), client, "http://model/p", "j", {}, 0.01)
+            with pytest.raises(RuntimeError, match="the call broke"):
+                async with watch:
+                    await asyncio.to_thread(store.started.wait, 10)  # a write is under way
+                    threading.Timer(0.1, store.release.set).start()  # it lands after the call ended
+                    raise RuntimeError("the call broke")
+            assert store.writes == [("j", 1, 2)], "the exit waited for the write under way"
+            assert pollers() == []
+
+    asyncio.run(scenario())
