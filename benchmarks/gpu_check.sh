@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a GPU machine (H200 or A10G): CUDA tests, decode-step figures, ours vs the original
 # pipeline and the continuous-vs-static Poisson load at bark-small shapes, in one markdown report.
-# Budget: under 8 minutes (the step timeouts add up to 480 s; a step that fails or times out is noted in
+# Budget: under 9 minutes (the step timeouts add up to 540 s; a step that fails or times out is noted in
 # the report and the rest still run).
 #
 #   benchmarks/gpu_check.sh [REPORT.md]        # default: benchmarks/gpu-check-<date>.md
@@ -37,13 +37,15 @@ $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || {
   echo "torch sees no CUDA device: nothing to check" | tee -a "$REPORT"; exit 1; }
 
 section "CUDA tests (graph capture and replay, static decoder and continuous rows)" 100 \
-  $PY -m pytest -q -x tests/generation/test_cuda_graphs.py tests/generation/test_decoding.py tests/generation/test_continuous_engine.py -k "cuda or graph"
+  $PY -m pytest -q -x tests/generation/test_cuda_graphs.py tests/generation/test_decoding.py tests/generation/test_continuous_engine.py tests/generation/test_fine_stage.py -k "cuda or graph"
 section "Decode steps/s, bark-small shapes, greedy" 70 \
   $PY benchmarks/decode_steps.py --size small --batches 1 8 32 --semantic-tokens 128 --repeats 2
 section "Decode steps/s, bark-small shapes, sampling" 40 \
   $PY benchmarks/decode_steps.py --size small --batches 1 32 --semantic-tokens 128 --repeats 2 --sample
 section "Ops, CUDA kernels and host time per semantic step, before/after (issue #14)" 40 \
   $PY benchmarks/decode_steps.py --size small --profile-step --batches 1 8 32
+section "Fine stage: transformers per chunk vs ours per chunk vs ours batched (bark-small shapes)" 60 \
+  $PY benchmarks/fine_stage.py --size small --device cuda --rows 1 8 32 --repeats 3
 section "Ours vs the original pipeline, bark-small shapes" 70 \
   $PY benchmarks/original_vs_ours.py --mode pipeline --size small --repeats 1
 section "Continuous vs static: concurrency, short behind long, Poisson load (bark-small shapes)" 160 \

@@ -58,9 +58,9 @@ class TokenRows(BarkRowEngine):
     """Also hands back each row's semantic and coarse tokens: the tiny codec's random weights make
     audio a weak witness (different tokens can decode to the same waveform)."""
 
-    def _finish(self, row):  # type: ignore[no-untyped-def]
+    def _finish(self, row, fine):  # type: ignore[no-untyped-def]
         plan = row.coarse
-        return (tuple(row.semantic), tuple(plan.tokens[plan.history_length :]), super()._finish(row))
+        return (tuple(row.semantic), tuple(plan.tokens[plan.history_length :]), super()._finish(row, fine))
 
 
 @pytest.fixture()
