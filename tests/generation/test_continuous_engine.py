@@ -9,7 +9,6 @@ of the logits and the token tests would show which rows flipped).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,23 +34,12 @@ from model_server.generation.continuous.sampling import (
 from model_server.generation.decoding import _SuppressTokens
 from model_server.generation.engine import BarkEngine, Sampling, _PerRowTokenBudget, tokenize_chunks
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
 CPU = torch.device("cpu")
 GREEDY = Sampling(do_sample=False)
 TEXTS = ["Hello world.", "The quick brown fox jumps over the lazy dog again.", "Speech from a fast server"]
 BUDGETS = [30, 20, 40]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_checkpoint: Path) -> BarkEngine:
-    return BarkEngine(Settings(model_dir=tiny_checkpoint, device="cpu", decoder="static", warmup=False))
 
 
 class TokenRows(BarkRowEngine):

@@ -8,7 +8,7 @@ EOS rules the tests give a copy of the model a louder EOS row (`with_eos_row`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ from model_server.generation.engine import _PerRowTokenBudget
 from model_server.generation.faults import run_splitting_on_oom
 from model_server.generation.step_runner import _CapturedStep, batch_bucket
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
 TEXTS = [
     "Hello world.",
     "The quick brown fox jumps over the lazy dog, again and again, until the end of the day.",
@@ -41,16 +43,6 @@ TEXTS = [
 BUDGETS = [30, 20, 40]
 VOICE = "v2/en_speaker_3"
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread() -> Iterator[None]:
-    """Tiny-model ops take microseconds: with 2 OpenMP threads on a busy 2-core runner this file
-    took 69 s, with 1 thread 10 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

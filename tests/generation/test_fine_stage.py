@@ -3,7 +3,6 @@ the same codes alone or in a group of any voices, lengths and settings."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,20 +14,9 @@ from model_server.generation.continuous.bark_rows import BarkRowEngine
 from model_server.generation.continuous.fine import FineRow, _choose, generate_fine
 from model_server.generation.engine import BarkEngine, Sampling
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
 GREEDY = Sampling(do_sample=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_checkpoint: Path) -> BarkEngine:
-    return BarkEngine(Settings(model_dir=tiny_checkpoint, device="cpu", decoder="static", warmup=False))
 
 
 def coarse_codes(frames: int, seed: int, codebook_size: int) -> torch.Tensor:

@@ -1,0 +1,28 @@
+"""Fixtures shared by the generation tests that run the tiny checkpoint's weights on a CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_server.config import Settings
+from model_server.generation.engine import BarkEngine
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread() -> Iterator[None]:
+    """Tiny-model ops take microseconds: with 2 OpenMP threads on a busy 2-core runner the decoding
+    tests took 69 s, with 1 thread 10 s. One thread also makes CPU results bitwise repeatable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint: Path) -> BarkEngine:
+    """The tiny checkpoint on the CPU with the static-cache decoder, no warm-up."""
+    return BarkEngine(Settings(model_dir=tiny_checkpoint, device="cpu", decoder="static", warmup=False))
