@@ -36,13 +36,15 @@ def _bark_language(code: str) -> str:
 Language = Annotated[StrictStr, AfterValidator(_bark_language)]
 
 
-class SynthesisRequest(BaseModel):
-    """One v1 instance: a text to speak and how."""
+class BarkSampling(BaseModel):
+    """How Bark generates: the original API's sampling settings and chunk size, plus a seed.
+
+    v1 instances carry them, and so may OpenAI speech requests (as extra body fields, like vLLM's
+    sampling extensions to OpenAI's API), so a stream can be seeded too.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: StrictStr = Field(description="text to speak, any length up to the server's limit")
-    voice: StrictStr = Field(DEFAULT_VOICE, description="a voice preset; GET /v1/voices lists them")
     do_sample: StrictBool = Field(True, description="sample (natural) or decode greedily (repeatable)")
     semantic_temperature: Temperature = 0.7
     coarse_temperature: Temperature = 0.7
@@ -52,11 +54,18 @@ class SynthesisRequest(BaseModel):
         description="words per generated chunk (zh, ja, ko: the speaking time of as many English words); "
         "whole sentences are packed up to it, never past about 13 s",
     )
+    seed: StrictInt | None = Field(None, ge=0, le=2**32 - 1, description="fixes sampling for repeatable audio")
+
+
+class SynthesisRequest(BarkSampling):
+    """One v1 instance: a text to speak and how."""
+
+    prompt: StrictStr = Field(description="text to speak, any length up to the server's limit")
+    voice: StrictStr = Field(DEFAULT_VOICE, description="a voice preset; GET /v1/voices lists them")
     language: Language | None = Field(
         None, description="the text's language, one of Bark's 13 (en, de, ..., zh); default: the voice preset's"
     )
     format: AudioFormat = "wav"
-    seed: StrictInt | None = Field(None, ge=0, le=2**32 - 1, description="fixes sampling for repeatable audio")
 
 
 def invalid_input_from(error: ValidationError) -> InvalidInput:

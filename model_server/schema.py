@@ -82,10 +82,13 @@ def _check_bounds(instance: SynthesisRequest, where: str, settings: Settings) ->
             f"{settings.max_prompt_chars} (max_prompt_chars)",
             param=f"{where}.prompt",
         )
-    size = instance.batch_chunk_size
+    check_chunk_words(instance.batch_chunk_size, settings, f"{where}.batch_chunk_size")
+
+
+def check_chunk_words(size: int | None, settings: Settings, field: str) -> None:
+    """`batch_chunk_size` within the operator's bounds (they depend on settings, so not in the model)."""
     if size is not None and not settings.min_chunk_words <= size <= settings.max_chunk_words:
         raise InvalidInput(
-            f"{where}.batch_chunk_size: must be between {settings.min_chunk_words} and "
-            f"{settings.max_chunk_words} words, got {size}",
-            param=f"{where}.batch_chunk_size",
+            f"{field}: must be between {settings.min_chunk_words} and {settings.max_chunk_words} words, got {size}",
+            param=field,
         )

@@ -85,7 +85,7 @@ def test_a_stream_shows_pcm_and_the_chosen_format_comes_back(browser: Any, playg
     set_stream(browser, True)
     fmt = browser.find_element("id", "format")
     assert (fmt.get_attribute("value"), fmt.is_enabled()) == ("pcm", False)
-    assert not browser.find_element("id", "semantic_temperature").is_enabled()  # the OpenAI route takes none
+    assert browser.find_element("id", "semantic_temperature").is_enabled()  # Bark extensions on the OpenAI route
     set_stream(browser, False)
     assert (fmt.get_attribute("value"), fmt.is_enabled()) == ("mp3", True)
     assert not browser.find_element("id", "speed").is_enabled()  # v1 predict takes no speed
@@ -275,6 +275,27 @@ def test_busy_and_timeout_answers_are_readable(
     message = error_text(browser)
     for part in expected:
         assert part in message
+
+
+def test_a_stream_sends_the_sampling_settings_to_the_openai_route(
+    browser: Any, playground_server: RunningServer
+) -> None:
+    open_page(browser, playground_server.url)
+    set_field(browser, "api-key", API_KEY)
+    set_stream(browser, True)
+    set_field(browser, "text", "A seeded stream.")
+    set_field(browser, "seed", "42")
+    browser.execute_script(
+        "window.sentBodies = []; const realFetch = window.fetch;"
+        "window.fetch = (url, options) => {"
+        "  if (options && options.body) window.sentBodies.push(JSON.parse(options.body));"
+        "  return realFetch(url, options); };"
+    )
+    result = generate(browser)
+    assert result["state"] == "done", error_text(browser)
+    (body,) = browser.execute_script("return window.sentBodies")
+    assert body["seed"] == 42 and body["stream"] is True
+    assert {"do_sample", "semantic_temperature", "coarse_temperature", "fine_temperature"} <= set(body)
 
 
 def test_the_api_key_stays_in_session_storage_only(browser: Any, playground_server: RunningServer) -> None:

@@ -13,6 +13,10 @@ import pytest
 import soundfile as sf
 from openai import OpenAI
 
+from model_server.config import Settings
+from model_server.http.openai_speech.serving import SpeechService
+from tests.stub_engine import StubEngine, stub_service
+
 SPEECH = "/v1/audio/speech"
 TEXT = "Hello there. This is a test of the speech route. It has three sentences."
 LONG_TEXT = " ".join(f"Sentence number {n} is here to make the text longer." for n in range(1, 9))
@@ -125,6 +129,10 @@ def test_sse_stream_carries_base64_deltas_then_done(server):
         ({"input": "hi", "response_format": "aac", "stream_format": "sse"}, "response_format"),
         ({"input": 42}, "input"),
         ({"input": "hi", "colour": "blue"}, "colour"),
+        ({"input": "hi", "seed": -1}, "seed"),
+        ({"input": "hi", "fine_temperature": 5}, "fine_temperature"),
+        ({"input": "hi", "do_sample": "yes"}, "do_sample"),
+        ({"input": "hi", "batch_chunk_size": 1}, "batch_chunk_size"),
     ],
 )
 def test_bad_input_is_a_400_in_openai_error_shape(server, body, param):
@@ -134,6 +142,22 @@ def test_bad_input_is_a_400_in_openai_error_shape(server, body, param):
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
+
+
+def test_bark_sampling_extensions_reach_the_synthesis_request():
+    """Bark's own settings ride along OpenAI's body (the SDK's `extra_body`) into what is generated.
+
+    (Checked on the plan: the tiny checkpoint's random codec makes audio a weak witness of a seed.)
+    """
+    settings = Settings(warmup=False)
+    service = SpeechService(stub_service(settings, StubEngine(settings)))
+    bark = {"seed": 7, "do_sample": False, "semantic_temperature": 0.9, "fine_temperature": 0.3}
+    plan = service.plan({"input": TEXT * 3, "voice": "alloy", **bark, "batch_chunk_size": 5}, "r1")
+    assert plan.synthesis.model_dump(include=set(bark)) == bark
+    assert plan.synthesis.batch_chunk_size == 5
+    default = service.plan({"input": TEXT * 3, "voice": "alloy"}, "r2")
+    assert len(plan.chunks) > len(default.chunks), "a smaller batch_chunk_size makes more chunks"
+    assert (default.synthesis.seed, default.synthesis.do_sample) == (None, True)
 
 
 def test_body_that_is_not_json_is_a_400_in_openai_shape(server):

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import Field, StrictBool, StrictStr
 
-from bark_common.schema import Language
+from bark_common.schema import BarkSampling, Language
 from model_server.generation.audio import AudioFormat
 
 Speed = Annotated[float, Field(ge=0.25, le=4.0, strict=True)]
 
 
-class SpeechRequest(BaseModel):
-    """Body of `POST /v1/audio/speech`."""
-
-    model_config = ConfigDict(extra="forbid")
+class SpeechRequest(BarkSampling):
+    """Body of `POST /v1/audio/speech`: OpenAI's fields, and Bark's sampling settings as extensions
+    (`do_sample`, the three temperatures, `seed`, `batch_chunk_size`; the `openai` SDK sends them with
+    `extra_body`). Unknown fields are still refused."""
 
     model: StrictStr = Field("bark", description="accepted for compatibility (tts-1, bark, ...); Bark serves all")
     input: StrictStr = Field(description="the text to speak")

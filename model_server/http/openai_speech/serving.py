@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from bark_common.errors import ErrorDescription, InvalidInput, RequestTimedOut, describe_error
-from bark_common.schema import invalid_input_from
+from bark_common.schema import BarkSampling, invalid_input_from
 from model_server import metrics
 from model_server.generation.audio import (
     FORMATS,
@@ -46,7 +46,7 @@ from model_server.http.errors import openai_error
 from model_server.http.openai_speech.protocol import SpeechRequest
 from model_server.http.outcomes import note_failure
 from model_server.paths import OPENAI_SPEECH_ROUTE
-from model_server.schema import SynthesisRequest
+from model_server.schema import SynthesisRequest, check_chunk_words
 from model_server.synthesis import ChunkPayload, SynthesisService
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,11 @@ class SpeechService:
         voice = self.synthesis.resolve_voice(request.voice, "voice")
         language = resolve_language(request.language, voice)
         check_words_per_request([(request.input, language)], settings.max_words_per_request, "input")
-        synthesis = SynthesisRequest.model_validate({"prompt": request.input, "voice": voice, "language": language})
+        check_chunk_words(request.batch_chunk_size, settings, "batch_chunk_size")
+        sampling = request.model_dump(include=set(BarkSampling.model_fields))
+        synthesis = SynthesisRequest.model_validate(
+            {"prompt": request.input, "voice": voice, "language": language, **sampling}
+        )
         # Streaming speaks the first sentence as its own chunk so that audio starts sooner.
         chunks = self.synthesis.plan_chunks(
             synthesis, first_sentence_alone=request.streaming is not None, field="input"

@@ -115,7 +115,6 @@ function updateCount() {
 function updateMode() {
   const streaming = $("stream").checked;
   const format = $("format");
-  $("sampling").disabled = streaming;
   // A stream is always PCM (Web Audio plays raw samples); the chosen format comes back when it is off.
   if (state.config && streaming !== state.streamShown) {
     if (streaming) state.chosenFormat = format.value;
@@ -126,7 +125,7 @@ function updateMode() {
   $("speed").disabled = !streaming;
   $("speed-field").classList.toggle("off", !streaming);
   $("sampling-note").textContent = streaming
-    ? "Streaming uses the OpenAI route, which takes speed but not these settings: the server's defaults apply."
+    ? "Sent to the OpenAI route as Bark extensions to its body."
     : "Sent to the KServe v1 predict route.";
   $("output-note").textContent = streaming
     ? "Streams play as raw PCM through Web Audio; the whole take is offered as WAV afterwards."
@@ -202,10 +201,25 @@ function fileNameFor(voice, extension) {
   return `bark-${voice.replace(/[^a-z0-9]+/gi, "_")}.${extension}`;
 }
 
+/** Bark's sampling settings as both routes take them (OpenAI's as extensions to its body). */
+function samplingSettings() {
+  const settings = { do_sample: $("do_sample").checked };
+  for (const name of TEMPERATURES) settings[name] = Number($(name).value);
+  if ($("seed").value !== "") settings.seed = Number($("seed").value);
+  if ($("batch_chunk_size").value !== "") settings.batch_chunk_size = Number($("batch_chunk_size").value);
+  return settings;
+}
+
 async function runStream(startedAt, signal) {
   const config = state.config;
   const voice = $("voice").value;
-  const request = { model: config.model, input: $("text").value, voice, speed: Number($("speed").value) };
+  const request = {
+    model: config.model,
+    input: $("text").value,
+    voice,
+    speed: Number($("speed").value),
+    ...samplingSettings(),
+  };
   const response = await startSpeechStream(config, request, apiKey(), signal);
   const player = new PcmStreamPlayer(state.audioContext, config.sample_rate);
   state.player = player;
@@ -268,10 +282,7 @@ function watchProgress(requestId) {
 async function runWhole(startedAt, signal) {
   const config = state.config;
   const voice = $("voice").value;
-  const instance = { prompt: $("text").value, voice, format: $("format").value, do_sample: $("do_sample").checked };
-  for (const name of TEMPERATURES) instance[name] = Number($(name).value);
-  if ($("seed").value !== "") instance.seed = Number($("seed").value);
-  if ($("batch_chunk_size").value !== "") instance.batch_chunk_size = Number($("batch_chunk_size").value);
+  const instance = { prompt: $("text").value, voice, format: $("format").value, ...samplingSettings() };
   const requestId = newRequestId();
   const stopWatching = watchProgress(requestId);
   let result;
