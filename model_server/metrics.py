@@ -56,6 +56,11 @@ ADMISSION_WAIT = Histogram(
     buckets=_SECONDS_BUCKETS,
 )
 ADMISSIONS = Counter("bark_admissions_total", "Chunks admitted into the running rows.")
+FINE_PASS_ROWS = Histogram(
+    "bark_fine_pass_rows",
+    "Rows (chunks) sharing one fine-stage pass of the continuous loop (more than one only on CUDA).",
+    buckets=_BATCH_BUCKETS,
+)
 REQUESTS = Counter(
     "bark_requests_total",
     "Synthesis requests by outcome; `reason` is one of a fixed set.",

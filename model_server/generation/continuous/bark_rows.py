@@ -295,6 +295,7 @@ class BarkRowEngine:
                 for index, item in group:
                     outcomes[index] = error if len(group) == 1 else self._fine_codes_alone(item)
             metrics.STAGE_LATENCY.labels(stage="fine").observe(time.perf_counter() - started)
+            metrics.FINE_PASS_ROWS.observe(len(group))
         return [outcome if outcome is not None else RuntimeError("no fine codes were made") for outcome in outcomes]
 
     def _fine_codes_alone(self, fine_row: FineRow) -> torch.Tensor | BaseException:
