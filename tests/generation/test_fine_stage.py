@@ -141,6 +141,21 @@ def test_the_row_engine_groups_rows_that_finish_together_and_keeps_failures_apar
     assert isinstance(outcomes[id(jobs[2])], RuntimeError)
     assert all((outcomes[id(job)] == grouped[id(job)]).all() for job in jobs[:2])  # type: ignore[union-attr]
 
+    passes.clear()
+
+    def out_of_memory_when_grouped(group: list[FineRow]) -> list[torch.Tensor]:
+        passes.append(len(group))
+        if len(group) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test: the group is too big)")
+        return fine_pass(group)
+
+    rows._fine_pass = out_of_memory_when_grouped  # type: ignore[method-assign]
+    for job in jobs:
+        job.seed = None
+    outcomes = run(rows, jobs)
+    assert passes == [3, 1, 1, 1], "a group too big for memory runs again row by row"
+    assert all((outcomes[id(job)] == grouped[id(job)]).all() for job in jobs)  # type: ignore[union-attr]
+
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_fine_pass_matches_transformers_and_batches(tiny_checkpoint: Path) -> None:

@@ -35,6 +35,7 @@ from model_server.generation.continuous.sampling import (
 )
 from model_server.generation.continuous.stepper import RowStepper
 from model_server.generation.engine import BarkEngine, Sampling, tokenize_chunks
+from model_server.generation.faults import release_cached_memory
 from model_server.generation.kv_cache import CacheShape, check_kv_cache_fits, device_memory
 
 logger = logging.getLogger(__name__)
@@ -274,7 +275,7 @@ class BarkRowEngine:
 
         On CUDA they share one batched pass (launch-bound: the probes' fine stage took 22 ms for one
         chunk, 235 ms for 32); on a CPU each row runs alone, which measured faster there. A pass that
-        fails runs its rows again one by one, so a failure stays with its own row.
+        fails (out of memory included) runs its rows again one by one, so a failure stays with its row.
         """
         outcomes: list[torch.Tensor | BaseException | None] = [None] * len(rows)
         prepared: list[tuple[int, FineRow]] = []
@@ -289,11 +290,16 @@ class BarkRowEngine:
             try:
                 for (index, _), codes in zip(group, self._fine_pass([item for _, item in group]), strict=True):
                     outcomes[index] = codes
-            except torch.cuda.OutOfMemoryError:
-                raise
             except Exception as error:
+                if len(group) == 1:
+                    if isinstance(error, torch.cuda.OutOfMemoryError):
+                        raise  # alone and still too big: the loop's own out-of-memory handling
+                    outcomes[group[0][0]] = error
+                    continue
+                if isinstance(error, torch.cuda.OutOfMemoryError):
+                    release_cached_memory(self.device)  # a group too big for memory: each row alone
                 for index, item in group:
-                    outcomes[index] = error if len(group) == 1 else self._fine_codes_alone(item)
+                    outcomes[index] = self._fine_codes_alone(item)
             metrics.STAGE_LATENCY.labels(stage="fine").observe(time.perf_counter() - started)
             metrics.FINE_PASS_ROWS.observe(len(group))
         return [outcome if outcome is not None else RuntimeError("no fine codes were made") for outcome in outcomes]
