@@ -291,3 +291,31 @@ def test_a_streaming_request_runs_its_first_chunk_before_its_other_chunks():
     first_alone = [step for step in rows.steps if "first" in step]
     assert all(step == ["first"] for step in first_alone), "later chunks waited for the first one"
     assert any(step == ["plain-1", "plain-2"] for step in rows.steps), "a plain request runs its chunks together"
+
+
+def test_where_steps_cost_the_same_a_streams_chunks_run_together_its_first_still_first():
+    rows = FakeRows(step_s=0.002)
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=1, stream_rest_waits=False)
+        blocker = asyncio.create_task(scheduler.submit("k", [("b1", 10)]))
+        await asyncio.to_thread(rows.started.wait, 5)
+        waiting = asyncio.create_task(scheduler.submit("k", [("w1", 1)]))
+        await asyncio.sleep(0)
+        stream = asyncio.create_task(scheduler.submit("k", [("first", 5), ("second", 2)], urgent_first=True))
+        await asyncio.gather(blocker, waiting, stream)
+        await scheduler.close()
+
+    asyncio.run(scenario())
+    assert rows.admitted[:2] == ["b1", "first"], "the stream's first chunk still goes ahead of waiting ones"
+
+    rows = FakeRows(step_s=0.002)
+
+    async def together():
+        scheduler = make(rows, max_batch_size=8, stream_rest_waits=False)
+        result = await scheduler.submit("k", [("first", 5), ("second", 2), ("third", 2)], urgent_first=True)
+        await scheduler.close()
+        return result
+
+    assert names(asyncio.run(together())) == ["first", "second", "third"]
+    assert rows.steps[0] == ["first", "second", "third"], "the later chunks did not wait for the first"

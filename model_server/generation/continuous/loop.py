@@ -81,10 +81,14 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
         max_queue_chunks: int,
         retry_after_s: int = 2,
         release_memory: Any = None,
+        stream_rest_waits: bool = True,
     ):
         super().__init__(max_queue_chunks=max_queue_chunks, retry_after_s=retry_after_s)
         self._engine = engine
         self.max_batch_size = max_batch_size
+        #: A stream's later chunks wait for its first one (right where a step's cost grows with its
+        #: rows, as on a CPU: alone, the first chunk is sooner); otherwise they run beside it.
+        self.stream_rest_waits = stream_rest_waits
         self._release_memory = release_memory or (lambda: None)
         # max_wait_ms is not needed: a chunk joins the running rows at the next step.
         self._limit = max_batch_size  # halved on out-of-memory, restored when the engine is idle
@@ -112,7 +116,7 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
                 RowJob(key, payload, loop.create_future(), urgent=urgent_first and index == 0)
                 for index, payload in enumerate(payloads)
             ]
-            if urgent_first:
+            if urgent_first and self.stream_rest_waits:
                 for job in jobs[1:]:
                     job.after = jobs[0]
             for job in jobs:
