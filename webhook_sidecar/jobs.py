@@ -9,8 +9,10 @@ Two backends (`SIDECAR_DATABASE_URL`):
   back. Every write of a leased row names its owner, so a sidecar that lost its lease changes nothing.
 
 The transitions are the same for both: queued -> running -> succeeded | failed -> delivering ->
-delivered | dead. A transition names the states it may come from, so a stale caller changes nothing
-(and learns it from `StaleJob`). `Store` writes the transitions that are only "this state, these
+delivered | dead; and queued | running -> cancelled when the caller asks (`DELETE /jobs/{id}`): a queued
+job at once, a running one by the sidecar running it, which sees `cancel_requested_at` (any replica may
+set it) and aborts its model call. A transition names the states it may come from, so a stale caller
+changes nothing (and learns it from `StaleJob`). `Store` writes the transitions that are only "this state, these
 columns" once; each backend writes its claims, leases and housekeeping in its own SQL.
 """
 
@@ -24,19 +26,39 @@ from typing import Any
 
 from .protocol import JobState, Outcome
 
-STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "delivering", "delivered", "dead")
+STATES: tuple[JobState, ...] = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "delivering",
+    "delivered",
+    "dead",
+    "cancelled",
+)
 #: States whose result waits for (another) webhook attempt.
 DELIVERABLE: tuple[JobState, ...] = ("succeeded", "failed", "delivering")
+#: States nothing happens to any more: kept until retention purges them.
+ENDED = "state IN ('delivered', 'dead', 'cancelled')"
 #: Columns of a job row, `result` aside (it holds the audio and is read only where needed).
 COLUMNS = (
     "id, idempotency_key, request_hash, model_input, webhook_endpoint, public_base, state, outcome, error, "
     "attempts, delivery_attempts, in_flight, created_at, updated_at, started_at, finished_at, "
     "delivered_at, next_attempt_at, last_error, last_status_code, download_token, download_expires_at, "
-    "chunks_done, chunks_total"
+    "chunks_done, chunks_total, cancel_requested_at"
 )
 #: What a claim of a run sets besides its state: a re-run reports its progress afresh.
 FRESH_RUN = "chunks_done = NULL, chunks_total = NULL"
 INTERRUPTED_RUN = "interrupted: the sidecar stopped during the model call"
+#: What a run handed back (restart, shutdown, lapsed lease) becomes: queued again (the cut-short call
+#: counted when `{count}` is 1), or `cancelled` when its caller asked for that; one statement, so a cancel
+#: request landing meanwhile is seen. Each backend fills in its placeholders for `now`, `count`, `error`.
+HAND_BACK_RUN = (
+    "state = CASE WHEN cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END, "
+    "finished_at = CASE WHEN cancel_requested_at IS NULL THEN finished_at ELSE {now} END, "
+    "attempts = attempts + CASE WHEN cancel_requested_at IS NULL THEN {count} ELSE 0 END, "
+    "last_error = CASE WHEN cancel_requested_at IS NULL THEN {error} ELSE last_error END"
+)
 
 TransitionHook = Callable[[JobState], None]
 
@@ -78,6 +100,8 @@ class Job:
     #: The model server's progress on the current run (chunks of the text), None until it reports.
     chunks_done: int | None = None
     chunks_total: int | None = None
+    #: When the caller asked to cancel it (`DELETE /jobs/{id}`); a running job stops soon after.
+    cancel_requested_at: float | None = None
     result: dict[str, Any] | None = None
 
     @classmethod
@@ -126,7 +150,10 @@ class Store(ABC):
 
     #: True when other sidecars share the store (leases matter, `recover` runs periodically).
     shared: bool
+    #: What every transition also sets: the row is idle (not in flight, and no lease where there are any).
+    _IDLE: Mapping[str, Any]
     _clock: Callable[[], float]
+    _on_transition: TransitionHook
 
     @abstractmethod
     def open(self) -> None: ...
@@ -186,22 +213,71 @@ class Store(ABC):
         """Forget finished jobs past retention, and audio whose download link expired."""
 
     @abstractmethod
-    def _transition(
-        self, job_id: str, allowed_from: tuple[JobState, ...], to: JobState, count: bool = True, **changes: Any
-    ) -> None:
-        """Move a job this sidecar holds from one of `allowed_from` to `to`, setting `changes`; the row
-        is left idle (not in flight, no lease). StaleJob when it is not there; `count`: report `to`."""
-
-    @abstractmethod
-    def _update_held(self, job_id: str, allowed_from: tuple[JobState, ...], **changes: Any) -> None:
-        """Set `changes` on a row this sidecar holds in one of `allowed_from`, keeping its state, its
-        `in_flight` and its lease. StaleJob when it is not there (finished, handed back, taken over)."""
+    def _update(
+        self, job_id: str, allowed_from: tuple[JobState, ...], changes: Mapping[str, Any], held: bool, where: str = ""
+    ) -> bool:
+        """Set `changes` on the job if it is in one of `allowed_from` (and, `held`, this sidecar holds it;
+        `where`: one more condition, SQL both dialects read alike). False when nothing matched."""
 
     @abstractmethod
     def _min_due(self, where: str) -> float | None:
         """The earliest `next_attempt_at` among the rows `where` selects (SQL both dialects read alike)."""
 
     # -- what is the same in both backends -------------------------------------------------------
+
+    def _update_held(self, job_id: str, allowed_from: tuple[JobState, ...], where: str = "", **changes: Any) -> None:
+        """Set `changes` on a row this sidecar holds in one of `allowed_from`, keeping its state, its
+        `in_flight` and its lease. StaleJob when it is not there (finished, handed back, taken over)."""
+        if not self._update(job_id, allowed_from, changes, held=True, where=where):
+            raise StaleJob(f"job {job_id} is not in {allowed_from} under this sidecar's hold")
+
+    def _transition(
+        self,
+        job_id: str,
+        allowed_from: tuple[JobState, ...],
+        to: JobState,
+        count: bool = True,
+        where: str = "",
+        **changes: Any,
+    ) -> None:
+        """Move a job this sidecar holds from one of `allowed_from` to `to`, setting `changes`; the row
+        is left idle. StaleJob when it is not there; `count`: report `to`."""
+        self._update_held(
+            job_id, allowed_from, where, **{"updated_at": self._clock(), **self._IDLE, "state": to, **changes}
+        )
+        if count:
+            self._on_transition(to)
+
+    def cancel(self, job_id: str) -> Job | None:
+        """The caller's cancel, from any replica: a queued job is `cancelled` now; a running one is marked
+        (`cancel_requested_at`) and the sidecar running it stops it. Returns the job as it is afterwards
+        (None: no such job); a finished one is left alone.
+
+        Each step is one guarded UPDATE; a job that moved between them (claimed, handed back) is tried again.
+        """
+        for _ in range(5):
+            now = self._clock()
+            cancelled = {**self._IDLE, "state": "cancelled", "cancel_requested_at": now, "finished_at": now}
+            if self._update(job_id, ("queued",), {**cancelled, "updated_at": now}, held=False):
+                self._on_transition("cancelled")
+                break
+            marked = {"cancel_requested_at": now, "updated_at": now}
+            if self._update(job_id, ("running",), marked, held=False, where="cancel_requested_at IS NULL"):
+                break
+            job = self.get(job_id)
+            if job is None or job.state != "queued":  # finished, already cancelled, or already marked
+                return job
+        return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether the caller asked to stop this job (the running sidecar asks about once a second)."""
+        job = self.get(job_id)
+        return job is not None and job.cancel_requested_at is not None
+
+    def mark_cancelled(self, job_id: str, only_if_requested: bool = False) -> None:
+        """A run stopped at its caller's request: `cancelled`, no attempt counted, never delivered."""
+        where = "cancel_requested_at IS NOT NULL" if only_if_requested else ""
+        self._transition(job_id, ("running",), "cancelled", where=where, finished_at=self._clock())
 
     def next_run_due(self) -> float | None:
         return self._min_due("state = 'queued'")
@@ -214,8 +290,13 @@ class Store(ABC):
         self._update_held(job_id, ("running",), chunks_done=done, chunks_total=total, updated_at=self._clock())
 
     def requeue(self, job_id: str, error: str | None = None, delay_s: float = 0.0) -> None:
-        """Hand a running job back (shutdown, or a retry later); its next run starts afresh."""
-        self._transition(job_id, ("running",), "queued", next_attempt_at=self._clock() + delay_s, last_error=error)
+        """Hand a running job back (shutdown, or a retry later); its next run starts afresh. A job its
+        caller cancelled meanwhile ends `cancelled` instead (were it marked between the two updates, the
+        next claim sees the mark and cancels it before calling the model)."""
+        try:
+            self.mark_cancelled(job_id, only_if_requested=True)
+        except StaleJob:
+            self._transition(job_id, ("running",), "queued", next_attempt_at=self._clock() + delay_s, last_error=error)
 
     def finish(
         self,

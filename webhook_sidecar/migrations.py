@@ -58,6 +58,15 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     ),
     # The model server's progress on a running job (`GET /jobs/{id}` shows it).
     (2, (f"ALTER TABLE {TABLE} ADD COLUMN chunks_done integer, ADD COLUMN chunks_total integer",)),
+    # Cancelling a job (`DELETE /jobs/{id}`): when it was asked; cancelled jobs are purged like finished ones.
+    (
+        3,
+        (
+            f"ALTER TABLE {TABLE} ADD COLUMN cancel_requested_at double precision",
+            f"DROP INDEX {TABLE}_finished",
+            f"CREATE INDEX {TABLE}_ended ON {TABLE} (updated_at) WHERE state IN ('delivered', 'dead', 'cancelled')",
+        ),
+    ),
 )
 
 

@@ -14,7 +14,7 @@ from bark_common.schema import SynthesisRequest
 
 from .urls import UnsafeUrl, parse_webhook_url
 
-JobState = Literal["queued", "running", "succeeded", "failed", "delivering", "delivered", "dead"]
+JobState = Literal["queued", "running", "succeeded", "failed", "delivering", "delivered", "dead", "cancelled"]
 Outcome = Literal["succeeded", "failed"]
 
 #: CloudEvent types. Results reuse the request's prefix so one Trigger filter family covers them.
@@ -87,6 +87,9 @@ class JobStatus(BaseModel):
     webhook_host: str
     progress: JobProgress | None = Field(
         None, description="the model server's progress on the current run; null until it reports"
+    )
+    cancel_requested: bool = Field(
+        False, description="the caller cancelled it (DELETE): a `running` job stops within about a second"
     )
 
 

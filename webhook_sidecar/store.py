@@ -11,14 +11,16 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .jobs import COLUMNS as _COLUMNS
 from .jobs import (
+    ENDED,
     FRESH_RUN,
+    HAND_BACK_RUN,
     INTERRUPTED_RUN,
     NEW_JOB_COLUMNS,
     STATES,
@@ -59,18 +61,20 @@ CREATE TABLE IF NOT EXISTS jobs (
     download_token TEXT UNIQUE,
     download_expires_at REAL,
     chunks_done INTEGER,
-    chunks_total INTEGER
+    chunks_total INTEGER,
+    cancel_requested_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, in_flight, next_attempt_at);
 """
 #: Columns added after the first release: `CREATE TABLE IF NOT EXISTS` leaves an older file without them.
-_ADDED_COLUMNS = {"chunks_done": "INTEGER", "chunks_total": "INTEGER"}
+_ADDED_COLUMNS = {"chunks_done": "INTEGER", "chunks_total": "INTEGER", "cancel_requested_at": "REAL"}
 
 
 class JobStore(Store):
     """Thread-safe access to one SQLite file; async callers wrap calls in `asyncio.to_thread`."""
 
     shared = False
+    _IDLE = {"in_flight": 0}
 
     def __init__(
         self,
@@ -134,26 +138,22 @@ class JobStore(Store):
                 raise
             db.execute("COMMIT")
 
-    def _transition(
+    def _update(
         self,
         job_id: str,
         allowed_from: tuple[JobState, ...],
-        to: JobState,
-        count: bool = True,
-        **changes: Any,
-    ) -> None:
-        self._update_held(job_id, allowed_from, **{"state": to, "updated_at": self._clock(), "in_flight": 0, **changes})
-        if count:
-            self._on_transition(to)
-
-    def _update_held(self, job_id: str, allowed_from: tuple[JobState, ...], **changes: Any) -> None:
+        changes: Mapping[str, Any],
+        held: bool,
+        where: str = "",
+    ) -> bool:
+        # `held` needs no check: only this process works on the file.
         assignments = ", ".join(f"{name} = :{name}" for name in changes)
         marks = ", ".join(f":from{index}" for index in range(len(allowed_from)))
         params = {**changes, "id": job_id, **{f"from{i}": state for i, state in enumerate(allowed_from)}}
+        extra = f" AND ({where})" if where else ""
         with self._transaction() as db:
-            cursor = db.execute(f"UPDATE jobs SET {assignments} WHERE id = :id AND state IN ({marks})", params)
-            if cursor.rowcount != 1:
-                raise StaleJob(f"job {job_id} is not in {allowed_from}")
+            cursor = db.execute(f"UPDATE jobs SET {assignments} WHERE id = :id AND state IN ({marks}){extra}", params)
+            return cursor.rowcount == 1
 
     # -- intake ----------------------------------------------------------------------------------
 
@@ -290,24 +290,25 @@ class JobStore(Store):
     def recover(self, count_interrupted: bool = True) -> tuple[int, int]:
         """At start: what a previous process left in flight is ours to redo. Returns (runs, deliveries).
 
-        A run found `running` was cut short mid-call (a crash): it counts as an attempt.
+        A run found `running` was cut short mid-call (a crash): it counts as an attempt; one its caller
+        cancelled ends `cancelled`.
         """
         now = self._clock()
+        handed_back = HAND_BACK_RUN.format(now=":now", count=":count", error=":error")
         with self._transaction() as db:
-            runs = db.execute(
-                "UPDATE jobs SET state = 'queued', in_flight = 0, next_attempt_at = ?, updated_at = ?, "
-                "attempts = attempts + ?, last_error = ? "
-                "WHERE state = 'running'",
-                (now, now, int(count_interrupted), INTERRUPTED_RUN),
-            ).rowcount
+            ended = db.execute(
+                f"UPDATE jobs SET {handed_back}, in_flight = 0, next_attempt_at = :now, updated_at = :now "
+                "WHERE state = 'running' RETURNING state",
+                {"now": now, "count": int(count_interrupted), "error": INTERRUPTED_RUN},
+            ).fetchall()
             deliveries = db.execute(
                 "UPDATE jobs SET in_flight = 0, next_attempt_at = ?, updated_at = ? "
                 "WHERE state = 'delivering' AND in_flight = 1",
                 (now, now),
             ).rowcount
-        for _ in range(runs):
-            self._on_transition("queued")
-        return runs, deliveries
+        for row in ended:
+            self._on_transition(row["state"])
+        return len(ended), deliveries
 
     def purge(self, retention_s: float) -> int:
         """Forget finished jobs past retention, and audio whose download link expired."""
@@ -319,6 +320,6 @@ class JobStore(Store):
                 (now,),
             )
             return db.execute(
-                "DELETE FROM jobs WHERE state IN ('delivered', 'dead') AND updated_at < ?",
+                f"DELETE FROM jobs WHERE {ENDED} AND updated_at < ?",
                 (now - retention_s,),
             ).rowcount

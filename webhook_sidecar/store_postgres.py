@@ -22,7 +22,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,7 +33,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .jobs import (
     COLUMNS,
+    ENDED,
     FRESH_RUN,
+    HAND_BACK_RUN,
     INTERRUPTED_RUN,
     NEW_JOB_COLUMNS,
     STATES,
@@ -66,6 +68,8 @@ class PostgresJobStore(Store):
     """The `Store` interface on PostgreSQL, shared by every sidecar of a deployment."""
 
     shared = True
+    # The lease ends with a transition: every one leaves the row idle.
+    _IDLE = {"in_flight": False, "lease_owner": None, "lease_expires_at": None}
 
     def __init__(
         self,
@@ -135,24 +139,22 @@ class PostgresJobStore(Store):
         with self._conn() as conn:
             return int(conn.execute(sql, params).rowcount)
 
-    def _update_held(self, job_id: str, allowed_from: tuple[JobState, ...], **changes: Any) -> None:
+    def _update(
+        self,
+        job_id: str,
+        allowed_from: tuple[JobState, ...],
+        changes: Mapping[str, Any],
+        held: bool,
+        where: str = "",
+    ) -> bool:
         assignments = ", ".join(f"{name} = %({name})s" for name in changes)
         params = {**changes, "id": job_id, "allowed": list(allowed_from), "me": self.owner}
-        count = self._rowcount(
-            f"UPDATE {TABLE} SET {assignments} WHERE id = %(id)s AND state = ANY(%(allowed)s) AND lease_owner = %(me)s",
-            params,
-        )
-        if count != 1:
-            raise StaleJob(f"job {job_id} is not in {allowed_from} under this sidecar's lease")
-
-    def _transition(
-        self, job_id: str, allowed_from: tuple[JobState, ...], to: JobState, count: bool = True, **changes: Any
-    ) -> None:
-        # The lease ends with the transition: every one leaves the row idle.
-        idle = {"updated_at": self._clock(), "in_flight": False, "lease_owner": None, "lease_expires_at": None}
-        self._update_held(job_id, allowed_from, **{**idle, "state": to, **changes})
-        if count:
-            self._on_transition(to)
+        conditions = "id = %(id)s AND state = ANY(%(allowed)s)"
+        if held:
+            conditions += " AND lease_owner = %(me)s"
+        if where:
+            conditions += f" AND ({where})"
+        return self._rowcount(f"UPDATE {TABLE} SET {assignments} WHERE {conditions}", params) == 1
 
     # -- intake ----------------------------------------------------------------------------------
 
@@ -284,21 +286,21 @@ class PostgresJobStore(Store):
         now = self._clock()
         params = {**params, "now": now, "count": int(count), "error": error}
         ended = "in_flight = false, lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = %(now)s"
+        handed_back = HAND_BACK_RUN.format(now="%(now)s", count="%(count)s", error="%(error)s")
         with self._conn() as conn:
             runs = conn.execute(
-                f"UPDATE {TABLE} SET state = 'queued', {ended}, updated_at = %(now)s, "
-                "attempts = attempts + %(count)s, last_error = %(error)s "
-                f"WHERE state = 'running' AND in_flight AND {which}",
+                f"UPDATE {TABLE} SET {handed_back}, {ended}, updated_at = %(now)s "
+                f"WHERE state = 'running' AND in_flight AND {which} RETURNING state",
                 params,
-            ).rowcount
+            ).fetchall()
             deliveries = conn.execute(
                 f"UPDATE {TABLE} SET {ended}, updated_at = %(now)s "
                 f"WHERE state = 'delivering' AND in_flight AND {which}",
                 params,
             ).rowcount
-        for _ in range(runs):
-            self._on_transition("queued")
-        return int(runs), int(deliveries)
+        for row in runs:  # queued again, or cancelled at its caller's request
+            self._on_transition(row["state"])
+        return len(runs), int(deliveries)
 
     def purge(self, retention_s: float) -> int:
         """Forget finished jobs past retention, and audio whose download link expired."""
@@ -311,7 +313,7 @@ class PostgresJobStore(Store):
             )
             return int(
                 conn.execute(
-                    f"DELETE FROM {TABLE} WHERE state IN ('delivered', 'dead') AND updated_at < %s",
+                    f"DELETE FROM {TABLE} WHERE {ENDED} AND updated_at < %s",
                     (now - retention_s,),
                 ).rowcount
             )

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.sidecar.store_checks import check_progress_follows_the_run, claim
+from tests.sidecar.store_checks import (
+    check_a_handed_back_run_its_caller_cancelled_ends_cancelled,
+    check_cancelling_follows_the_state,
+    check_progress_follows_the_run,
+    claim,
+)
 from webhook_sidecar.jobs import NewJob
-from webhook_sidecar.store import JobStore, StaleJob
+from webhook_sidecar.store import STATES, JobStore, StaleJob
 
 
 class Clock:
@@ -115,7 +120,7 @@ def test_counts_cover_every_state(store: JobStore) -> None:
     add(store, "b")
     store.claim_run()
     counts = store.counts()
-    assert counts["queued"] == 1 and counts["running"] == 1 and counts["dead"] == 0 and len(counts) == 7
+    assert counts["queued"] == 1 and counts["running"] == 1 and counts["dead"] == 0 and set(counts) == set(STATES)
 
 
 def test_download_audio_is_kept_until_the_link_expires_then_jobs_are_purged(store: JobStore, clock: Clock) -> None:
@@ -160,3 +165,33 @@ def test_a_file_from_before_progress_gains_its_columns_and_keeps_its_jobs(tmp_pa
     reopened.open()  # columns present: nothing to add
     assert reopened.get("old").chunks_total == 2  # type: ignore[union-attr]
     reopened.close()
+
+
+def test_cancelling_follows_the_state(store: JobStore, clock: Clock) -> None:
+    def wait() -> None:
+        clock.now += 1
+
+    check_cancelling_follows_the_state(store, lambda job_id: add(store, job_id), wait)
+
+
+def test_a_run_its_caller_cancelled_ends_cancelled_at_restart_and_shutdown(store: JobStore) -> None:
+    check_a_handed_back_run_its_caller_cancelled_ends_cancelled(store, lambda job_id: add(store, job_id), store.recover)
+
+
+def test_a_file_from_before_cancelling_gains_its_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = JobStore(path)
+    old.open()
+    add(old, "old")
+    old.close()
+    with sqlite3.connect(path) as db:  # the previous release's table: no cancel column
+        db.execute("ALTER TABLE jobs DROP COLUMN cancel_requested_at")
+    store = JobStore(path)
+    store.open()
+    try:
+        job = store.get("old")
+        assert job is not None and job.state == "queued" and job.cancel_requested_at is None
+        cancelled = store.cancel("old")
+        assert cancelled is not None and cancelled.state == "cancelled"
+    finally:
+        store.close()
