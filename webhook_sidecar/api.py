@@ -1,7 +1,8 @@
 """HTTP wiring of the job API (the logic lives in service.py, the wire format in protocol.py).
 
 Routes: `POST /async_predict` (the original API's body), `POST /` (a CloudEvent, binary or structured
-mode, as a Knative Trigger sends it), `GET /jobs/{id}`, `GET /downloads/{token}`, and the open
+mode, as a Knative Trigger sends it), `GET /jobs/{id}`, `DELETE /jobs/{id}` (cancel),
+`GET /downloads/{token}`, and the open
 `/healthz`, `/readyz`, `/metrics`. Every error is one of the error table's types
 (`bark_common.errors`), answered in one place as `{"error": "..."}` with the row's status.
 """
@@ -143,6 +144,26 @@ def create_app(settings: Settings) -> FastAPI:
         job = await _get_job(service, job_id)
         return _status(job)
 
+    @app.delete(
+        "/jobs/{job_id}",
+        response_model=JobStatus,
+        tags=["jobs"],
+        responses={202: {"model": JobStatus, "description": "running: it stops within about a second"}},
+    )
+    async def cancel_job(job_id: str, request: Request) -> JSONResponse:
+        """Cancel a job: queued (or already cancelled) -> `cancelled`, 200; running (on any replica) -> 202,
+        `cancel_requested` set, and it ends `cancelled` once its sidecar stopped the model call. A cancelled
+        job is never delivered. A finished job cannot be cancelled: 409."""
+        _authenticate(service, request)
+        job = await service.cancel(job_id)
+        if job is None:
+            raise NotFound("no job with this id")
+        if job.state == "running":
+            return JSONResponse(_status(job).model_dump(), status_code=202)
+        if job.state == "cancelled":
+            return JSONResponse(_status(job).model_dump(), status_code=200)
+        raise _not_cancellable(job)
+
     @app.get("/downloads/{token}", tags=["jobs"])
     async def download(token: str) -> Response:
         """Audio too large to deliver inline. The unguessable, expiring token is the credential
@@ -270,6 +291,18 @@ async def _get_job(service: JobService, job_id: str) -> Job:
     return job
 
 
+def _not_cancellable(job: Job) -> ServingError:
+    """Why a job that is neither queued nor running cannot be cancelled (409), in the caller's terms."""
+    if job.state == "delivered":
+        return Conflict("job already finished and its result was delivered; nothing to cancel")
+    if job.state == "dead":
+        return Conflict("job already finished and its delivery gave up (state dead); nothing to cancel")
+    if job.state in DELIVERABLE:
+        return Conflict(f"job already finished ({job.outcome}) and its result is being delivered; too late to cancel")
+    # Still queued: it moved between every attempt to cancel it (claimed, handed back): try again.
+    return Unavailable("the job changed state while being cancelled; retry", 1)
+
+
 def _status(job: Job) -> JobStatus:
     def when(value: float | None) -> str | None:
         return iso_time(value) if value is not None else None
@@ -294,4 +327,5 @@ def _status(job: Job) -> JobStatus:
         last_status_code=job.last_status_code,
         webhook_host=urlsplit(job.webhook_endpoint).hostname or "",
         progress=progress,
+        cancel_requested=job.cancel_requested_at is not None,
     )

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     progress_poll_s: float = Field(
         default=2.0, ge=0, description="how often a running job asks the model server for its progress; 0: never"
     )
+    cancel_poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often a running job checks whether its caller cancelled it"
+    )
     job_retention_s: int = Field(default=7 * 86_400, ge=60, description="finished jobs are purged after this")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_format: Literal["text", "json"] = "text"

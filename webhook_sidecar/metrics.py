@@ -54,6 +54,12 @@ class SidecarMetrics:
             ["state"],
             registry=self.registry,
         )
+        self.cancelled = Counter(
+            "bark_jobs_cancelled_total",
+            "Jobs this sidecar moved to `cancelled` at their caller's request (a queued one when it took the "
+            "DELETE, a running one when it stopped the run).",
+            registry=self.registry,
+        )
         self.delivery_attempts = Counter(
             "bark_webhook_delivery_attempts_total",
             "Webhook delivery attempts by outcome (rejected: a final 4xx; blocked: unsafe address; "
@@ -76,6 +82,8 @@ class SidecarMetrics:
 
     def count_transition(self, state: str) -> None:
         self.transitions.labels(state).inc()
+        if state == "cancelled":
+            self.cancelled.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -149,6 +149,11 @@ class JobService:
             self.wake_runs()
         return job, created
 
+    async def cancel(self, job_id: str) -> Job | None:
+        """The caller's cancel (any replica): a queued job ends now, a running one is marked and its
+        sidecar stops it. The job as it is afterwards; None when there is no such job."""
+        return await asyncio.to_thread(self.store.cancel, job_id)
+
     def wake_runs(self) -> None:
         if self._run_wakeup is not None:
             self._run_wakeup.set()

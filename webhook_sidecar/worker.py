@@ -10,6 +10,9 @@ counts it), so a job that keeps killing the sidecar gives up after `max_attempts
 - 4xx (400: a bound the model server checks, e.g. prompt length): `failed` with its message.
 - no answer within the job timeout: `failed` (Bark may be stuck; a retry would double the load).
 A `failed` job is delivered as a `.failed` CloudEvent like any result.
+- the caller cancelled it (`DELETE /jobs/{id}`, any replica): the run is stopped within
+  `cancel_poll_s` (cancellation.py), the model call aborted, and the job ends `cancelled`, never
+  delivered; the aborted call is not counted.
 
 Every call carries the job id as `x-request-id` (the model server's logs and its progress route use it);
 while a call is in flight, progress.py reads the model's progress into the job.
@@ -27,6 +30,7 @@ from collections.abc import Callable
 
 import httpx
 
+from .cancellation import JobCancelled, unless_cancelled
 from .config import Settings
 from .jobs import Job, StaleJob, Store
 from .progress import progress_url, watching_progress
@@ -57,12 +61,28 @@ class JobRunner:
 
     async def run(self, job: Job) -> None:
         try:
-            await self._run(job)
+            if job.cancel_requested_at is None:  # else a handed-back run its caller cancelled meanwhile
+                await unless_cancelled(self._run(job), lambda: self._cancel_requested(job), self.settings.cancel_poll_s)
+                return
+        except JobCancelled:
+            pass
         except asyncio.CancelledError:
             # Shutdown mid-call: hand the job back now (a restart would do it too, from `recover`).
             with contextlib.suppress(StaleJob):  # it finished while the cancel arrived
                 self.store.requeue(job.id, error="interrupted: the sidecar stopped during the model call")
             raise
+        await self._finish_cancelled(job)
+
+    async def _cancel_requested(self, job: Job) -> bool:
+        return await asyncio.to_thread(self.store.cancel_requested, job.id)
+
+    async def _finish_cancelled(self, job: Job) -> None:
+        try:
+            await asyncio.to_thread(self.store.mark_cancelled, job.id)
+        except StaleJob as error:  # its result was stored while the cancel arrived: it is delivered
+            logger.info("job %s: cancelled too late: %s", job.id, error)
+            return
+        logger.info("job %s cancelled by its caller", job.id)
 
     async def _run(self, job: Job) -> None:
         settings = self.settings

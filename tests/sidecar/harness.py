@@ -134,7 +134,8 @@ class FakeModel:
 
     `GET /v1/requests/{id}/progress` answers `progress` (status, body: a dict is JSON, a str is sent
     as is) for any id; None: 404, as for a request the model server does not know. `progress_reads`
-    records each read as (request id, its headers).
+    records each read as (request id, its headers). `disconnects` lists the `x-request-id` of each
+    held call whose client hung up (an aborted predict: the sidecar cancelled the job).
     """
 
     gate: threading.Event = field(default_factory=threading.Event)
@@ -149,6 +150,7 @@ class FakeModel:
     request_ids: list[str | None] = field(default_factory=list)
     progress: tuple[int, dict[str, Any] | str] | None = None
     progress_reads: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    disconnects: list[str | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -167,6 +169,7 @@ class FakeModel:
             self.request_ids.clear()
             self.progress = None
             self.progress_reads.clear()
+            self.disconnects.clear()
 
     @property
     def predict_url(self) -> str:
@@ -187,7 +190,10 @@ class FakeModel:
                     self.overlaps.append(prompt)
                 self.running[prompt] += 1
             try:
-                await asyncio.to_thread(self.gate.wait, 60)
+                if await self._held_until_open(request):
+                    with self._lock:
+                        self.disconnects.append(request.headers.get("x-request-id"))
+                    return JSONResponse({"error": "client disconnected"}, status_code=499)
                 if request_delay_s := self.delay_s:
                     await asyncio.sleep(request_delay_s)
                 with self._lock:
@@ -214,6 +220,16 @@ class FakeModel:
             return JSONResponse({"request_id": request_id, **content}, status_code=status)
 
         return app
+
+    async def _held_until_open(self, request: Request) -> bool:
+        """Wait for the gate (60 s at most); True if the client hung up meanwhile."""
+        deadline = time.monotonic() + 60
+        while not await asyncio.to_thread(self.gate.wait, 0.02):
+            if await request.is_disconnected():
+                return True
+            if time.monotonic() > deadline:
+                break
+        return False
 
 
 # -- webhook receiver ------------------------------------------------------------------------------

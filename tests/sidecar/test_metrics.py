@@ -41,7 +41,7 @@ def test_job_status_shows_progress_but_never_the_audio(sidecar: InProcessSidecar
     assert set(status) == {
         "job_id", "state", "outcome", "error", "attempts", "delivery_attempts", "created_at", "started_at",
         "finished_at", "delivered_at", "next_attempt_at", "last_error", "last_status_code", "webhook_host",
-        "progress",
+        "progress", "cancel_requested",
     }  # fmt: skip
     assert status["webhook_host"] == "127.0.0.1" and status["attempts"] == 1
     assert status["progress"] == {"chunks_done": 1, "chunks_total": 1}
