@@ -319,3 +319,38 @@ def test_where_steps_cost_the_same_a_streams_chunks_run_together_its_first_still
 
     assert names(asyncio.run(together())) == ["first", "second", "third"]
     assert rows.steps[0] == ["first", "second", "third"], "the later chunks did not wait for the first"
+
+
+def test_a_short_request_behind_a_long_one_takes_the_next_free_row():
+    rows = FakeRows(step_s=0.002)
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=2, max_queue_chunks=32)
+        long = asyncio.create_task(scheduler.submit("k", [(f"long-{i}", 4) for i in range(8)]))
+        await asyncio.to_thread(rows.started.wait, 5)
+        short = await scheduler.submit("k", [("short", 2)])
+        await long
+        await scheduler.close()
+        return short
+
+    assert names(asyncio.run(scenario())) == ["short"]
+    # The short request took one of the first rows to free up (first come, first served would have
+    # put it behind all six waiting chunks of the long one).
+    assert rows.admitted.index("short") < rows.admitted.index("long-3"), rows.admitted
+
+
+def test_concurrent_long_requests_share_the_rows():
+    rows = FakeRows(step_s=0.002)
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=4, max_queue_chunks=32)
+        first = asyncio.create_task(scheduler.submit("a", [(f"a{i}", 3) for i in range(8)]))
+        await asyncio.to_thread(rows.started.wait, 5)
+        second = asyncio.create_task(scheduler.submit("b", [(f"b{i}", 3) for i in range(8)]))
+        await asyncio.gather(first, second)
+        await scheduler.close()
+
+    asyncio.run(scenario())
+    # Once the second request is waiting, the rows that free up go to it until both hold two.
+    shared = [step for step in rows.steps if any(name.startswith("b") for name in step)]
+    assert any(sum(name.startswith("a") for name in step) == 2 and len(step) == 4 for step in shared), shared

@@ -22,6 +22,7 @@ import asyncio
 import atexit
 import collections
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -52,6 +53,8 @@ class RowJob:
     #: A streaming request's later chunks wait for its urgent first chunk: alone it finishes sooner
     #: (on a CPU a step's cost grows with its rows), and the client hears audio sooner.
     after: RowJob | None = None
+    #: Which request (enqueue call) the chunk belongs to: free rows are shared out by request.
+    request: int = 0
 
 
 class RowEngine(Protocol):
@@ -94,6 +97,7 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
         self._limit = max_batch_size  # halved on out-of-memory, restored when the engine is idle
         self._waiting: collections.deque[RowJob] = collections.deque()
         self._running: dict[int, RowJob] = {}
+        self._requests = itertools.count(1)
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -112,8 +116,9 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
         loop = asyncio.get_running_loop()
         with self._cond:
             self._check_room(len(payloads))
+            request = next(self._requests)
             jobs = [
-                RowJob(key, payload, loop.create_future(), urgent=urgent_first and index == 0)
+                RowJob(key, payload, loop.create_future(), urgent=urgent_first and index == 0, request=request)
                 for index, payload in enumerate(payloads)
             ]
             if urgent_first and self.stream_rest_waits:
@@ -198,17 +203,36 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
                 # on its way to the event loop: look again shortly.
                 self._cond.wait(timeout=0.01 if self._waiting else None)
             free = max(0, self._limit - (self._engine.active - len(gone)))
-            admitted: list[RowJob] = []
-            held: list[RowJob] = []
-            while self._waiting and len(admitted) < free:
-                job = self._waiting.popleft()
-                if job.after is not None and not job.after.future.done():
-                    held.append(job)  # its request's first chunk still runs
-                else:
-                    admitted.append(job)
-            self._waiting.extendleft(reversed(held))
+            running = collections.Counter(job.request for job in self._running.values() if not job.future.done())
+            admitted = self._share_out(free, running)
             metrics.QUEUE_DEPTH.set(len(self._waiting))
             return gone, admitted
+
+    def _share_out(self, free: int, running: collections.Counter[int]) -> list[RowJob]:
+        """Up to `free` waiting chunks for the free rows: urgent ones first (a stream's first chunk),
+        then one at a time to the request with the fewest chunks running, the oldest first.
+
+        Strict first-come order would make a one-sentence request that arrives behind a long text
+        wait until every chunk of the long one had been admitted; shared out by request, it takes the
+        next row that frees up, and concurrent long texts split the rows between them.
+        """
+        admitted: list[RowJob] = []
+        while len(admitted) < free:
+            best: int | None = None
+            best_rank: tuple[bool, int, int] | None = None
+            for position, job in enumerate(self._waiting):
+                if job.after is not None and not job.after.future.done():
+                    continue  # its request's first chunk still runs
+                rank = (not job.urgent, running[job.request], position)
+                if best_rank is None or rank < best_rank:
+                    best, best_rank = position, rank
+            if best is None:
+                break
+            job = self._waiting[best]
+            del self._waiting[best]
+            running[job.request] += 1
+            admitted.append(job)
+        return admitted
 
     def _work(self) -> None:
         while True:
