@@ -160,8 +160,10 @@ class SynthesisService:
     ) -> list[asyncio.Future[Any]]:
         """Queue every chunk now (a full queue refuses here); one future per chunk, in order.
 
-        With a `request_id`, the chunks count towards that request's progress."""
-        futures = self.scheduler.enqueue((request.voice, sampling_of(request)), chunks, urgent_first=urgent_first)
+        With a `request_id`, the chunks count towards that request's progress, and the scheduler
+        shares rows out by it (a v1 request's instances are one request)."""
+        key = (request.voice, sampling_of(request))
+        futures = self.scheduler.enqueue(key, chunks, urgent_first=urgent_first, request=request_id)
         if request_id is not None:
             self.progress.track(request_id, futures)
         return futures

@@ -106,14 +106,16 @@ class ChunkScheduler(ABC, Generic[Key, Result]):
         return await results_in_order(self.enqueue(key, payloads, urgent_first=urgent_first), self.cancel)
 
     def enqueue(
-        self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False
+        self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False, request: Hashable = None
     ) -> list[asyncio.Future[Result]]:
         """Queue chunks and return one future per chunk (for callers that stream results).
 
         `urgent_first`: a stream's first chunk goes ahead of waiting chunks, so its audio starts sooner.
+        `request`: what the chunks belong to, for sharing rows out fairly (the instances of one v1
+        request are one request); None: these chunks alone.
         """
         check_fits_queue(len(payloads), self.max_queue_chunks)
-        return self._enqueue(key, payloads, urgent_first)
+        return self._enqueue(key, payloads, urgent_first, request)
 
     def _check_room(self, adding: int) -> None:
         """Overloaded (503 + Retry-After) rather than a queue that grows without bound."""
@@ -124,7 +126,9 @@ class ChunkScheduler(ABC, Generic[Key, Result]):
             )
 
     @abstractmethod
-    def _enqueue(self, key: Key, payloads: Sequence[object], urgent_first: bool) -> list[asyncio.Future[Result]]:
+    def _enqueue(
+        self, key: Key, payloads: Sequence[object], urgent_first: bool, request: Hashable
+    ) -> list[asyncio.Future[Result]]:
         """Queue chunks already known to fit the queue's capacity (call `_check_room` under the lock)."""
 
     @abstractmethod
@@ -168,8 +172,10 @@ class Scheduler(ChunkScheduler[Key, Result]):
             self._wakeup = asyncio.Event()
             self._worker = asyncio.get_running_loop().create_task(self._work(), name="bark-scheduler")
 
-    def _enqueue(self, key: Key, payloads: Sequence[object], urgent_first: bool) -> list[asyncio.Future[Result]]:
-        self._check_room(len(payloads))
+    def _enqueue(
+        self, key: Key, payloads: Sequence[object], urgent_first: bool, request: Hashable
+    ) -> list[asyncio.Future[Result]]:
+        self._check_room(len(payloads))  # batches are per key here: `request` does not change the order
         self._ensure_worker()
         loop = asyncio.get_running_loop()
         chunks = [

@@ -354,3 +354,21 @@ def test_concurrent_long_requests_share_the_rows():
     # Once the second request is waiting, the rows that free up go to it until both hold two.
     shared = [step for step in rows.steps if any(name.startswith("b") for name in step)]
     assert any(sum(name.startswith("a") for name in step) == 2 and len(step) == 4 for step in shared), shared
+
+
+def test_the_instances_of_one_request_share_as_one_request():
+    rows = FakeRows(step_s=0.002)
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=2, max_queue_chunks=32)
+        first = scheduler.enqueue("k", [(f"a{i}", 3) for i in range(1, 4)], request="req-a")
+        second = scheduler.enqueue("k", [(f"a{i}", 3) for i in range(4, 7)], request="req-a")
+        await asyncio.to_thread(rows.started.wait, 5)
+        other = await scheduler.submit("k", [("b1", 2)])
+        await asyncio.gather(*first, *second)
+        await scheduler.close()
+        return other
+
+    assert names(asyncio.run(scenario())) == ["b1"]
+    # Seen as two requests, the second instance (none of its chunks running) would have gone first.
+    assert rows.admitted.index("b1") < rows.admitted.index("a4"), rows.admitted

@@ -53,8 +53,8 @@ class RowJob:
     #: A streaming request's later chunks wait for its urgent first chunk: alone it finishes sooner
     #: (on a CPU a step's cost grows with its rows), and the client hears audio sooner.
     after: RowJob | None = None
-    #: Which request (enqueue call) the chunk belongs to: free rows are shared out by request.
-    request: int = 0
+    #: Which request the chunk belongs to (the caller's, or one per enqueue): rows are shared out by it.
+    request: Hashable = 0
 
 
 class RowEngine(Protocol):
@@ -112,11 +112,13 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
         return self._limit
 
     # -- the asyncio side ----------------------------------------------------------------------
-    def _enqueue(self, key: Key, payloads: Sequence[object], urgent_first: bool) -> list[asyncio.Future[Result]]:
+    def _enqueue(
+        self, key: Key, payloads: Sequence[object], urgent_first: bool, request: Hashable
+    ) -> list[asyncio.Future[Result]]:
         loop = asyncio.get_running_loop()
         with self._cond:
             self._check_room(len(payloads))
-            request = next(self._requests)
+            request = ("request", request) if request is not None else next(self._requests)
             jobs = [
                 RowJob(key, payload, loop.create_future(), urgent=urgent_first and index == 0, request=request)
                 for index, payload in enumerate(payloads)
@@ -203,12 +205,14 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
                 # on its way to the event loop: look again shortly.
                 self._cond.wait(timeout=0.01 if self._waiting else None)
             free = max(0, self._limit - (self._engine.active - len(gone)))
-            running = collections.Counter(job.request for job in self._running.values() if not job.future.done())
+            running: collections.Counter[Hashable] = collections.Counter(
+                job.request for job in self._running.values() if not job.future.done()
+            )
             admitted = self._share_out(free, running)
             metrics.QUEUE_DEPTH.set(len(self._waiting))
             return gone, admitted
 
-    def _share_out(self, free: int, running: collections.Counter[int]) -> list[RowJob]:
+    def _share_out(self, free: int, running: collections.Counter[Hashable]) -> list[RowJob]:
         """Up to `free` waiting chunks for the free rows: urgent ones first (a stream's first chunk),
         then one at a time to the request with the fewest chunks running, the oldest first.
 
