@@ -6,7 +6,8 @@ A long text takes minutes. The job sidecar (and any client that sent an `x-reque
 (`SynthesisService.enqueue`): each chunk's future reports when it settles, on the event loop, so no
 lock is needed. The board is per replica; a finished request stays readable for `retention_s`
 (a poll that races the answer still sees it finish), and the board never holds more than
-`max_requests` entries, so request ids chosen by clients cannot grow it without bound.
+`max_requests` entries of ids up to `MAX_ID_CHARS`, so ids chosen by clients cannot grow it
+without bound (a longer id is simply not tracked).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-__all__ = ["ProgressBoard", "RequestProgress"]
+__all__ = ["MAX_ID_CHARS", "ProgressBoard", "RequestProgress"]
+
+#: Request ids longer than this are not tracked (UUIDs and job ids are 32 to 36 characters).
+MAX_ID_CHARS = 128
 
 
 @dataclass
@@ -61,12 +65,14 @@ class ProgressBoard:
         #: Finished requests in the order they finished: the oldest expire first.
         self._finished: collections.deque[RequestProgress] = collections.deque()
 
-    def track(self, request_id: str, futures: Sequence[asyncio.Future[Any]]) -> RequestProgress:
-        """Count `futures` (one per chunk) towards `request_id`.
+    def track(self, request_id: str, futures: Sequence[asyncio.Future[Any]]) -> RequestProgress | None:
+        """Count `futures` (one per chunk) towards `request_id` (None: the id is too long to keep).
 
         A request with several instances calls this once per instance; an id whose earlier request
         already finished (a job run again under the same id) starts from zero.
         """
+        if len(request_id) > MAX_ID_CHARS:
+            return None
         self._forget_old()
         progress = self._requests.get(request_id)
         if progress is None or progress.finished:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from model_server.progress import ProgressBoard
+from model_server.progress import MAX_ID_CHARS, ProgressBoard
 
 
 class Clock:
@@ -100,3 +100,14 @@ def test_the_board_is_bounded_oldest_first() -> None:
     assert len(board) == 3
     assert board.get("r0") is None and board.get("r1") is None
     assert board.get("r4") is not None
+
+
+def test_ids_too_long_to_keep_are_not_tracked() -> None:
+    async def scenario() -> tuple[object, object, int]:
+        board = ProgressBoard()
+        loop = asyncio.get_running_loop()
+        long_id = "x" * (MAX_ID_CHARS + 1)
+        return board.track(long_id, [loop.create_future()]), board.get(long_id), len(board)
+
+    tracked, found, size = run(scenario)
+    assert (tracked, found, size) == (None, None, 0)

@@ -13,6 +13,7 @@ from model_server.http.openai_speech.api_router import register_speech_route
 from model_server.http.openapi import ErrorResponse
 from model_server.model import BarkTTS
 from model_server.paths import MODEL_VOICES_PATH, REQUEST_PROGRESS_PATH, VOICES_PATH
+from model_server.progress import MAX_ID_CHARS
 
 
 class RequestProgressResponse(BaseModel):
@@ -43,6 +44,8 @@ def register_routes(app: FastAPI, model: BarkTTS) -> None:
         Per replica, so ask the one doing the work (the job sidecar asks its own pod's server). A
         request is known from the moment its chunks are queued until a minute after it finished.
         """
+        if len(request_id) > MAX_ID_CHARS:
+            raise NotFound(f"request ids longer than {MAX_ID_CHARS} characters are not tracked")
         progress = synthesis.progress.get(request_id)
         if progress is None:
             raise NotFound(

@@ -80,11 +80,13 @@ def test_progress_of_a_running_v1_request_counts_its_chunks() -> None:
                 await answer
                 seen.append(await wait_for_done(client, "req-7", 3))
                 unknown = await progress_of(client, "req-8")
+                too_long = await progress_of(client, "r" * 200)
         finally:
             await model.service.close()
-        return seen, before, unknown
+        return seen, before, unknown, too_long
 
-    (queued, one, finished), before, unknown = asyncio.run(scenario())
+    (queued, one, finished), before, unknown, too_long = asyncio.run(scenario())
+    assert too_long.status_code == 404 and "longer than 128" in too_long.json()["error"]
     assert before.status_code == 404, "not known before its chunks are queued"
     assert (queued["chunks_total"], queued["finished"]) == (3, False)
     assert (one["chunks_total"], one["finished"]) == (3, False)
