@@ -19,7 +19,7 @@ from transformers import BarkModel, BarkProcessor
 
 from model_server.config import Settings
 from model_server.generation.decoding import StaticBarkDecoder, build_decoder
-from model_server.generation.engine import BarkEngine, Sampling
+from model_server.generation.engine import BarkEngine, Sampling, tokenize_chunks
 from model_server.generation.kv_cache import device_memory
 from model_server.generation.step_runner import _MIN_DECODE_POSITION
 
@@ -40,15 +40,7 @@ def processor(tiny_checkpoint: Path) -> BarkProcessor:
 
 
 def encoded(processor: BarkProcessor, rows: int) -> Any:
-    return processor.tokenizer(
-        TEXTS[:rows],
-        return_tensors="pt",
-        padding="max_length",
-        truncation=True,
-        max_length=256,
-        add_special_tokens=False,
-        return_attention_mask=True,
-    ).to(CUDA)
+    return tokenize_chunks(processor.tokenizer, TEXTS[:rows], 256, CUDA)
 
 
 def semantic_config(model: BarkModel, max_new_tokens: int) -> Any:

@@ -29,7 +29,7 @@ from model_server.generation.decoding import (
     choose_decoder,
     select_decoder,
 )
-from model_server.generation.engine import _PerRowTokenBudget
+from model_server.generation.engine import _PerRowTokenBudget, tokenize_chunks
 from model_server.generation.faults import run_splitting_on_oom
 from model_server.generation.step_runner import _CapturedStep, batch_bucket
 
@@ -77,15 +77,7 @@ def hesitant_eos_model(tiny_checkpoint: Path) -> BarkModel:
 
 
 def encode(processor: BarkProcessor, rows: int) -> Any:
-    return processor.tokenizer(
-        TEXTS[:rows],
-        return_tensors="pt",
-        padding="max_length",
-        truncation=True,
-        max_length=256,
-        add_special_tokens=False,
-        return_attention_mask=True,
-    )
+    return tokenize_chunks(processor.tokenizer, TEXTS[:rows], 256, CPU)
 
 
 def history(processor: BarkProcessor, voice: str | None) -> dict[str, torch.Tensor] | None:
