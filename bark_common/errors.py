@@ -159,6 +159,11 @@ class RequestTimedOut(ServingError, RuntimeError):
 
     description = TIMEOUT
 
+    @classmethod
+    def after(cls, timeout_s: float) -> RequestTimedOut:
+        """The one wording of a timeout, whichever route or stage hit it."""
+        return cls(f"request took longer than {timeout_s:g} s (request_timeout_s); its work was dropped")
+
 
 class GenerationFailed(ServingError, RuntimeError):
     """Generation raised for this request (HTTP 500 with its request id); other requests go on."""

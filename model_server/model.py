@@ -174,8 +174,7 @@ class BarkTTS(Model):
             work = (service.synthesize(instance, plan, request_id) for instance, plan in pairs)
             results = await asyncio.wait_for(asyncio.gather(*work), timeout)
         except asyncio.TimeoutError:
-            message = f"request took longer than {timeout:g} s (request_timeout_s); its work was dropped"
-            raise RequestTimedOut(message) from None
+            raise RequestTimedOut.after(timeout) from None
         predictions = await asyncio.to_thread(self._encode_all, payload, results)
         wall = time.perf_counter() - started
         audio_seconds = sum(prediction.duration_s for prediction in predictions)

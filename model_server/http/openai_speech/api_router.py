@@ -22,13 +22,14 @@ from bark_common.errors import (
     MODEL_NOT_READY,
     ErrorDescription,
     InvalidInput,
+    RequestTimedOut,
     ServingError,
     describe_error,
 )
 from model_server.generation.audio import FORMATS
 from model_server.http.errors import openai_error
 from model_server.http.openai_speech.protocol import SpeechRequest
-from model_server.http.openai_speech.serving import SpeechService, SpeechStream, StreamAborted, timeout_message
+from model_server.http.openai_speech.serving import SpeechService, SpeechStream, StreamAborted
 from model_server.http.outcomes import note_reason
 from model_server.paths import SPEECH_PATH
 from model_server.synthesis import SynthesisService
@@ -58,8 +59,8 @@ def _error_for(error: BaseException, request_id: str, timeout_s: float) -> JSONR
     param = error.param if isinstance(error, InvalidInput) else None
     if description.status in (400, 503):
         message = str(error)
-    elif description.status == 504:
-        message = timeout_message(timeout_s)
+    elif description.status == 504:  # ours, or asyncio's from the whole request's wait_for
+        message = str(error if isinstance(error, RequestTimedOut) else RequestTimedOut.after(timeout_s))
     else:  # a failed batch or anything else: the id finds the traceback in the log
         logger.error("speech request %s failed", request_id, exc_info=error)
         message = f"generation failed (request id {request_id}): {type(error).__name__}"

@@ -64,10 +64,6 @@ class StreamAborted(Exception):
     """A stream failed after its first byte: the response ends without its closing chunk."""
 
 
-def timeout_message(timeout_s: float) -> str:
-    return f"request took longer than {timeout_s:g} s (request_timeout_s); its work was dropped"
-
-
 class SpeechService:
     """Turns a SpeechRequest into audio bytes, whole or streamed chunk by chunk."""
 
@@ -186,7 +182,7 @@ class SpeechStream:
         try:
             waveform = await asyncio.wait_for(future, max(self._deadline - time.monotonic(), 0))
         except asyncio.TimeoutError:
-            raise RequestTimedOut(timeout_message(self.service.synthesis.settings.request_timeout_s)) from None
+            raise RequestTimedOut.after(self.service.synthesis.settings.request_timeout_s) from None
         piece = await anyio.to_thread.run_sync(self._feed, waveform, self._next > 0)
         self._next += 1
         return piece
