@@ -208,9 +208,8 @@ class BarkRowEngine:
                 row.next_token = int(token)
         if not leaving:
             return
-        self._compact("semantic", leaving)
+        self._leave("semantic", leaving)
         for row in leaving:
-            metrics.STAGE_LATENCY.labels(stage="semantic").observe(time.perf_counter() - row.stage_started)
             try:
                 self._enter_coarse(row, done)
             except torch.cuda.OutOfMemoryError:
@@ -259,9 +258,7 @@ class BarkRowEngine:
                 finished.append(row)
         if not finished:
             return
-        self._compact("coarse", finished)
-        for row in finished:
-            metrics.STAGE_LATENCY.labels(stage="coarse").observe(time.perf_counter() - row.stage_started)
+        self._leave("coarse", finished)
         for row, outcome in zip(finished, self._fine_codes(finished), strict=True):
             try:
                 done.append((row.job, outcome if isinstance(outcome, BaseException) else self._finish(row, outcome)))
@@ -287,24 +284,21 @@ class BarkRowEngine:
         groups = [prepared] if self.group_fine else [[item] for item in prepared]
         for group in groups:
             started = time.perf_counter()
-            try:
-                for (index, _), codes in zip(group, self._fine_pass([item for _, item in group]), strict=True):
-                    outcomes[index] = codes
-            except Exception as error:
-                if len(group) == 1:
+            codes: list[torch.Tensor] | None = None
+            if len(group) > 1:
+                try:
+                    codes = self._fine_pass([item for _, item in group])
+                except Exception as error:  # then each row alone, so a failure stays with its row
                     if isinstance(error, torch.cuda.OutOfMemoryError):
-                        raise  # alone and still too big: the loop's own out-of-memory handling
-                    outcomes[group[0][0]] = error
-                    continue
-                if isinstance(error, torch.cuda.OutOfMemoryError):
-                    release_cached_memory(self.device)  # a group too big for memory: each row alone
-                for index, item in group:
-                    outcomes[index] = self._fine_codes_alone(item)
+                        release_cached_memory(self.device)
+            for slot, (index, item) in enumerate(group):
+                outcomes[index] = codes[slot] if codes is not None else self._fine_codes_alone(item)
             metrics.STAGE_LATENCY.labels(stage="fine").observe(time.perf_counter() - started)
             metrics.FINE_PASS_ROWS.observe(len(group))
         return [outcome if outcome is not None else RuntimeError("no fine codes were made") for outcome in outcomes]
 
     def _fine_codes_alone(self, fine_row: FineRow) -> torch.Tensor | BaseException:
+        """One row's pass: its own error, or out of memory for the loop to handle (alone, it cannot shrink)."""
         try:
             return self._fine_pass([fine_row])[0]
         except torch.cuda.OutOfMemoryError:
@@ -338,6 +332,12 @@ class BarkRowEngine:
         return waveform
 
     # -- leaving -------------------------------------------------------------------------------
+    def _leave(self, stage: str, rows: list[Row]) -> None:
+        """Rows done with `stage`: out of its cache, and each one's time in the stage observed."""
+        self._compact(stage, rows)
+        for row in rows:
+            metrics.STAGE_LATENCY.labels(stage=stage).observe(time.perf_counter() - row.stage_started)
+
     def _compact(self, stage: str, leaving: Sequence[Row]) -> None:
         """Drop rows; the last row moves into each hole (one cache copy per leaving row, not a shift).
 

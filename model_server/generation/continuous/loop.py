@@ -205,14 +205,11 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
                 # on its way to the event loop: look again shortly.
                 self._cond.wait(timeout=0.01 if self._waiting else None)
             free = max(0, self._limit - (self._engine.active - len(gone)))
-            running: collections.Counter[Hashable] = collections.Counter(
-                job.request for job in self._running.values() if not job.future.done()
-            )
-            admitted = self._share_out(free, running)
+            admitted = self._share_out(free) if free and self._waiting else []
             metrics.QUEUE_DEPTH.set(len(self._waiting))
             return gone, admitted
 
-    def _share_out(self, free: int, running: collections.Counter[Hashable]) -> list[RowJob]:
+    def _share_out(self, free: int) -> list[RowJob]:
         """Up to `free` waiting chunks for the free rows: urgent ones first (a stream's first chunk),
         then one at a time to the request with the fewest chunks running, the oldest first.
 
@@ -220,6 +217,7 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
         wait until every chunk of the long one had been admitted; shared out by request, it takes the
         next row that frees up, and concurrent long texts split the rows between them.
         """
+        running = collections.Counter(job.request for job in self._running.values() if not job.future.done())
         admitted: list[RowJob] = []
         while len(admitted) < free:
             best: int | None = None
