@@ -286,11 +286,11 @@ class JobService:
         """A store call in a thread; an error (disk full, locked) is logged, and the loop goes on."""
         try:
             return await asyncio.to_thread(function, *args)
-        except StoreUnavailable as error:  # expected while the database restarts: one line, no trace
-            logger.warning("store call %s failed: %s", getattr(function, "__name__", function), error)
-            await asyncio.sleep(self.settings.poll_interval_s)
-            return None
-        except Exception:
-            logger.exception("store call %s failed", getattr(function, "__name__", function))
+        except Exception as error:
+            name = getattr(function, "__name__", function)
+            if isinstance(error, StoreUnavailable):  # expected while the database restarts: one line, no trace
+                logger.warning("store call %s failed: %s", name, error)
+            else:
+                logger.exception("store call %s failed", name)
             await asyncio.sleep(self.settings.poll_interval_s)
             return None

@@ -56,10 +56,13 @@ export async function errorFrom(response) {
   return new ApiError(response.status, `${title} (${response.status})`, parts.join(" "));
 }
 
+/** `headers` plus the user's key as a Bearer token, when there is one. */
+function withKey(apiKey, headers) {
+  return apiKey ? { ...headers, Authorization: `Bearer ${apiKey}` } : headers;
+}
+
 function jsonHeaders(apiKey) {
-  const headers = { "Content-Type": "application/json" };
-  if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
-  return headers;
+  return withKey(apiKey, { "Content-Type": "application/json" });
 }
 
 async function getJson(url) {
@@ -109,9 +112,7 @@ export function newRequestId() {
 /** How far the request sent with `requestId` is ({chunks_done, chunks_total, finished}); null when not known yet. */
 export async function requestProgress(config, requestId, apiKey) {
   const url = config.routes.progress.replace("{request_id}", encodeURIComponent(requestId));
-  const headers = { Accept: "application/json" };
-  if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
-  const response = await fetch(url, { headers });
+  const response = await fetch(url, { headers: withKey(apiKey, { Accept: "application/json" }) });
   return response.ok ? response.json() : null;
 }
 
