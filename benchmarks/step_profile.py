@@ -193,3 +193,24 @@ def profile_steps(
                 f"| {figures['leaf_ops_per_step']} | {figures.get('cuda_kernels_per_step', 'n/a')} |",
                 flush=True,
             )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`--loop`: one iteration of the real continuous loop (loop_profile.py); otherwise single steps
+    are profiled through `decode_steps.py --profile-step`."""
+    import argparse
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--loop", action="store_true", help="profile the real loop (see loop_profile.py --help)")
+    known, rest = parser.parse_known_args(args)
+    if not known.loop:
+        parser.error("single steps are profiled by decode_steps.py --profile-step; pass --loop for the loop")
+    from loop_profile import main as loop_main  # this folder is on sys.path when run as a script
+
+    loop_main(rest)
+
+
+if __name__ == "__main__":
+    main()

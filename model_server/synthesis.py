@@ -26,13 +26,8 @@ from model_server.generation.engine import BarkEngine, Sampling
 from model_server.generation.faults import release_cached_memory, run_splitting_on_oom
 from model_server.generation.languages import resolve_language
 from model_server.generation.limits import check_output_seconds
-from model_server.generation.scheduler import (
-    BatchFailed,
-    BatchRunner,
-    ChunkScheduler,
-    build_scheduler,
-    results_in_order,
-)
+from model_server.generation.scheduler import BatchFailed, BatchRunner, ChunkScheduler, results_in_order
+from model_server.generation.scheduler_choice import FatalHandler, build_scheduler
 from model_server.generation.text import plan_chunks, semantic_budget
 from model_server.progress import ProgressBoard
 from model_server.schema import SynthesisRequest
@@ -40,8 +35,9 @@ from model_server.schema import SynthesisRequest
 request_logger = logging.getLogger("bark.requests")
 
 BatchKey = tuple[str, Sampling]
-#: Builds the scheduler over the service's batch runner: build_scheduler unless a test picks one.
-SchedulerFactory = Callable[[Settings, BatchRunner, Any], ChunkScheduler]
+#: Builds the scheduler over the service's batch runner (build_scheduler unless a test picks one);
+#: its last argument is called if the device fails for good.
+SchedulerFactory = Callable[[Settings, BatchRunner, Any, FatalHandler | None], ChunkScheduler]
 
 
 @dataclass(frozen=True)
@@ -71,20 +67,30 @@ def sampling_of(request: SynthesisRequest) -> Sampling:
 class SynthesisService:
     """Bark's engine and scheduler, and what routes need of them: plans, limits, queueing, voices, metrics."""
 
-    def __init__(self, settings: Settings, engine: BarkEngine, scheduler_factory: SchedulerFactory = build_scheduler):
+    def __init__(
+        self,
+        settings: Settings,
+        engine: BarkEngine,
+        scheduler_factory: SchedulerFactory = build_scheduler,
+        on_fatal: FatalHandler | None = None,
+    ):
         self.settings = settings
         self.engine = engine
-        self.scheduler = scheduler_factory(settings, self.run_batch, engine)
+        self.scheduler = scheduler_factory(settings, self.run_batch, engine, on_fatal)
         #: Chunks done per request id, for `GET /v1/requests/{id}/progress`.
         self.progress = ProgressBoard()
 
     @classmethod
-    def load(cls, settings: Settings) -> SynthesisService:
-        """Load Bark's weights and warm them up (when `settings.warmup`), then start the scheduler."""
+    def load(cls, settings: Settings, on_fatal: FatalHandler | None = None) -> SynthesisService:
+        """Load Bark's weights and warm them up (when `settings.warmup`), then start the scheduler.
+
+        Under the continuous scheduler the batch decoder's graphs are never used, so they are not
+        captured (its warm-up generation still runs, eagerly); the row engine warms itself up.
+        """
         engine = BarkEngine(settings)
         if settings.warmup:
-            engine.warm_up()
-        return cls(settings, engine)
+            engine.warm_up(capture_graphs=settings.scheduler == "static")
+        return cls(settings, engine, on_fatal=on_fatal)
 
     # -- the engine side (runs in the scheduler's worker thread) -------------------------------
     def run_batch(self, key: BatchKey, payloads: list[ChunkPayload]) -> list[np.ndarray]:

@@ -58,8 +58,9 @@ class StubEngine:
         return BatchOutput(waveforms=[np.full(len(text), 0.1, dtype=np.float32) for text in texts])
 
 
-def static_scheduler(settings: Settings, run_batch: BatchRunner, engine: object) -> Scheduler:
-    """The static scheduler, as the stub engine has no row-stepping weights for the continuous one."""
+def static_scheduler(settings: Settings, run_batch: BatchRunner, engine: object, on_fatal: object = None) -> Scheduler:
+    """The static scheduler, as the stub engine has no row-stepping weights for the continuous one
+    (and no device to fail for good, so `on_fatal` is never called)."""
     return Scheduler(
         run_batch,
         max_batch_size=settings.max_batch_size,

@@ -273,11 +273,13 @@ class BarkEngine:
         lap("codec_decode")
         return BatchOutput(waveforms=waveforms, stage_seconds=stages)
 
-    def warm_up(self) -> None:
-        """One short generation so the first request does not pay for lazy initialisation."""
+    def warm_up(self, capture_graphs: bool = True) -> None:
+        """One short generation so the first request does not pay for lazy initialisation; every
+        voice preset loaded onto the device now, not in the decoding loop at a request's first use."""
         voice = self.voices.names[0] if self.voices.names else None
         started = time.perf_counter()
-        if self.decoder is not None:
+        self.voices.preload()
+        if self.decoder is not None and capture_graphs:
             # Explicit decoder=cudagraph: a shape that cannot be captured stops the start.
             graphs = self.decoder.capture_graphs(strict=self.settings.decoder == "cudagraph")
             logger.info("captured %d CUDA graphs (%d shapes eager)", graphs, len(self.decoder.eager_shapes))

@@ -25,6 +25,28 @@ Result = TypeVar("Result")
 OUT_OF_MEMORY: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, MemoryError)
 
 
+#: Messages of CUDA errors that poison the context: every later kernel of the process fails too.
+_STICKY_CUDA_ERRORS = (
+    "device-side assert",
+    "illegal memory access",
+    "illegal address",
+    "illegal instruction",
+    "misaligned address",
+    "unspecified launch failure",
+    "hardware stack error",
+    "uncorrectable ecc error",
+)
+
+
+def is_fatal_device_error(error: BaseException) -> bool:
+    """A CUDA error the process cannot recover from (CUDA's "sticky" errors): the only cure is a new
+    process, so the server must turn not ready and exit rather than fail every batch forever."""
+    text = str(error).lower()
+    return ("cuda" in text or isinstance(error, getattr(torch, "AcceleratorError", ()))) and any(
+        marker in text for marker in _STICKY_CUDA_ERRORS
+    )
+
+
 def release_cached_memory(device: torch.device) -> None:
     """Give the failed attempt's memory back before the retry (its tensors die with its traceback)."""
     gc.collect()

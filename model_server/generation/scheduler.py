@@ -18,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from bark_common.errors import InvalidInput, Overloaded
 from model_server import metrics
@@ -280,36 +280,3 @@ class Scheduler(ChunkScheduler[Key, Result]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def build_scheduler(settings: Any, run_batch: BatchRunner, engine: Any) -> ChunkScheduler:
-    """The one place that picks the implementation: `settings.scheduler` is continuous or static.
-
-    continuous: rows of any voice, settings and seed step together (continuous/loop.py) on the
-    engine's weights; static: batches of one (voice, settings) key run whole by `run_batch`.
-    """
-    options = {
-        "max_batch_size": settings.max_batch_size,
-        "max_wait_ms": settings.max_wait_ms,
-        "max_queue_chunks": settings.max_queue_chunks,
-        "retry_after_s": settings.retry_after_s,
-    }
-    if settings.scheduler == "static":
-        return Scheduler(run_batch, **options)
-    from model_server.generation.continuous.bark_rows import BarkRowEngine
-    from model_server.generation.continuous.loop import ContinuousScheduler
-    from model_server.generation.faults import release_cached_memory
-
-    rows = BarkRowEngine(engine, settings.max_batch_size)
-    if settings.warmup:
-        logger.info("captured %d row-step CUDA graphs", rows.capture_graphs())
-    # On CUDA a step of many rows costs about what one row's does (the probes: bark-small, 5.7 s per
-    # 5.12 s chunk alone, 5.8 s for 8 together), and one chunk alone is made slower than it plays: a
-    # stream whose second chunk started only after its first would stall. There its chunks run
-    # together; on a CPU, where a step's cost grows with its rows, the first chunk runs alone first.
-    return ContinuousScheduler(
-        rows,
-        release_memory=lambda: release_cached_memory(engine.device),
-        stream_rest_waits=engine.device.type != "cuda",
-        **options,
-    )

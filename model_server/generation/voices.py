@@ -51,6 +51,11 @@ class VoiceLibrary:
                 param=field,
             )
 
+    def preload(self) -> None:
+        """Every preset onto the device now (at start), so the decoding loop never reads a file."""
+        for name in self.names:
+            self.prompt(name)
+
     def prompt(self, voice: str) -> dict[str, torch.Tensor]:
         """The history prompt tensors for `voice`, read from disk once per process."""
         with self._lock:

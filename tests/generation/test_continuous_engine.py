@@ -33,6 +33,7 @@ from model_server.generation.continuous.sampling import (
 )
 from model_server.generation.decoding import _SuppressTokens
 from model_server.generation.engine import BarkEngine, Sampling, _PerRowTokenBudget, tokenize_chunks
+from tests.generation.row_runs import run_rows as run
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -63,22 +64,6 @@ def same(left: tuple, right: tuple) -> bool:
 
 def job(text: str, voice: str | None, sampling: Sampling, budget: int) -> SimpleNamespace:
     return SimpleNamespace(key=(voice, sampling), payload=SimpleNamespace(text=text, budget=budget), seed=None)
-
-
-def run(rows: BarkRowEngine, jobs: list[SimpleNamespace], joining: dict[int, list[SimpleNamespace]] | None = None):
-    """Admit `jobs`, step until all are done; `joining[n]` are admitted before step n. Results by job."""
-    results: dict[int, tuple] = {}
-    assert not rows.admit(jobs)
-    pending = dict(joining or {})
-    step = 0
-    while rows.active or pending:
-        if step in pending:
-            assert not rows.admit(pending.pop(step))
-        for finished, outcome in rows.step():
-            assert not isinstance(outcome, BaseException), outcome
-            results[id(finished)] = outcome
-        step += 1
-    return results
 
 
 def alone(rows: BarkRowEngine, text: str, voice: str | None, sampling: Sampling, budget: int) -> tuple:
@@ -154,18 +139,21 @@ def test_seeded_sampled_audio_is_identical_alone_and_batched(rows: BarkRowEngine
 
 
 def test_step_logits_alone_and_batched_agree(rows: BarkRowEngine):
-    """The per-row-position step: a row's logits do not depend on the other rows' positions."""
+    """The per-row-position step: a row's logits do not depend on the other rows' positions, and a
+    prefill of rows of different lengths in one call writes each row's cache as alone."""
     stepper = rows.stepper
-    hidden = stepper.stages["semantic"].weights.hidden_size
+    stage = stepper.stages["semantic"]
+    hidden = stage.weights.hidden_size
     prompts = torch.randn(3, 300, hidden, generator=torch.Generator().manual_seed(0))
     lengths = [300, 257, 280]
-    for slot, length in enumerate(lengths):
-        stepper.prefill("semantic", slot, prompts[slot : slot + 1, :length])
+    together = stepper.prefill("semantic", [0, 1, 2], [prompts[slot, :length] for slot, length in enumerate(lengths)])
     tokens = torch.tensor([5, 17, 42])
-    batched = stepper.step("semantic", tokens, lengths)
+    kv_len = stepper.kv_len("semantic", max(lengths))
+    batched = stepper.forward(stage, tokens, torch.tensor(lengths), kv_len)
     for slot, length in enumerate(lengths):
-        stepper.prefill("semantic", 0, prompts[slot : slot + 1, :length])
-        single = stepper.step("semantic", tokens[slot : slot + 1], [length])
+        first = stepper.prefill("semantic", [0], [prompts[slot, :length]])
+        torch.testing.assert_close(together[slot : slot + 1], first, rtol=1e-5, atol=1e-5)
+        single = stepper.forward(stage, tokens[slot : slot + 1], torch.tensor([length]), kv_len)
         torch.testing.assert_close(batched[slot : slot + 1], single, rtol=1e-5, atol=1e-5)
 
 
@@ -258,16 +246,17 @@ def test_the_graph_path_pads_rows_to_buckets_and_gives_the_eager_tokens(
     captured: list[ReplayedStep] = []
 
     def capture(step):  # type: ignore[no-untyped-def]
+        # As CUDA's capture does, run the step for real (warm-up) before recording it.
         captured.append(ReplayedStep(step, step().clone()))
-        return SimpleNamespace(graph=captured[-1], logits=captured[-1].output)
+        return SimpleNamespace(graph=captured[-1], output=captured[-1].output)
 
-    monkeypatch.setattr(graphed.stepper, "_capture", capture)
+    monkeypatch.setattr(graphed.stepper.graphs, "capture", capture)
     monkeypatch.setattr(graphed.stepper, "use_cuda_graphs", True)
     again = [job(*spec) for spec in specs]
     results = run(graphed, again)
     assert all(same(results[id(b)], eager[id(a)]) for a, b in zip(jobs, again, strict=True))
     assert captured and all(step.replays for step in captured)
-    shapes = {key[1] for key in graphed.stepper._graphs}
+    shapes = {key[1] for key in graphed.stepper.graphs.graphs if len(key) == 3}
     assert shapes <= {1, 2, 4}, "three rows ran padded to a bucket of four"
 
 
@@ -295,7 +284,8 @@ def test_the_setting_picks_the_scheduler_and_the_continuous_one_serves_seeded_au
     import asyncio
 
     from model_server.generation.continuous.loop import ContinuousScheduler
-    from model_server.generation.scheduler import Scheduler, build_scheduler
+    from model_server.generation.scheduler import Scheduler
+    from model_server.generation.scheduler_choice import build_scheduler
 
     def never(key: object, payloads: list) -> list:
         raise AssertionError("the continuous scheduler does not run whole batches")
@@ -354,13 +344,13 @@ def test_out_of_memory_mid_flight_retries_the_rows_from_scratch_with_the_same_au
 
     sizes_after: list[int] = []
 
-    def step(stage, tokens, positions):  # type: ignore[no-untyped-def]
-        if len(positions) > 2 and not failures:
-            failures.append(len(positions))
+    def step(stage, rows, highest_position):  # type: ignore[no-untyped-def]
+        if rows > 2 and not failures:
+            failures.append(rows)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         if failures:
-            sizes_after.append(len(positions))
-        return real_step(stage, tokens, positions)
+            sizes_after.append(rows)
+        return real_step(stage, rows, highest_position)
 
     monkeypatch.setattr(flaky.stepper, "step", step)
     results, _ = serve(flaky)

@@ -35,6 +35,20 @@ class FakeRows:
     def active(self) -> int:
         return len(self.rows)
 
+    pending = 0  # no fine stage here: a row's outcome comes with the step that finishes it
+
+    def set_wake(self, wake: Any) -> None:
+        self.wake = wake
+
+    def collect(self) -> list[tuple[Any, Any]]:
+        return []
+
+    def fail_all(self) -> list[Any]:
+        return self.evict_all()
+
+    def close(self) -> None:
+        self.closed = True
+
     def admit(self, jobs: Sequence[RowJob]) -> list[tuple[Any, BaseException]]:
         failed: list[tuple[Any, BaseException]] = []
         for job in jobs:

@@ -13,6 +13,7 @@ from model_server.config import Settings
 from model_server.generation.continuous.bark_rows import BarkRowEngine
 from model_server.generation.continuous.fine import FineRow, _choose, generate_fine
 from model_server.generation.engine import BarkEngine, Sampling
+from tests.generation.row_runs import run_rows
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -98,7 +99,7 @@ def test_inverse_cdf_draws_follow_the_softmax_at_the_rows_temperature() -> None:
 
 def test_the_row_engine_groups_rows_that_finish_together_and_keeps_failures_apart(engine: BarkEngine) -> None:
     rows = BarkRowEngine(engine, max_rows=4)
-    rows.group_fine = True  # as on CUDA
+    rows.finisher.group = True  # as on CUDA
     jobs = [
         SimpleNamespace(
             key=(voice, Sampling(seed=index)), payload=SimpleNamespace(text="Same length.", budget=16), seed=None
@@ -107,12 +108,7 @@ def test_the_row_engine_groups_rows_that_finish_together_and_keeps_failures_apar
     ]
 
     def run(row_engine: BarkRowEngine, batch: list[SimpleNamespace]) -> dict[int, object]:
-        assert not row_engine.admit(batch)
-        results: dict[int, object] = {}
-        while row_engine.active:
-            for job, outcome in row_engine.step():
-                results[id(job)] = outcome
-        return results
+        return run_rows(row_engine, batch, errors_allowed=True)
 
     passes: list[int] = []
     fine_pass = rows._fine_pass

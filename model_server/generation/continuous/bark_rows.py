@@ -1,13 +1,20 @@
-"""The Bark row engine: admit chunks as rows, step both stages one token per row, retire finished rows.
+"""The Bark row engine: admit chunks as rows, step both stages one token per row, hand finished rows on.
 
-This is "how a step runs"; what runs next is the scheduler's business (continuous/loop.py). Each
-`step()` is one iteration: the semantic rows and the coarse rows each take one batched forward
-(different weights, so two forwards when both stages are active) and one batched sampling call with
-per-row settings. A row that finishes its semantic tokens moves to the coarse stage at once (its
-first window is prefilled into its own slot); a row whose coarse window is full re-prefills its next
-window in place; the rows whose coarse tokens are done in a step run the fine stage (fine.py: our own
-loop, per-row sampling; batched across them on CUDA) and each its codec, and leave. Rows never wait
-for batch mates.
+This is "how an iteration runs"; what runs next is the scheduler's business (continuous/loop.py).
+Each `step()` is one iteration, shaped for a GPU (issue #21):
+
+    launch:  one captured step per active stage (stepper.py): the rows' state lives on the device
+             (slots.py), so nothing is built from host data; then copy the step's tokens and
+             statuses to pinned memory and record an event (late_read.py)
+    read:    the previous iteration's tokens and statuses, whose copy finished meanwhile
+    act:     only on what changed: rows whose semantic tokens are done move to the coarse stage;
+             rows whose coarse window is full re-prefill the next one; rows that entered or
+             re-entered coarse are prefilled together in one call; rows with all their coarse tokens
+             go to the fine stage and codec on their own thread (finisher.py) and leave
+
+An iteration in which no row joins, leaves or changes window makes no host wait and touches no
+host data besides the one late read. A row never waits for batch mates; a row that has just
+finished rides one more step, masked, before the host sees it.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,26 +32,22 @@ import torch.nn.functional as F
 from transformers.models.bark.generation_configuration_bark import BarkFineGenerationConfig
 
 from model_server import metrics
-from model_server.generation.continuous.fine import FineRow, generate_fine
-from model_server.generation.continuous.rows import Configs, Row, coarse_plan
-from model_server.generation.continuous.sampling import (
-    RowSampling,
-    choose_tokens,
-    coarse_scores,
-    fold_seed,
-    semantic_scores,
-)
+from model_server.generation.continuous.fine import generate_fine
+from model_server.generation.continuous.finisher import Finisher
+from model_server.generation.continuous.late_read import LateReader
+from model_server.generation.continuous.rows import Configs, Row, coarse_plan, fine_input, semantic_prompts
+from model_server.generation.continuous.rules import TOP_K, CoarseRules, SemanticRules
+from model_server.generation.continuous.sampling import fold_seed
+from model_server.generation.continuous.slots import DONE, IDLE, WINDOW_FULL
 from model_server.generation.continuous.stepper import RowStepper
-from model_server.generation.engine import BarkEngine, Sampling, tokenize_chunks
-from model_server.generation.faults import release_cached_memory
+from model_server.generation.engine import BarkEngine, Sampling
 from model_server.generation.kv_cache import CacheShape, check_kv_cache_fits, device_memory
+
+__all__ = ["TOP_K", "BarkRowEngine", "Job"]
 
 logger = logging.getLogger(__name__)
 
-#: transformers' implicit top-k when sampling (GenerationConfig's default; Bark's configs keep it).
-TOP_K = 50
-#: Mixed into a row's seed for the fine stage's own random stream.
-_FINE_STREAM = 0x5EED
+_STAGES = ("semantic", "coarse")
 
 
 class Job(Protocol):
@@ -52,6 +56,9 @@ class Job(Protocol):
     key: tuple[str | None, Sampling]
     payload: Any
     seed: int | None
+
+
+Outcome = tuple[Any, Any]  # (job, waveform or its own error)
 
 
 class BarkRowEngine:
@@ -78,26 +85,77 @@ class BarkRowEngine:
             engine.model, engine.device, max_rows=max_rows, use_cuda_graphs=use_graphs, semantic_cache=shared
         )
         logger.info("continuous rows: K/V caches of %.1f MB for %d rows", self.stepper.cache_bytes() / 1e6, max_rows)
-        self.rows: dict[str, list[Row]] = {"semantic": [], "coarse": []}
+        self.rows: dict[str, list[Row]] = {stage: [] for stage in _STAGES}
         semantic = engine._semantic_defaults
         self._semantic_vocab = int(semantic["semantic_vocab_size"])
         self._eos = int(semantic["semantic_pad_token"])
-        self._min_eos_p = semantic.get("min_eos_p")
+        coarse = engine._coarse_defaults
+        self._configure_stages(semantic, coarse)
         # The fine stage's windows (its temperature is each row's own).
         self._fine_config = BarkFineGenerationConfig(**engine._fine_defaults)
-        #: Rows finishing together share one fine pass on CUDA (see `_fine_codes`); alone on a CPU.
-        self.group_fine = engine.device.type == "cuda"
+        #: Rows finishing together share one fine pass on CUDA; alone on a CPU (finisher.py).
+        self.finisher = Finisher(
+            lambda rows: self._fine_pass(rows),  # looked up at each call: tests stand in for either
+            lambda row, fine: self._finish(row, fine),
+            device=engine.device,
+            group=self.device.type == "cuda",
+        )
+        self.reader = LateReader(self.stepper.out)
+        #: Joins, leaves, stage moves and window prefills so far (benchmarks tell steady iterations by it).
+        self.events = 0
+
+    def _configure_stages(self, semantic: dict[str, Any], coarse: dict[str, Any]) -> None:
         vocab = self.stepper.stages["semantic"].vocab
-        self._suppressed = torch.ones(vocab, dtype=torch.bool, device=self.device)
-        self._suppressed[: self._semantic_vocab] = False
-        self._suppressed[self._eos] = False
+        suppressed = torch.ones(vocab, dtype=torch.bool, device=self.device)
+        suppressed[: self._semantic_vocab] = False
+        suppressed[self._eos] = False
+        stage = self.stepper.stages["semantic"]
+        stage.rules = SemanticRules(suppressed, self._eos, semantic.get("min_eos_p"))
+        stage.prompt_length = int(semantic["max_input_semantic_length"]) + 1
+        stage = self.stepper.stages["coarse"]
+        stage.rules = CoarseRules(self._semantic_vocab, self.engine.codebook_size)
+        stage.prompt_length = int(coarse["max_coarse_input_length"]) + 1 + int(coarse["max_coarse_history"])
 
     @property
     def active(self) -> int:
+        """Rows in the semantic and coarse stages (the ones that hold cache slots)."""
         return len(self.rows["semantic"]) + len(self.rows["coarse"])
+
+    @property
+    def pending(self) -> int:
+        """Rows past their coarse tokens, in the fine stage or codec, not yet collected."""
+        return self.finisher.pending
+
+    @property
+    def late_reads(self) -> int:
+        return self.reader.reads
+
+    def set_wake(self, wake: Callable[[], None]) -> None:
+        """The scheduler's callback for when finished rows are ready (called from the finisher's thread)."""
+        self.finisher.set_wake(wake)
 
     def capture_graphs(self) -> int:
         return self.stepper.capture_graphs(self.max_rows)
+
+    def warm_up(self) -> None:
+        """One short row through every stage and window path before the server turns ready, so the
+        first request does not pay for lazy initialisation (or a prefill graph's capture)."""
+        voices = self.engine.voices.names
+        job = SimpleNamespace(
+            key=(voices[0] if voices else None, Sampling(do_sample=False)),
+            payload=SimpleNamespace(text="Warm up.", budget=min(8, self.engine.max_semantic_tokens)),
+            seed=0,
+        )
+        started = time.perf_counter()
+        outcomes = self.admit([job])
+        while self.active or self.pending:
+            outcomes += self.step() if self.active else self.collect()
+            if not self.active and self.pending:
+                time.sleep(0.005)
+        for _, outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        logger.info("continuous warm-up took %.2f s", time.perf_counter() - started)
 
     # -- admission -----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -116,23 +174,12 @@ class BarkRowEngine:
                 failed.append((job, error))
         if not rows:
             return failed
-        config = rows[0].configs.semantic
-        length = int(config.max_input_semantic_length)
-        encoded = tokenize_chunks(self.engine.processor.tokenizer, [row.text for row in rows], length, self.device)
-        ids = encoded["input_ids"].long() + config.text_encoding_offset
-        ids = ids.masked_fill(~encoded["attention_mask"].bool(), config.text_pad_token)[:, :length]
-        ids = F.pad(ids, (0, length - ids.shape[1]), value=config.text_pad_token)
-        histories = torch.stack([self._semantic_history(row, length) for row in rows])
+        self.events += 1
         table = self.stepper.stages["semantic"].weights.token_embedding
-        infer = torch.full((len(rows), 1), config.semantic_infer_token, dtype=torch.long, device=self.device)
-        # Bark's prompt: text and voice history share the first 256 positions (summed), then the infer token.
-        embeds = torch.cat([F.embedding(ids, table) + F.embedding(histories, table), F.embedding(infer, table)], dim=1)
-        first_slot = len(self.rows["semantic"])
-        logits = self.stepper.prefill("semantic", first_slot, embeds).to(torch.float32, copy=True)
-        for index, row in enumerate(rows):
-            row.position = length + 1
-            row.fresh = logits[index]
-            self.rows["semantic"].append(row)
+        embeds = semantic_prompts(rows, self.engine.processor.tokenizer, table, self.device)
+        first = len(self.rows["semantic"])
+        self._join("semantic", list(range(first, first + len(rows))), rows, list(embeds))
+        self.rows["semantic"].extend(rows)
         return failed
 
     def _row(self, job: Job) -> Row:
@@ -146,179 +193,127 @@ class BarkRowEngine:
         history = self.engine.voices.prompt(voice) if voice else None
         return Row(job, text, voice, sampling, budget, job.seed, Configs(semantic, coarse, fine), history)
 
-    def _semantic_history(self, row: Row, length: int) -> torch.Tensor:
-        pad = row.configs.semantic.semantic_pad_token
-        if row.history is None:
-            return torch.full((length,), pad, dtype=torch.long, device=self.device)
-        history = row.history["semantic_prompt"].to(self.device).long()[-length:]
-        return F.pad(history, (0, length - history.shape[0]), value=pad)
+    def _join(self, stage_name: str, slots: list[int], rows: list[Row], prompts: list[torch.Tensor]) -> None:
+        """Prefill `rows` into `slots` (one call for all) and write their state there."""
+        logits = self.stepper.prefill(stage_name, slots, prompts)
+        coarse = stage_name == "coarse"
+        for row, prompt in zip(rows, prompts, strict=True):
+            row.position, row.fresh = int(prompt.shape[0]), True
+        plans = [row.coarse for row in rows] if coarse else []
+        self.stepper.stages[stage_name].slots.join(
+            slots,
+            logits,
+            [row.position for row in rows],
+            seeds=[row.seed for row in rows],
+            draws=[row.draws for row in rows],
+            temperature=[row.temperature if row.sampling.do_sample else 1.0 for row in rows],
+            do_sample=[row.sampling.do_sample for row in rows],
+            budget=[plan.window_new for plan in plans if plan] if coarse else [row.budget for row in rows],
+            last_window=[plan.generated + plan.window_new >= plan.output_length for plan in plans if plan]
+            if coarse
+            else [False] * len(rows),
+        )
 
     # -- one iteration -------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self) -> list[tuple[Job, np.ndarray | BaseException]]:
-        """One token for every active row of both stages; returns the rows that left, with audio or error."""
-        done: list[tuple[Job, np.ndarray | BaseException]] = []
-        if self.rows["semantic"]:
-            self._step_semantic(done)
-        if self.rows["coarse"]:
-            self._step_coarse(done)
-        return done
-
-    def _logits(self, stage: str) -> torch.Tensor:
-        """Logits for every row of `stage`: a batched step for rows that fed a token, prefill logits for fresh rows."""
-        rows = self.rows[stage]
-        fresh = [index for index, row in enumerate(rows) if row.fresh is not None]
-        if len(fresh) == len(rows):
-            logits = torch.stack([row.fresh for row in rows if row.fresh is not None])
-        else:
-            # Fresh rows ride along at their next position: that K/V is overwritten by their real step.
-            tokens = torch.tensor([row.next_token for row in rows], dtype=torch.long, device=self.device)
-            logits = self.stepper.step(stage, tokens, [row.position for row in rows]).to(torch.float32, copy=True)
-            for row in rows:
-                if row.fresh is None:
+    def step(self) -> list[Outcome]:
+        """Launch one step of every stage with rows, act on the previous step's outputs; returns the
+        rows that left (with audio from the finisher, or their own error)."""
+        launched: dict[str, list[Row]] = {}
+        for stage_name in _STAGES:
+            rows = self.rows[stage_name]
+            if not rows:
+                continue
+            self.stepper.step(stage_name, len(rows), max(row.position for row in rows))
+            for row in rows:  # the host's mirror of what the step did to positions
+                if row.fresh:
+                    row.fresh = False
+                else:
                     row.position += 1
-            for index in fresh:
-                logits[index] = cast(torch.Tensor, rows[index].fresh)
-        for row in rows:
-            row.fresh = None
-        return logits
+            launched[stage_name] = list(rows)
+        previous = self.reader.launched(self.stepper.out, launched) if launched else self.reader.drain()
+        outcomes: list[Outcome] = []
+        if previous is not None:
+            self._act(self.reader.read(previous), previous.rows, outcomes)
+        outcomes.extend(self.finisher.collect())
+        return outcomes
 
-    def _sampling(self, rows: list[Row]) -> RowSampling:
-        return RowSampling.of(
-            [row.sampling.do_sample for row in rows],
-            [row.temperature for row in rows],
-            [row.seed for row in rows],
-            [row.draws for row in rows],
-            self.device,
-        )
+    def collect(self) -> list[Outcome]:
+        """Finished rows' outcomes, without stepping (the loop has no rows to step)."""
+        return self.finisher.collect()
 
-    def _step_semantic(self, done: list[tuple[Job, np.ndarray | BaseException]]) -> None:
-        rows = self.rows["semantic"]
-        settings = self._sampling(rows)
-        scores = semantic_scores(self._logits("semantic"), self._suppressed, self._eos, self._min_eos_p)
-        tokens = choose_tokens(scores, settings, TOP_K).tolist()
-        leaving: list[Row] = []
-        for row, token in zip(rows, tokens, strict=True):
-            row.draws += 1
-            if token != self._eos:
-                row.semantic.append(int(token))
-            if token == self._eos or len(row.semantic) >= row.budget:
-                leaving.append(row)
-            else:
-                row.next_token = int(token)
-        if not leaving:
-            return
-        self._leave("semantic", leaving)
-        for row in leaving:
-            try:
-                self._enter_coarse(row, done)
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception as error:
-                done.append((row.job, error))
+    def _act(self, outputs: np.ndarray, launched: dict[str, list[Row]], outcomes: list[Outcome]) -> None:
+        """Take one iteration's tokens and statuses into the rows; move, re-window or finish rows."""
+        semantic_done: list[Row] = []
+        windows: list[Row] = []
+        finished: list[Row] = []
+        for stage_name, rows in launched.items():
+            index = 0 if stage_name == "semantic" else 1
+            for slot, row in enumerate(rows):
+                token, status = int(outputs[index, slot, 0]), int(outputs[index, slot, 1])
+                if status == IDLE or row.gone or row.stage != stage_name:
+                    continue
+                row.draws += 1
+                if stage_name == "semantic":
+                    if token != self._eos:
+                        row.semantic.append(token)
+                    if status == DONE:
+                        semantic_done.append(row)
+                    continue
+                assert row.coarse is not None
+                row.coarse.tokens.append(token)
+                row.coarse.window_step += 1
+                if status == WINDOW_FULL:
+                    windows.append(row)
+                elif status == DONE:
+                    finished.append(row)
+        if finished:
+            self._leave("coarse", finished)
+            self.finisher.submit(finished)
+        entering: list[Row] = []
+        if semantic_done:
+            self._leave("semantic", semantic_done)
+            for row in semantic_done:
+                try:
+                    if self._enter_coarse(row):
+                        entering.append(row)
+                    else:  # no semantic tokens: no audio (an empty waveform)
+                        outcomes.append((row.job, np.zeros(0, dtype=np.float32)))
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except Exception as error:
+                    outcomes.append((row.job, error))
+        if windows or entering:
+            self._prefill_windows(windows, entering)
 
-    def _enter_coarse(self, row: Row, done: list[tuple[Job, np.ndarray | BaseException]]) -> None:
+    def _enter_coarse(self, row: Row) -> bool:
+        """Plan the row's coarse windows; False if it has nothing to generate."""
         row.stage, row.stage_started = "coarse", time.perf_counter()
         model = self.engine.model.coarse_acoustics
         row.coarse = coarse_plan(row, model, self.engine.codebook_size, self.device)
-        if row.coarse.output_length == 0:  # no semantic tokens: no audio (an empty waveform)
-            done.append((row.job, np.zeros(0, dtype=np.float32)))
-            return
-        self._prefill_window(row, len(self.rows["coarse"]))  # into the next free slot, then it joins
-        self.rows["coarse"].append(row)
+        return row.coarse.output_length > 0
 
-    def _prefill_window(self, row: Row, slot: int) -> None:
-        assert row.coarse is not None
-        prompt = row.coarse.next_window_prompt(row.configs.coarse, self.device)
+    def _prefill_windows(self, windows: list[Row], entering: list[Row]) -> None:
+        """Next windows of rows in place and first windows of rows entering coarse, in one prefill."""
+        self.events += 1
+        coarse_rows = self.rows["coarse"]
+        slot_of = {id(row): slot for slot, row in enumerate(coarse_rows)}
+        slots = [slot_of[id(row)] for row in windows] + list(range(len(coarse_rows), len(coarse_rows) + len(entering)))
+        rows = windows + entering
         table = self.stepper.stages["coarse"].weights.token_embedding
-        logits = self.stepper.prefill("coarse", slot, F.embedding(prompt, table)[None])
-        row.fresh = logits[0].to(torch.float32, copy=True)
-        row.position = int(prompt.shape[0])
+        prompts = []
+        for row in rows:
+            assert row.coarse is not None
+            prompts.append(F.embedding(row.coarse.next_window_prompt(row.configs.coarse, self.device), table))
+        self._join("coarse", slots, rows, prompts)
+        coarse_rows.extend(entering)
 
-    def _step_coarse(self, done: list[tuple[Job, np.ndarray | BaseException]]) -> None:
-        rows = self.rows["coarse"]
-        settings = self._sampling(rows)
-        plans = [row.coarse for row in rows]
-        parity = torch.tensor([plan.window_step % 2 for plan in plans if plan], dtype=torch.long, device=self.device)
-        codebook = self.engine.codebook_size
-        scores = coarse_scores(self._logits("coarse"), parity, self._semantic_vocab, codebook)
-        tokens = choose_tokens(scores, settings, TOP_K).tolist()
-        finished: list[Row] = []
-        for slot, (row, token) in enumerate(zip(rows, tokens, strict=True)):
-            plan = row.coarse
-            assert plan is not None
-            row.draws += 1
-            plan.tokens.append(int(token))
-            plan.window_step += 1
-            if plan.window_step < plan.window_new:
-                row.next_token = int(token)
-            elif plan.generated < plan.output_length:
-                self._prefill_window(row, slot)  # the next sliding window, re-prefilled in place
-            else:
-                finished.append(row)
-        if not finished:
-            return
-        self._leave("coarse", finished)
-        for row, outcome in zip(finished, self._fine_codes(finished), strict=True):
-            try:
-                done.append((row.job, outcome if isinstance(outcome, BaseException) else self._finish(row, outcome)))
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception as error:
-                done.append((row.job, error))
-
-    def _fine_codes(self, rows: list[Row]) -> list[torch.Tensor | BaseException]:
-        """Fine codes (n_fine, frames) of the rows that finished their coarse tokens in this step.
-
-        On CUDA they share one batched pass (launch-bound: the probes' fine stage took 22 ms for one
-        chunk, 235 ms for 32); on a CPU each row runs alone, which measured faster there. A pass that
-        fails (out of memory included) runs its rows again one by one, so a failure stays with its row.
-        """
-        outcomes: list[torch.Tensor | BaseException | None] = [None] * len(rows)
-        prepared: list[tuple[int, FineRow]] = []
-        for index, row in enumerate(rows):
-            try:
-                prepared.append((index, self._fine_row(row)))
-            except Exception as error:
-                outcomes[index] = error
-        groups = [prepared] if self.group_fine else [[item] for item in prepared]
-        for group in groups:
-            started = time.perf_counter()
-            codes: list[torch.Tensor] | None = None
-            if len(group) > 1:
-                try:
-                    codes = self._fine_pass([item for _, item in group])
-                except Exception as error:  # then each row alone, so a failure stays with its row
-                    if isinstance(error, torch.cuda.OutOfMemoryError):
-                        release_cached_memory(self.device)
-            for slot, (index, item) in enumerate(group):
-                outcomes[index] = codes[slot] if codes is not None else self._fine_codes_alone(item)
-            metrics.STAGE_LATENCY.labels(stage="fine").observe(time.perf_counter() - started)
-            metrics.FINE_PASS_ROWS.observe(len(group))
-        return [outcome if outcome is not None else RuntimeError("no fine codes were made") for outcome in outcomes]
-
-    def _fine_codes_alone(self, fine_row: FineRow) -> torch.Tensor | BaseException:
-        """One row's pass: its own error, or out of memory for the loop to handle (alone, it cannot shrink)."""
-        try:
-            return self._fine_pass([fine_row])[0]
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as error:
-            return error
-
-    def _fine_pass(self, group: list[FineRow]) -> list[torch.Tensor]:
-        codes = generate_fine(self.engine.model.fine_acoustics, group, self._fine_config, self.engine.codebook_size)
+    # -- the fine stage and codec (on the finisher's thread) -----------------------------------
+    def _fine_pass(self, rows: list[Row]) -> list[torch.Tensor]:
+        inputs = [fine_input(row, self._semantic_vocab, self.engine.codebook_size, self.device) for row in rows]
+        codes = generate_fine(self.engine.model.fine_acoustics, inputs, self._fine_config, self.engine.codebook_size)
         self.engine._synchronize()
         return codes
-
-    def _fine_row(self, row: Row) -> FineRow:
-        plan = row.coarse
-        assert plan is not None
-        codebooks = row.configs.coarse.n_coarse_codebooks
-        coarse = torch.tensor(plan.tokens[plan.history_length :], dtype=torch.long, device=self.device)
-        codes = torch.remainder(coarse.view(-1, codebooks) - self._semantic_vocab, self.engine.codebook_size)
-        history = row.history["fine_prompt"].to(self.device).long().T if row.history is not None else None
-        return FineRow(codes, history, row.configs.fine.temperature, row.seed ^ _FINE_STREAM)
 
     def _finish(self, row: Row, fine: torch.Tensor) -> np.ndarray:
         """The codec for one row's fine codes (n_fine, frames): its waveform, trimmed to its frames."""
@@ -343,13 +338,17 @@ class BarkRowEngine:
 
         Slots are handled from the highest down, so the row moved into a hole never leaves itself.
         """
+        self.events += 1
         rows = self.rows[stage]
+        slots = self.stepper.stages[stage].slots
         gone = {id(row) for row in leaving}
         for slot in sorted((index for index, row in enumerate(rows) if id(row) in gone), reverse=True):
             last = len(rows) - 1
             if slot != last:
                 self.stepper.move(stage, last, slot, rows[last].position + 1)
                 rows[slot] = rows[last]
+            else:
+                slots.free(slot)
             rows.pop()
 
     def drop(self, jobs: Sequence[Job]) -> None:
@@ -357,13 +356,31 @@ class BarkRowEngine:
         wanted = {id(job) for job in jobs}
         for stage, rows in self.rows.items():
             leaving = [row for row in rows if id(row.job) in wanted]
+            for row in leaving:
+                row.gone = True
             if leaving:
                 self._compact(stage, leaving)
+        self.finisher.drop(jobs)
 
     def evict_all(self) -> list[Job]:
-        """Remove every row (after an out-of-memory or a failed step); returns their jobs."""
-        jobs = [row.job for rows in self.rows.values() for row in rows]
-        self.rows = {"semantic": [], "coarse": []}
+        """Remove every row of both stages (after an out-of-memory or a failed step); returns their jobs.
+
+        Rows already in the fine stage are not evicted: they finish on their own thread.
+        """
+        rows = [row for stage_rows in self.rows.values() for row in stage_rows]
+        for row in rows:
+            row.gone = True
+        self.rows = {stage: [] for stage in _STAGES}
+        for stage in self.stepper.stages.values():
+            stage.slots.free_all()
+        self.reader.forget()
         with contextlib.suppress(Exception):
             self.engine._synchronize()
-        return jobs
+        return [row.job for row in rows]
+
+    def fail_all(self) -> list[Job]:
+        """Every job in the engine, the fine stage's included (a fatal device error: nothing will finish)."""
+        return self.evict_all() + self.finisher.drain()
+
+    def close(self) -> None:
+        self.finisher.close()

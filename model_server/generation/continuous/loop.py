@@ -26,12 +26,12 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from model_server import metrics
-from model_server.generation.faults import OUT_OF_MEMORY
+from model_server.generation.faults import OUT_OF_MEMORY, is_fatal_device_error
 from model_server.generation.scheduler import BatchFailed, ChunkScheduler
 
 logger = logging.getLogger(__name__)
@@ -63,13 +63,26 @@ class RowEngine(Protocol):
     @property
     def active(self) -> int: ...
 
+    @property
+    def pending(self) -> int:
+        """Rows past stepping (the fine stage and codec, on their own thread), not yet collected."""
+        ...
+
+    def set_wake(self, wake: Callable[[], None]) -> None: ...
+
     def admit(self, jobs: Sequence[Any]) -> list[tuple[Any, BaseException]]: ...
 
     def step(self) -> list[tuple[Any, Any]]: ...
 
+    def collect(self) -> list[tuple[Any, Any]]: ...
+
     def drop(self, jobs: Sequence[Any]) -> None: ...
 
     def evict_all(self) -> list[Any]: ...
+
+    def fail_all(self) -> list[Any]: ...
+
+    def close(self) -> None: ...
 
 
 class ContinuousScheduler(ChunkScheduler[Key, Result]):
@@ -85,6 +98,7 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
         retry_after_s: int = 2,
         release_memory: Any = None,
         stream_rest_waits: bool = True,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ):
         super().__init__(max_queue_chunks=max_queue_chunks, retry_after_s=retry_after_s)
         self._engine = engine
@@ -102,6 +116,17 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Called once (from the worker thread) after a sticky device error (faults.is_fatal_device_error).
+        self._on_fatal = on_fatal or (lambda error: None)
+        self.fatal_error: BaseException | None = None
+        self._finished_ready = False
+        engine.set_wake(self._wake)
+
+    def _wake(self) -> None:
+        """The fine stage's thread has finished rows to hand back: the worker collects them."""
+        with self._cond:
+            self._finished_ready = True
+            self._cond.notify()
 
     @property
     def queued_chunks(self) -> int:
@@ -117,6 +142,8 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
     ) -> list[asyncio.Future[Result]]:
         loop = asyncio.get_running_loop()
         with self._cond:
+            if self.fatal_error is not None:
+                raise BatchFailed(f"the device failed and the server is restarting: {self.fatal_error}")
             self._check_room(len(payloads))
             request = ("request", request) if request is not None else next(self._requests)
             jobs = [
@@ -167,6 +194,7 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self._engine.close()
 
     async def close(self) -> None:
         with self._cond:
@@ -178,6 +206,7 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
             job.future.cancel()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
+        await asyncio.to_thread(self._engine.close)
         atexit.unregister(self._stop_worker_at_exit)
 
     # -- the worker thread ---------------------------------------------------------------------
@@ -197,7 +226,8 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
                 gone = [job for job in self._running.values() if job.future.done()]
                 if self._engine.active - len(gone) == 0 and not self._waiting:
                     self._limit = self.max_batch_size  # idle: forget an earlier out-of-memory
-                if gone or self._engine.active:
+                if gone or self._engine.active or self._finished_ready:
+                    self._finished_ready = False
                     break
                 if any(job.after is None or job.after.future.done() for job in self._waiting):
                     break
@@ -261,23 +291,27 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
                     metrics.ACTIVE_ROWS.observe(self._engine.active)
                     outcomes.extend(self._engine.step())
                     metrics.STEP_SECONDS.observe(time.perf_counter() - started)
+                else:
+                    outcomes.extend(self._engine.collect())
             except OUT_OF_MEMORY as error:
                 self._out_of_memory(error)
                 continue
-            except Exception as error:  # the worker must survive any step
-                logger.exception("a decoding step of %d rows failed", len(self._running))
-                self._engine.evict_all()
+            except Exception as error:  # the worker must survive any step, but a poisoned device
+                if is_fatal_device_error(error):
+                    self._fatal(error)
+                    return
+                logger.exception("a decoding step of %d rows failed", self._engine.active)
                 failure = BatchFailed(f"generation failed: {type(error).__name__}: {error}")
-                outcomes = [(job, failure) for job in self._running.values()]
+                outcomes = [(job, failure) for job in self._engine.evict_all()]
             metrics.INFLIGHT_CHUNKS.set(self._engine.active)
             for job, outcome in outcomes:
                 self._running.pop(id(job), None)
                 self._settle(job, outcome)
 
     def _out_of_memory(self, error: BaseException) -> None:
-        jobs = list(self._running.values())
-        self._engine.evict_all()
-        self._running.clear()
+        jobs = self._engine.evict_all()
+        for job in jobs:
+            self._running.pop(id(job), None)
         self._release_memory()
         if len(jobs) <= 1:
             for job in jobs:
@@ -293,6 +327,22 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
         with self._cond:
             self._waiting.extendleft(reversed(jobs))
             metrics.QUEUE_DEPTH.set(len(self._waiting))
+
+    def _fatal(self, error: BaseException) -> None:
+        """A sticky device error (an illegal address, a device-side assert): every later kernel fails
+        too, so fail every request now, take no more, and let the server restart the process."""
+        logger.critical("the device failed with a sticky error; failing all requests and stopping: %r", error)
+        failure = BatchFailed(f"the device failed and the server is restarting: {type(error).__name__}: {error}")
+        with self._cond:
+            self.fatal_error = error
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            metrics.QUEUE_DEPTH.set(0)
+        jobs = {id(job): job for job in [*self._engine.fail_all(), *self._running.values(), *waiting]}
+        self._running.clear()
+        for job in jobs.values():
+            self._settle(job, failure)
+        self._on_fatal(error)
 
     def _settle(self, job: RowJob, outcome: Any) -> None:
         """Hand a row's audio (or its own error) to its request, on the event loop's thread."""

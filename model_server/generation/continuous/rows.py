@@ -21,7 +21,11 @@ from transformers.models.bark.generation_configuration_bark import (
     BarkSemanticGenerationConfig,
 )
 
-from model_server.generation.engine import Sampling
+from model_server.generation.continuous.fine import FineRow
+from model_server.generation.engine import Sampling, tokenize_chunks
+
+#: Mixed into a row's seed for the fine stage's own random stream.
+_FINE_STREAM = 0x5EED
 
 
 @dataclass
@@ -79,10 +83,13 @@ class Row:
     configs: Configs
     history: dict[str, torch.Tensor] | None
     stage: str = "semantic"
-    position: int = 0  # the cache position the next fed token is written at
-    next_token: int = 0
-    fresh: torch.Tensor | None = None  # logits of a prefill, to be sampled at the next step
-    draws: int = 0
+    #: The host's mirror of the row's device position (where its next token is written): advanced
+    #: at each launch, so the loop picks key-range buckets without reading the device. It may run one
+    #: ahead for a row that has just stopped (waiting for the host), which only widens a bucket.
+    position: int = 0
+    fresh: bool = False  # prefilled: the next step samples from the prefill's logits
+    draws: int = 0  # draws made, counted from the outputs the host read
+    gone: bool = False  # dropped or evicted: outputs still in flight for it are ignored
     semantic: list[int] = field(default_factory=list)
     coarse: CoarsePlan | None = None
     stage_started: float = field(default_factory=time.perf_counter)
@@ -121,3 +128,37 @@ def coarse_plan(row: Row, coarse_model: Any, codebook_size: int, device: torch.d
         tokens=history,
         history_length=len(history),
     )
+
+
+def semantic_prompts(rows: list[Row], tokenizer: Any, table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Bark's semantic prompts, embedded (rows, 257, hidden): text and voice history share the first
+    256 positions (summed), then the infer token."""
+    config = rows[0].configs.semantic
+    length = int(config.max_input_semantic_length)
+    encoded = tokenize_chunks(tokenizer, [row.text for row in rows], length, device)
+    ids = encoded["input_ids"].long() + config.text_encoding_offset
+    ids = ids.masked_fill(~encoded["attention_mask"].bool(), config.text_pad_token)[:, :length]
+    ids = F.pad(ids, (0, length - ids.shape[1]), value=config.text_pad_token)
+    histories = torch.stack([_semantic_history(row, length, device) for row in rows])
+    infer = torch.full((len(rows), 1), config.semantic_infer_token, dtype=torch.long, device=device)
+    return torch.cat([F.embedding(ids, table) + F.embedding(histories, table), F.embedding(infer, table)], dim=1)
+
+
+def _semantic_history(row: Row, length: int, device: torch.device) -> torch.Tensor:
+    pad = row.configs.semantic.semantic_pad_token
+    if row.history is None:
+        return torch.full((length,), pad, dtype=torch.long, device=device)
+    history = row.history["semantic_prompt"].to(device).long()[-length:]
+    return F.pad(history, (0, length - history.shape[0]), value=pad)
+
+
+def fine_input(row: Row, semantic_vocab: int, codebook_size: int, device: torch.device) -> FineRow:
+    """The fine stage's input for a row whose coarse tokens are done: its coarse codes, its voice's
+    fine prompt and its own fine sampling (a stream of the row's seed)."""
+    plan = row.coarse
+    assert plan is not None
+    codebooks = row.configs.coarse.n_coarse_codebooks
+    coarse = torch.tensor(plan.tokens[plan.history_length :], dtype=torch.long, device=device)
+    codes = torch.remainder(coarse.view(-1, codebooks) - semantic_vocab, codebook_size)
+    history = row.history["fine_prompt"].to(device).long().T if row.history is not None else None
+    return FineRow(codes, history, row.configs.fine.temperature, row.seed ^ _FINE_STREAM)

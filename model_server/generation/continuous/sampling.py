@@ -53,6 +53,11 @@ def row_key(seed: int, draw: int) -> int:
     return _mix32_int(seed ^ _mix32_int((draw * _GOLDEN + 1) & _MASK32))
 
 
+def row_keys(seeds: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """`row_key` for every row on the device (int64 tensors): the same integers, no host round trip."""
+    return _mix32(seeds ^ _mix32((draws * _GOLDEN + 1) & _MASK32))
+
+
 def uniform_noise(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """U(0, 1) float32 shaped like `token_ids` (rows, n): a pure function of (row key, token id).
 
@@ -134,11 +139,22 @@ def choose_tokens(scores: torch.Tensor, rows: RowSampling, top_k: int) -> torch.
     Gumbel-max over the k candidates (`argmax(s_i / T + G_i)`) draws from softmax over the top-k,
     as `TopKLogitsWarper` + `multinomial` do; the noise of a candidate is a function of its token id.
     """
-    greedy = torch.argmax(scores, dim=-1)
     if not rows.any_sample:
-        return greedy
+        return torch.argmax(scores, dim=-1)
+    return choose_on_device(scores, rows.do_sample, rows.temperature, rows.keys, top_k)
+
+
+def choose_on_device(
+    scores: torch.Tensor, do_sample: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor, top_k: int
+) -> torch.Tensor:
+    """`choose_tokens` as a fixed-shape tensor program (no host branch): the captured step's sampler.
+
+    Greedy rows take the argmax; the others Gumbel-max over their top k at their own temperature
+    (1.0 where greedy, so the division is harmless there).
+    """
+    greedy = torch.argmax(scores, dim=-1)
     values, candidates = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1)
-    gumbel = -torch.log(-torch.log(uniform_noise(rows.keys, candidates)))
-    picked = torch.argmax(values / rows.temperature[:, None] + gumbel, dim=-1, keepdim=True)
+    gumbel = -torch.log(-torch.log(uniform_noise(keys, candidates)))
+    picked = torch.argmax(values / temperature[:, None] + gumbel, dim=-1, keepdim=True)
     sampled = candidates.gather(-1, picked).squeeze(-1)
-    return torch.where(rows.do_sample, sampled, greedy)
+    return torch.where(do_sample, sampled, greedy)

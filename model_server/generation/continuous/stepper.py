@@ -1,44 +1,62 @@
-"""How one step runs: a decoding step over rows at different positions, on a per-stage static cache.
+"""How one step runs: every row of a stage advances by one token in one captured graph.
 
-`decoding.StaticBarkDecoder` steps a batch whose rows all sit at the same position. Here each row
-has its own position (rows join mid-flight, coarse windows have per-row prompt lengths), so the
-step takes a (rows,) position tensor: K/V are scattered at each row's position and the attention
-mask (keys <= own position) is built once per step as an additive mask shared by every layer.
-Shapes stay static per (stage, rows bucket, key-range bucket), so on CUDA each is captured once as a
-graph at warm-up and replayed; on CPU the very same function runs eagerly.
+`decoding.StaticBarkDecoder` steps a batch whose rows all sit at one position. Here each row has
+its own position (rows join mid-flight, coarse windows have per-row prompt lengths) and its own
+state in fixed slots on the device (`slots.StageSlots`), and one step is one function from those
+slots to the next: embeddings, Bark's blocks (K/V scattered at each row's position under one
+additive mask shared by all layers), the head, Bark's rules and the row's sampling (`rules.py`),
+and the write of the next token, position, draw count and status. Nothing in it reads the host,
+so per (stage, rows bucket, key-range bucket) it is captured once as a CUDA graph and replayed: one
+launch per stage per iteration. On a CPU the same function runs eagerly.
+
+Prompts (a row joining, a coarse window) are prefilled for many rows in one call: on CUDA padded
+on the right to the stage's longest prompt and to a rows bucket, so each bucket is one graph; on a
+CPU grouped by length (padding would only cost arithmetic there).
 
 Rows occupy cache slots [0, n) of their stage; the semantic and coarse stages can both be active,
-so each has its own cache (2x the memory of the batch decoder's shared one; see `cache_bytes`).
+so each has its own cache (see `cache_bytes`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from transformers import BarkModel
 
-from model_server.generation.bark_blocks import _StageWeights, decode_step, prefill_into
-from model_server.generation.step_runner import _MIN_DECODE_POSITION, batch_bucket, capture_graph
+from model_server.generation.bark_blocks import _StageWeights, decode_step
+from model_server.generation.continuous.prefill import PaddedPrefill, prefill_rows
+from model_server.generation.continuous.rules import StageRules, choose_and_advance
+from model_server.generation.continuous.slots import StageSlots
+from model_server.generation.cuda_graphs import GraphCache
+from model_server.generation.step_runner import _MIN_DECODE_POSITION, batch_bucket
 
 logger = logging.getLogger(__name__)
+
+#: The name of the region a GPU captures as one graph (benchmarks count the ops outside it).
+CAPTURED_REGION = "bark.captured_step"
 
 
 @dataclass
 class StageCache:
-    """One stage's weights, K/V cache (layers, slots, heads, positions, head_dim) and static step inputs."""
+    """One stage's weights, K/V cache (layers, slots, heads, positions, head_dim), row slots and rules."""
 
     name: str
+    index: int  # its row in the shared output buffer
     weights: _StageWeights
     keys: torch.Tensor
     values: torch.Tensor
-    tokens: torch.Tensor  # (slots,) long: the token each row feeds at this step
-    positions: torch.Tensor  # (slots,) long: where each row writes it
+    slots: StageSlots
+    rules: StageRules | None = None
+    #: The stage's longest prompt (set with its rules); CUDA pads every prefill to it.
+    prompt_length: int = 0
+    padded: PaddedPrefill | None = None
 
     @property
     def max_positions(self) -> int:
@@ -49,14 +67,8 @@ class StageCache:
         return int(self.weights.lm_head.shape[0])
 
 
-@dataclass(frozen=True)
-class _Graph:
-    graph: torch.cuda.CUDAGraph
-    logits: torch.Tensor
-
-
 class RowStepper:
-    """Prefill rows into slots, step all rows of a stage by one token each. One thread only."""
+    """Prefill rows into slots; step all rows of a stage by one token each. One thread only."""
 
     def __init__(
         self,
@@ -73,17 +85,22 @@ class RowStepper:
         self.slots = batch_bucket(max_rows)
         self.kv_block = kv_block
         self.use_cuda_graphs = use_cuda_graphs and device.type == "cuda"
+        #: Prompts padded to a fixed length and a rows bucket (capturable) where steps are launches.
+        self.pad_prefills = device.type == "cuda"
         # The batch decoder's cache (idle under this loop) can serve the semantic stage: one cache less.
         self.stages = {
-            "semantic": self._cache("semantic", model.semantic, semantic_cache),
-            "coarse": self._cache("coarse", model.coarse_acoustics),
+            "semantic": self._cache("semantic", 0, model.semantic, semantic_cache),
+            "coarse": self._cache("coarse", 1, model.coarse_acoustics),
         }
         longest = max(stage.max_positions for stage in self.stages.values())
         self._key_positions = torch.arange(longest, device=device)
-        self._graphs: dict[tuple[str, int, int], _Graph] = {}
-        self._pool: Any = None
+        #: (stage, slot, token/status): every step writes its rows here; the host copies it out once.
+        self.out = torch.zeros(len(self.stages), self.slots, 2, dtype=torch.long, device=device)
+        self.graphs = GraphCache(device, describe=_describe)
 
-    def _cache(self, name: str, sub_model: Any, reuse: tuple[torch.Tensor, torch.Tensor] | None = None) -> StageCache:
+    def _cache(
+        self, name: str, index: int, sub_model: Any, reuse: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> StageCache:
         weights = _StageWeights.of(sub_model)
         shape = (len(weights.layers), self.slots, weights.num_heads, int(sub_model.config.block_size), weights.head_dim)
         if reuse is not None and tuple(reuse[0].shape) == shape and reuse[0].dtype == self.dtype:
@@ -91,14 +108,8 @@ class RowStepper:
         else:
             keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
             values = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        return StageCache(
-            name=name,
-            weights=weights,
-            keys=keys,
-            values=values,
-            tokens=torch.zeros(self.slots, dtype=torch.long, device=self.device),
-            positions=torch.zeros(self.slots, dtype=torch.long, device=self.device),
-        )
+        slots = StageSlots.allocate(self.slots, int(weights.lm_head.shape[0]), self.device)
+        return StageCache(name=name, index=index, weights=weights, keys=keys, values=values, slots=slots)
 
     def cache_bytes(self) -> int:
         """Device memory of both stages' K/V caches."""
@@ -106,23 +117,26 @@ class RowStepper:
 
     # -- prefill -------------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, stage_name: str, first_slot: int, embeds: torch.Tensor) -> torch.Tensor:
-        """Run prompts (rows, length, hidden) eagerly into slots [first_slot, +rows); last logits (rows, vocab)."""
+    def prefill(self, stage_name: str, slots: Sequence[int], prompts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Run prompts (each (length, hidden), embedded) into `slots`; their last logits (rows, vocab) float32."""
         stage = self.stages[stage_name]
-        weights = stage.weights
-        rows, length, _ = embeds.shape
-        if first_slot + rows > self.slots:
-            raise ValueError(f"{rows} rows at slot {first_slot} exceed the {self.slots} cache slots")
-        if length > stage.max_positions:
-            raise ValueError(f"a {stage_name} prompt of {length} tokens exceeds {stage.max_positions} positions")
-        end = first_slot + rows
-        return prefill_into(weights, embeds, stage.keys[:, first_slot:end], stage.values[:, first_slot:end], self.dtype)
+        if any(slot >= self.slots for slot in slots):
+            raise ValueError(f"slots {list(slots)} exceed the {self.slots} cache slots")
+        longest = max(int(prompt.shape[0]) for prompt in prompts)
+        if longest > stage.max_positions:
+            raise ValueError(f"a {stage_name} prompt of {longest} tokens exceeds {stage.max_positions} positions")
+        if self.pad_prefills and stage.padded is None and stage.prompt_length:
+            graphs = self.graphs if self.use_cuda_graphs else None
+            stage.padded = PaddedPrefill(stage.name, stage.prompt_length, graphs)
+        padded = stage.padded if longest <= stage.prompt_length else None
+        return prefill_rows(stage.weights, stage.keys, stage.values, slots, prompts, self.dtype, padded=padded)
 
     def move(self, stage_name: str, source: int, target: int, length: int) -> None:
-        """Copy a row's cache [0, length) from one slot to another (compacting after a row left)."""
+        """Move a row's cache [0, length) and its slot state to another slot (compacting after a row left)."""
         stage = self.stages[stage_name]
         stage.keys[:, target, :, :length] = stage.keys[:, source, :, :length]
         stage.values[:, target, :, :length] = stage.values[:, source, :, :length]
+        stage.slots.move(source, target)
 
     # -- the step ------------------------------------------------------------------------------
     def kv_len(self, stage_name: str, highest_position: int) -> int:
@@ -130,40 +144,41 @@ class RowStepper:
         stage = self.stages[stage_name]
         return min(stage.max_positions, -(-(highest_position + 1) // self.kv_block) * self.kv_block)
 
-    @torch.inference_mode()
-    def step(self, stage_name: str, tokens: torch.Tensor, positions: list[int]) -> torch.Tensor:
-        """Feed tokens[i] at positions[i] for slots [0, rows); logits (rows, vocab).
+    def bucket(self, rows: int) -> int:
+        """Rows a step runs: padded to a power of two only where steps are replayed graphs."""
+        return batch_bucket(rows) if self.use_cuda_graphs else rows
 
-        Rows are padded to their power-of-two bucket only when replaying graphs (padding rows sit
-        at position 0 of free slots, which any later prefill overwrites).
+    @torch.inference_mode()
+    def step(self, stage_name: str, rows: int, highest_position: int) -> None:
+        """Advance slots [0, rows) of a stage by one token; results land in `self.out[stage]`.
+
+        Padding rows (a bucket past `rows`) are free slots: inactive, so the step leaves their state
+        alone; their K/V writes land in slots that any later prefill overwrites.
         """
         stage = self.stages[stage_name]
-        rows = len(positions)
-        kv_len = self.kv_len(stage_name, max(positions))
-        bucket = batch_bucket(rows) if self.use_cuda_graphs else rows
-        stage.tokens[:rows].copy_(tokens)
-        stage.positions[:rows].copy_(torch.tensor(positions, dtype=torch.long), non_blocking=True)
-        if bucket > rows:
-            stage.tokens[rows:bucket].zero_()
-            stage.positions[rows:bucket].zero_()
-        if self.use_cuda_graphs:
-            try:
-                graph = self._graph_for(stage, bucket, kv_len)
-            except Exception as error:  # a capture failure: stay correct, just slower
-                logger.warning("CUDA graph capture failed, stepping rows eagerly from now on: %r", error)
-                self.use_cuda_graphs = False
-            else:
-                graph.graph.replay()
-                return graph.logits[:rows]
-        return self._step(stage, bucket, kv_len)[:rows]
+        bucket, kv_len = self.bucket(rows), self.kv_len(stage_name, highest_position)
+        self.graphs.run(
+            (stage.name, bucket, kv_len),
+            lambda: self._step(stage, bucket, kv_len),
+            self.use_cuda_graphs,
+            preserve=lambda: stage.slots.snapshot(bucket),
+        )
 
     def _step(self, stage: StageCache, rows: int, kv_len: int) -> torch.Tensor:
-        """Static shapes, no host sync: graph-capturable. Reads stage.tokens/positions[:rows]."""
+        """Static shapes, no host sync: graph-capturable. Reads and advances stage.slots[:rows]."""
+        with record_function(CAPTURED_REGION):
+            state = stage.slots.rows(rows)
+            logits = self.forward(stage, state.tokens, state.positions, kv_len)
+            assert stage.rules is not None, "the row engine sets each stage's rules"
+            out = self.out[stage.index, :rows]
+            choose_and_advance(logits, state, stage.rules, out)
+            return out
+
+    def forward(self, stage: StageCache, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """Logits (rows, vocab) of feeding `tokens` at `positions` (each row its own)."""
+        rows = int(tokens.shape[0])
         weights = stage.weights
-        positions = stage.positions[:rows]
-        x = F.embedding(stage.tokens[:rows], weights.token_embedding) + F.embedding(
-            positions, weights.position_embedding
-        )
+        x = F.embedding(tokens, weights.token_embedding) + F.embedding(positions, weights.position_embedding)
         x = x.unsqueeze(1)
         # One additive mask per step, shared by all layers (a boolean mask is converted in every layer).
         visible = self._key_positions[None, :kv_len] <= positions[:, None]
@@ -183,36 +198,27 @@ class RowStepper:
     # -- CUDA graphs ---------------------------------------------------------------------------
     @torch.inference_mode()
     def capture_graphs(self, max_rows: int | None = None) -> int:
-        """Capture every (stage, rows bucket, key-range bucket) step at warm-up; returns how many exist."""
+        """Capture every (stage, rows bucket, key-range bucket) step at warm-up; returns how many exist.
+
+        The slots are all inactive during capture, so the warm-up runs change no row's state.
+        """
         if not self.use_cuda_graphs:
             return 0
         top = batch_bucket(min(max_rows or self.slots, self.slots))
         buckets = [1 << n for n in range(top.bit_length())]
         for stage in self.stages.values():
-            stage.tokens.zero_()
-            stage.positions.zero_()
+            stage.slots.free_all()
             positions = range(_MIN_DECODE_POSITION, stage.max_positions)
             kv_lens = sorted({self.kv_len(stage.name, position) for position in positions})
             for rows in reversed(buckets):  # largest first: smaller graphs reuse the pool's blocks
                 for kv_len in kv_lens:
-                    self._graph_for(stage, rows, kv_len)
-        return len(self._graphs)
+                    self.graphs.get((stage.name, rows, kv_len), functools.partial(self._step, stage, rows, kv_len))
+        return len(self.graphs)
 
-    def _graph_for(self, stage: StageCache, rows: int, kv_len: int) -> _Graph:
-        key = (stage.name, rows, kv_len)
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(lambda: self._step(stage, rows, kv_len))
-        return self._graphs[key]
 
-    def _capture(self, step: Callable[[], torch.Tensor]) -> _Graph:
-        """As decoding.StaticBarkDecoder._capture: warm up on a side stream, then capture into one pool.
-
-        Sharing the pool is safe: each replay's logits are consumed (copied to float32) before any
-        other graph replays.
-        """
-        started = time.perf_counter()
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph, logits = capture_graph(step, self.device, self._pool)
-        logger.debug("captured a row step graph in %.1f ms", (time.perf_counter() - started) * 1e3)
-        return _Graph(graph, logits)
+def _describe(key: Any) -> str:
+    if len(key) == 3:
+        stage, rows, kv_len = key
+        return f"the {stage} step at {rows} rows over {kv_len} keys"
+    stage, _, rows, length = key
+    return f"the {stage} prefill of {rows} rows of {length} tokens"
