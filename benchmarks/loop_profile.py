@@ -37,9 +37,9 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model_server.config import Settings  # noqa: E402
-from model_server.generation.engine import BarkEngine, Sampling  # noqa: E402
-from model_server.tiny import build_checkpoint  # noqa: E402
+from model_server.config import Settings
+from model_server.generation.engine import BarkEngine, Sampling
+from model_server.tiny import build_checkpoint
 
 #: The region the GPU path captures as one graph; ops inside it are not eager launches.
 CAPTURED = "bark.captured_step"
@@ -143,7 +143,9 @@ def _jobs(rows: int, short_budget: int, long_budget: int) -> list[SimpleNamespac
     jobs = []
     for index in range(rows):
         budget = short_budget if index % 2 == 0 else long_budget
-        sampling = Sampling(seed=index, semantic_temperature=0.6 + 0.05 * index) if index % 3 else Sampling(do_sample=False)
+        sampling = (
+            Sampling(seed=index, semantic_temperature=0.6 + 0.05 * index) if index % 3 else Sampling(do_sample=False)
+        )
         voice = f"v2/en_speaker_{index % 10}" if index % 4 != 3 else None
         payload = SimpleNamespace(text=f"Row number {index} speaks a sentence of test words.", budget=budget)
         jobs.append(SimpleNamespace(key=(voice, sampling), payload=payload, seed=None))
@@ -169,7 +171,11 @@ def profile_loop(engine: BarkEngine, rows: int, iterations: int) -> dict[str, An
     wall: list[float] = []
     with counter.installed():
         for _ in range(iterations):
-            events_before, reads_before, syncs_before = profiling.events(row_engine), profiling.late_reads(row_engine), counter.count
+            events_before, reads_before, syncs_before = (
+                profiling.events(row_engine),
+                profiling.late_reads(row_engine),
+                counter.count,
+            )
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 row_engine.step()
             syncs = counter.count - syncs_before
