@@ -9,19 +9,16 @@ its model runner. Why a static cache and graphs at all: see `decoding.py`.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from transformers import BarkModel
 from transformers.models.bark.modeling_bark import BarkCausalModel
 
-from model_server import metrics
 from model_server.generation.bark_blocks import _StageWeights, decode_step, prefill_into
-from model_server.generation.faults import OUT_OF_MEMORY
+from model_server.generation.cuda_graphs import CapturedStep, GraphCache
 
 logger = logging.getLogger(__name__)
 
@@ -49,33 +46,12 @@ class _Stage:
     cache: _KVCache
 
 
-@dataclass(frozen=True)
-class _CapturedStep:
-    graph: torch.cuda.CUDAGraph
-    logits: torch.Tensor  # the graph's static output, overwritten by every replay
-
-
 # -- helpers ---------------------------------------------------------------------------------------
 def batch_bucket(rows: int) -> int:
     """Round a batch size up to a power of two: few graphs, at most 2x padding."""
     if rows < 1:
         raise ValueError("a batch needs at least one row")
     return 1 << (rows - 1).bit_length()
-
-
-def capture_graph(step: Callable[[], torch.Tensor], device: torch.device, pool: Any) -> tuple[Any, torch.Tensor]:
-    """Capture `step` into `pool` after two warm-up runs on a side stream (lazy initialisation must
-    not be captured); returns the graph and its static output."""
-    side = torch.cuda.Stream(device=device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-        logits = step()
-    return graph, logits
 
 
 # -- the runner -----------------------------------------------------------------------------------
@@ -141,10 +117,8 @@ class StepRunner:
         self._token = torch.zeros(self.max_rows, dtype=torch.long, device=self.device)
         self._position = torch.zeros((), dtype=torch.long, device=self.device)
         self._key_positions = torch.arange(max_positions, device=self.device)
-        self._graphs: dict[tuple[str, int, int], _CapturedStep] = {}
-        self._graph_pool: Any = None
-        # (stage, rows, kv_len) whose capture failed: those steps run eagerly, every other shape replays.
-        self.eager_shapes: set[tuple[str, int, int]] = set()
+        # Graphs by (stage, rows, kv_len); a shape whose capture failed runs eagerly, the others replay.
+        self.graphs = GraphCache(self.device, describe=_describe)
         self.cache_bytes = sum(cache.keys.nbytes + cache.values.nbytes for cache in caches.values())
 
     # -- graphs and the step ------------------------------------------------------------------------
@@ -176,7 +150,11 @@ class StepRunner:
                             f"decoder=cudagraph: the {stage.name} step for {rows} rows over {kv_len} keys "
                             "could not be captured (see the warning above)"
                         )
-        return len(self._graphs)
+        return len(self.graphs)
+
+    @property
+    def eager_shapes(self) -> set[Any]:
+        return self.graphs.eager_shapes
 
     @torch.inference_mode()
     def check_capture(self) -> None:
@@ -184,9 +162,9 @@ class StepRunner:
         stage = self._semantic
         self._token.zero_()
         self._position.fill_(0)
-        captured = self._graph_for(stage, 1, self.kv_block)
+        captured = self.graphs.capture(lambda: self._step(stage, 1, self.kv_block))
         captured.graph.replay()
-        replayed = captured.logits.float().clone()
+        replayed = captured.output.float().clone()
         eager = self._step(stage, 1, self.kv_block).float()
         if not torch.allclose(replayed, eager, rtol=1e-2, atol=1e-2):
             raise RuntimeError("a replayed CUDA graph step differs from the same step run eagerly")
@@ -226,63 +204,11 @@ class StepRunner:
         """Keys to attend over: the position rounded up to a block, so graphs are few but short."""
         return min(stage.cache.max_positions, -(-(position + 1) // self.kv_block) * self.kv_block)
 
-    def _graph_for(self, stage: _Stage, rows: int, kv_len: int) -> _CapturedStep:
-        key = (stage.name, rows, kv_len)
-        captured = self._graphs.get(key)
-        if captured is None:
-            captured = self._capture(lambda: self._step(stage, rows, kv_len))
-            self._graphs[key] = captured
-        return captured
-
-    def _capture(self, step: Callable[[], torch.Tensor]) -> _CapturedStep:
-        """Capture `step` after a warm-up on a side stream (lazy initialisation must not be captured).
-
-        All graphs share one memory pool. That is safe here because every replay's logits are
-        consumed (copied to float32 by the sampler) before any other graph replays, and nothing
-        else lives in the pool: the cache and the static inputs are ordinary allocations.
-        The warm-up runs write the same K/V at the current position as the replay that follows.
-        """
-        started = time.perf_counter()
-        if self._graph_pool is None:
-            self._graph_pool = torch.cuda.graph_pool_handle()
-        graph, logits = capture_graph(step, self.device, self._graph_pool)
-        logger.debug("captured a decoding step graph in %.1f ms", (time.perf_counter() - started) * 1e3)
-        return _CapturedStep(graph, logits)
-
-    def _graph_or_eager(self, stage: _Stage, rows: int, kv_len: int) -> _CapturedStep | None:
-        """The step's graph, captured now if needed; None if this shape runs eagerly.
-
-        A failed capture (an op that cannot be captured, a driver or allocator error) turns graphs
-        off for this one shape only, with a warning and `bark_decoder_fallbacks_total{reason=
-        "capture_failed"}`. Out-of-memory is not a capture problem: it is raised as itself, so the
-        batch-splitting path (faults.py) retries the batch in halves as for any other OOM.
-        """
-        key = (stage.name, rows, kv_len)
-        if key in self.eager_shapes:
-            return None
-        try:
-            return self._graph_for(stage, rows, kv_len)
-        except Exception as error:
-            out_of_memory = _out_of_memory_in(error)
-            if out_of_memory is None:
-                self._capture_failed(key, error)
-                return None
-        # Raised outside the `except`, so Python does not chain it to (and cut it from) the wrapper.
-        raise out_of_memory
-
-    def _capture_failed(self, key: tuple[str, int, int], error: Exception) -> None:
-        """Run this shape eagerly from now on; say so in the log and in the metrics."""
-        self.eager_shapes.add(key)
-        metrics.DECODER_FALLBACKS.labels(reason="capture_failed").inc()
-        stage_name, rows, kv_len = key
-        logger.warning(
-            "CUDA graph capture failed for the %s step at %d rows over %d keys; that shape runs eagerly "
-            "from now on, the others keep their graphs: %r",
-            stage_name,
-            rows,
-            kv_len,
-            error,
-        )
+    def _graph_or_eager(self, stage: _Stage, rows: int, kv_len: int) -> CapturedStep | None:
+        """The step's graph, captured now if needed; None if this shape runs eagerly (cuda_graphs.py:
+        a failed capture turns graphs off for that shape only; out of memory is raised as itself, so
+        the batch-splitting path retries the batch in halves)."""
+        return self.graphs.get((stage.name, rows, kv_len), lambda: self._step(stage, rows, kv_len))
 
     def _forward_token(self, stage: _Stage, rows: int, position: int) -> torch.Tensor:
         """Logits for the tokens already in `self._token`, by graph replay or eagerly."""
@@ -293,21 +219,13 @@ class StepRunner:
             captured = self._graph_or_eager(stage, bucket, kv_len)
             if captured is not None:
                 captured.graph.replay()
-                return captured.logits[:rows]
+                return cast(torch.Tensor, captured.output)[:rows]
         return self._step(stage, bucket, kv_len)[:rows]
 
 
-def _out_of_memory_in(error: BaseException) -> BaseException | None:
-    """The out-of-memory error behind `error`, if any: a capture that fails inside `torch.cuda.graph`
-    surfaces as the error of ending the capture, with the original one as its context."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, OUT_OF_MEMORY):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+def _describe(key: Any) -> str:
+    stage, rows, kv_len = key
+    return f"the {stage} step at {rows} rows over {kv_len} keys"
 
 
 class DecoderUnavailable(RuntimeError):

@@ -9,6 +9,7 @@ of the logits and the token tests would show which rows flipped).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +22,7 @@ from transformers.generation.logits_process import (
     BarkEosPrioritizerLogitsProcessor,
 )
 
+from model_server import metrics
 from model_server.config import Settings
 from model_server.generation.continuous.bark_rows import TOP_K, BarkRowEngine
 from model_server.generation.continuous.sampling import (
@@ -63,7 +65,8 @@ def same(left: tuple, right: tuple) -> bool:
 
 
 def job(text: str, voice: str | None, sampling: Sampling, budget: int) -> SimpleNamespace:
-    return SimpleNamespace(key=(voice, sampling), payload=SimpleNamespace(text=text, budget=budget), seed=None)
+    payload = SimpleNamespace(text=text, budget=budget)
+    return SimpleNamespace(key=(voice, sampling), payload=payload, seed=None, spec=(text, voice, sampling, budget))
 
 
 def alone(rows: BarkRowEngine, text: str, voice: str | None, sampling: Sampling, budget: int) -> tuple:
@@ -232,32 +235,71 @@ class ReplayedStep:
         self.output.copy_(self.step())
 
 
-def test_the_graph_path_pads_rows_to_buckets_and_gives_the_eager_tokens(
+def fake_graphs(
+    rows: BarkRowEngine, monkeypatch: pytest.MonkeyPatch, failing: Callable[[tuple], bool] = lambda key: False
+) -> list[ReplayedStep]:
+    """Graphs on CPU: as on CUDA, steps padded to buckets, prompts padded to one length, and each
+    capture runs the step for real (a warm-up) before recording it; `failing` keys fail to capture."""
+    captured: list[ReplayedStep] = []
+    graphs = rows.stepper.graphs
+    real_get = graphs.get
+
+    def get(key, step, preserve=None):  # type: ignore[no-untyped-def]
+        def capture(step):  # type: ignore[no-untyped-def]
+            if failing(key):
+                raise RuntimeError("operation not permitted when stream is capturing")
+            captured.append(ReplayedStep(step, step().clone()))
+            return SimpleNamespace(graph=captured[-1], output=captured[-1].output)
+
+        monkeypatch.setattr(graphs, "capture", capture)
+        return real_get(key, step, preserve)
+
+    monkeypatch.setattr(graphs, "get", get)
+    monkeypatch.setattr(rows.stepper, "use_cuda_graphs", True)
+    monkeypatch.setattr(rows.stepper, "pad_prefills", True)
+    return captured
+
+
+MIXED = [
+    (text, f"v2/en_speaker_{i}", GREEDY, budget) for i, (text, budget) in enumerate(zip(TEXTS, BUDGETS, strict=True))
+]
+
+
+def test_the_graph_path_pads_rows_and_prompts_and_gives_the_eager_tokens(
     engine: BarkEngine, rows: BarkRowEngine, monkeypatch: pytest.MonkeyPatch
 ):
-    """The replay path (static inputs, rows padded to a power-of-two bucket) on CPU, with fake graphs."""
-    specs = [
-        (text, f"v2/en_speaker_{i}", GREEDY, budget)
-        for i, (text, budget) in enumerate(zip(TEXTS, BUDGETS, strict=True))
-    ]
-    jobs = [job(*spec) for spec in specs]
+    """The replay path (static inputs, rows padded to a power-of-two bucket, prompts to one length,
+    captures that run the step once for real) on CPU gives the eager path's tokens and audio."""
+    jobs = [job(*spec) for spec in MIXED]
     eager = run(rows, jobs)
     graphed = TokenRows(engine, max_rows=8)
-    captured: list[ReplayedStep] = []
-
-    def capture(step):  # type: ignore[no-untyped-def]
-        # As CUDA's capture does, run the step for real (warm-up) before recording it.
-        captured.append(ReplayedStep(step, step().clone()))
-        return SimpleNamespace(graph=captured[-1], output=captured[-1].output)
-
-    monkeypatch.setattr(graphed.stepper.graphs, "capture", capture)
-    monkeypatch.setattr(graphed.stepper, "use_cuda_graphs", True)
-    again = [job(*spec) for spec in specs]
+    captured = fake_graphs(graphed, monkeypatch)
+    again = [job(*spec) for spec in MIXED]
     results = run(graphed, again)
     assert all(same(results[id(b)], eager[id(a)]) for a, b in zip(jobs, again, strict=True))
     assert captured and all(step.replays for step in captured)
-    shapes = {key[1] for key in graphed.stepper.graphs.graphs if len(key) == 3}
-    assert shapes <= {1, 2, 4}, "three rows ran padded to a bucket of four"
+    steps = {key[1] for key in graphed.stepper.graphs.graphs if len(key) == 3}
+    assert steps <= {1, 2, 4}, "three rows ran padded to a bucket of four"
+    prefills = {key for key in graphed.stepper.graphs.graphs if len(key) == 4}
+    assert ("semantic", "prefill", 4, 257) in prefills, "three rows joined in one prefill, padded to four"
+    assert ("coarse", "prefill", 1, 887) in prefills, "coarse windows padded to the longest prompt"
+
+
+def test_a_failed_capture_runs_that_shape_eagerly_and_keeps_the_others_graphed(
+    engine: BarkEngine, rows: BarkRowEngine, monkeypatch: pytest.MonkeyPatch
+):
+    jobs = [job(*spec) for spec in MIXED]
+    eager = run(rows, jobs)
+    graphed = TokenRows(engine, max_rows=8)
+    fake_graphs(graphed, monkeypatch, failing=lambda key: key[:2] == ("coarse", 4))
+    before = metrics.DECODER_FALLBACKS.labels(reason="capture_failed")._value.get()
+    again = [job(*spec) for spec in MIXED]
+    results = run(graphed, again)
+    assert all(same(results[id(b)], eager[id(a)]) for a, b in zip(jobs, again, strict=True))
+    failed = graphed.stepper.graphs.eager_shapes
+    assert failed and all(key[:2] == ("coarse", 4) for key in failed)
+    assert any(key[0] == "semantic" for key in graphed.stepper.graphs.graphs), "other shapes kept their graphs"
+    assert metrics.DECODER_FALLBACKS.labels(reason="capture_failed")._value.get() == before + len(failed)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -274,6 +316,26 @@ def test_real_cuda_graphs_give_the_eager_tokens(tiny_checkpoint: Path):
     second = [job(*spec) for spec in mix]
     expected, got = run(eager, first), run(graphed, second)
     assert [got[id(b)][:2] for b in second] == [expected[id(a)][:2] for a in first]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fp16_continuous_loop_replayed_as_graphs_gives_the_eager_tokens(tiny_checkpoint: Path):
+    """On CUDA in fp16, as served: rows of mixed voices, seeds and lengths, some joining mid-flight,
+    stepped and prefilled by captured graphs get the tokens of the same shapes run eagerly."""
+    settings = Settings(model_dir=tiny_checkpoint, device="cuda", dtype="float16", decoder="cudagraph", warmup=False)
+    cuda_engine = BarkEngine(settings)
+    graphed = TokenRows(cuda_engine, max_rows=8)
+    assert graphed.capture_graphs() > 0
+    mix = [(TEXTS[i % 3], f"v2/en_speaker_{i}", Sampling(seed=i) if i % 2 else GREEDY, 20 + 7 * i) for i in range(6)]
+    first = [job(*spec) for spec in mix]
+    got = run(graphed, first[:3], joining={9: first[3:]})
+    assert not graphed.stepper.graphs.eager_shapes
+    assert any(len(key) == 4 for key in graphed.stepper.graphs.graphs), "prefills were captured too"
+    eager = TokenRows(cuda_engine, max_rows=8)
+    eager.stepper.use_cuda_graphs = False
+    second = [job(*spec) for spec in mix]
+    expected = run(eager, second[:3], joining={9: second[3:]})
+    assert [got[id(a)][:2] for a in first] == [expected[id(b)][:2] for b in second]
 
 
 def test_the_setting_picks_the_scheduler_and_the_continuous_one_serves_seeded_audio_alone_or_not(
@@ -357,3 +419,26 @@ def test_out_of_memory_mid_flight_retries_the_rows_from_scratch_with_the_same_au
     assert failures == [3]
     assert sizes_after and max(sizes_after) == 1, "after the failure the active limit was 3 // 2 rows"
     assert all(same(a[0], b[0]) for a, b in zip(results, expected, strict=True))
+
+
+def test_rows_entering_coarse_or_reaching_a_window_together_share_one_prefill(
+    engine: BarkEngine, monkeypatch: pytest.MonkeyPatch
+):
+    """Issue #21: coarse windows used to be re-prefilled one row at a time."""
+    rows = TokenRows(engine, max_rows=8)
+    calls: list[tuple[str, int]] = []
+    real_prefill = rows.stepper.prefill
+
+    def prefill(stage, slots, prompts):  # type: ignore[no-untyped-def]
+        calls.append((stage, len(slots)))
+        return real_prefill(stage, slots, prompts)
+
+    monkeypatch.setattr(rows.stepper, "prefill", prefill)
+    same_length = [job(f"Voice {i} says this.", f"v2/en_speaker_{i}", Sampling(seed=i), 40) for i in range(3)]
+    results = run(rows, same_length)
+    coarse_calls = [count for stage, count in calls if stage == "coarse"]
+    # 40 semantic tokens -> 120 coarse tokens: a first window and a second, each for all three at once.
+    assert coarse_calls == [3, 3]
+    assert calls[0] == ("semantic", 3)
+    for single in same_length:  # and each got what it gets alone
+        assert same(alone(rows, *single.spec), results[id(single)])

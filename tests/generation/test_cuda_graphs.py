@@ -68,7 +68,7 @@ def test_every_bucket_is_captured_in_fp16(fp16_model: BarkModel) -> None:
     decoder.capture_graphs(strict=True)
     wanted = expected_shapes(decoder)
     assert len(wanted) == 2 * 4 * 3  # 2 stages x buckets 1, 2, 4, 8 x key ranges 512, 768, 1024
-    assert wanted <= set(decoder._graphs)
+    assert wanted <= set(decoder.graphs.graphs)
     assert not decoder.eager_shapes
 
 
@@ -86,7 +86,7 @@ def test_a_replayed_step_equals_the_eager_step_after_a_real_prefill(
         decoder._prefill(stage, prompt)
         decoder._token[:3] = torch.tensor([5, 77, 9_000], device=CUDA)
         replayed = decoder._forward_token(stage, 3, position).float().clone()
-        assert ("semantic", 4, decoder._kv_len(stage, position)) in decoder._graphs
+        assert ("semantic", 4, decoder._kv_len(stage, position)) in decoder.graphs.graphs
         eager = decoder._step(stage, 4, decoder._kv_len(stage, position))[:3].float()
         torch.testing.assert_close(replayed, eager, rtol=1e-2, atol=1e-2)
 
@@ -127,7 +127,7 @@ def test_a_real_capture_failure_turns_graphs_off_for_that_shape_only(
         tokens = decoder.semantic(inputs["input_ids"], inputs["attention_mask"], None, config, [12] * rows)
         assert tokens.shape[0] == rows and 0 < tokens.shape[1] <= 12
     assert decoder.eager_shapes == {("semantic", 2, 512)}
-    assert ("semantic", 1, 512) in decoder._graphs and decoder.use_cuda_graphs
+    assert ("semantic", 1, 512) in decoder.graphs.graphs and decoder.use_cuda_graphs
 
 
 def test_the_engine_starts_with_explicit_cuda_graphs_in_fp16(tiny_checkpoint: Path) -> None:

@@ -22,6 +22,7 @@ from transformers.models.bark.generation_configuration_bark import (
 
 from model_server import metrics
 from model_server.generation import decoding
+from model_server.generation.cuda_graphs import CapturedStep
 from model_server.generation.decoding import (
     DecoderUnavailable,
     StaticBarkDecoder,
@@ -31,7 +32,7 @@ from model_server.generation.decoding import (
 )
 from model_server.generation.engine import _PerRowTokenBudget, tokenize_chunks
 from model_server.generation.faults import run_splitting_on_oom
-from model_server.generation.step_runner import _CapturedStep, batch_bucket
+from model_server.generation.step_runner import batch_bucket
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -248,12 +249,12 @@ class ReplayedClosure:
 def fake_graphs(decoder: StaticBarkDecoder, monkeypatch: pytest.MonkeyPatch) -> list[ReplayedClosure]:
     captured: list[ReplayedClosure] = []
 
-    def capture(step: Any) -> _CapturedStep:
+    def capture(step: Any) -> CapturedStep:
         graph = ReplayedClosure(step)
         captured.append(graph)
-        return _CapturedStep(graph, graph.logits)  # type: ignore[arg-type]
+        return CapturedStep(graph, graph.logits)
 
-    monkeypatch.setattr(decoder, "_capture", capture)
+    monkeypatch.setattr(decoder.graphs, "capture", capture)
     monkeypatch.setattr(decoder, "use_cuda_graphs", True)
     return captured
 
@@ -294,21 +295,23 @@ def failing_capture_for(
 ) -> list[ReplayedClosure]:
     """Fake graphs (as `fake_graphs`) whose capture raises `error()` for batch buckets in `failing`."""
     graphs = fake_graphs(decoder, monkeypatch)
-    fake_capture = decoder._capture
+    fake_capture = decoder.graphs.capture
     attempts: list[tuple[str, int, int]] = []
-    graph_for = decoder._graph_for
 
-    def graph_for_counting(stage: Any, rows: int, kv_len: int) -> _CapturedStep:
-        attempts.append((stage.name, rows, kv_len))
-        return graph_for(stage, rows, kv_len)
-
-    def capture(step: Any) -> _CapturedStep:
+    def capture(step: Any) -> CapturedStep:
         if attempts[-1][1] in failing:
             raise error()
         return fake_capture(step)
 
-    monkeypatch.setattr(decoder, "_capture", capture)
-    monkeypatch.setattr(decoder, "_graph_for", graph_for_counting)
+    original_get = decoder.graphs.get
+
+    def get_counting(key: Any, step: Any, preserve: Any = None) -> CapturedStep | None:
+        if key not in decoder.graphs.graphs and key not in decoder.graphs.eager_shapes:
+            attempts.append(key)
+        return original_get(key, step, preserve)
+
+    monkeypatch.setattr(decoder.graphs, "capture", capture)
+    monkeypatch.setattr(decoder.graphs, "get", get_counting)
     decoder.capture_attempts = attempts  # type: ignore[attr-defined]
     return graphs
 
@@ -334,7 +337,7 @@ def test_a_capture_failure_mid_request_falls_back_for_that_shape_only(
         semantic = decoder.semantic(encoded["input_ids"], encoded["attention_mask"], None, semantic_config, [12] * rows)
         assert torch.equal(semantic, expected)  # still correct, whichever way each step ran
 
-    with caplog.at_level(logging.WARNING, logger="model_server.generation.step_runner"):
+    with caplog.at_level(logging.WARNING, logger="model_server.generation.cuda_graphs"):
         run(2)  # the 2-row bucket fails to capture: eager for that shape
     assert decoder.eager_shapes == {("semantic", 2, 512)}
     assert "semantic step at 2 rows over 512 keys" in caplog.text and "stream is capturing" in caplog.text

@@ -85,7 +85,9 @@ class RowStepper:
         self.slots = batch_bucket(max_rows)
         self.kv_block = kv_block
         self.use_cuda_graphs = use_cuda_graphs and device.type == "cuda"
-        #: Prompts padded to a fixed length and a rows bucket (capturable) where steps are launches.
+        #: Steps padded to a rows bucket and prompts to a fixed length (capturable) where steps are
+        #: launches, graphs or not: replayed and eager steps then run the very same shapes.
+        self.pad_rows = device.type == "cuda"
         self.pad_prefills = device.type == "cuda"
         # The batch decoder's cache (idle under this loop) can serve the semantic stage: one cache less.
         self.stages = {
@@ -145,8 +147,8 @@ class RowStepper:
         return min(stage.max_positions, -(-(highest_position + 1) // self.kv_block) * self.kv_block)
 
     def bucket(self, rows: int) -> int:
-        """Rows a step runs: padded to a power of two only where steps are replayed graphs."""
-        return batch_bucket(rows) if self.use_cuda_graphs else rows
+        """Rows a step runs: padded to a power of two on CUDA (few graphs) or with graphs forced on."""
+        return batch_bucket(rows) if self.pad_rows or self.use_cuda_graphs else rows
 
     @torch.inference_mode()
     def step(self, stage_name: str, rows: int, highest_position: int) -> None:
