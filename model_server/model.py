@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 import uuid
 from typing import Any
@@ -25,14 +27,14 @@ from bark_common.errors import (
     ErrorDescription,
     GenerationFailed,
     InvalidInput,
-    Overloaded,
     RequestTimedOut,
+    Unavailable,
 )
 from model_server import metrics
 from model_server.config import Settings
 from model_server.generation import audio
-from model_server.http.outcomes import note_reason
 from model_server.paths import V1_PREDICT_ROUTE
+from model_server.request_outcome import note_reason
 from model_server.schema import SynthesisRequest, SynthesisResult, parse_predict_body
 from model_server.synthesis import ChunkPayload, Synthesis, SynthesisService
 
@@ -66,7 +68,7 @@ class BarkTTS(Model):
             # that passed the readiness check just before SIGTERM must not reload Bark mid-drain.
             return False
         started = time.perf_counter()
-        self._service = SynthesisService.load(self.settings)
+        self._service = SynthesisService.load(self.settings, on_fatal=self.device_failed)
         engine = self._service.engine
         metrics.MODEL_LOAD_SECONDS.set(time.perf_counter() - started)
         metrics.MODEL_INFO.labels(
@@ -88,6 +90,19 @@ class BarkTTS(Model):
         """Not ready from now on (SIGTERM, or KServe unloading); requests already running go on."""
         self.stopped = True
         self.ready = False
+
+    def device_failed(self, error: BaseException) -> None:
+        """The device failed for good (faults.is_fatal_device_error; called from the decoding thread).
+
+        Every later kernel of this process would fail too, so the pod must restart: not ready at once
+        (no new traffic; the scheduler already failed what it held and refuses the rest), then a
+        SIGTERM to ourselves, which drains the server as a rollout would and exits; Kubernetes starts
+        a new container. Failing every batch forever behind a green readiness probe is the outcome
+        this prevents.
+        """
+        logger.critical("device failed (%r): turning not ready and exiting for a restart", error)
+        self.stop()
+        os.kill(os.getpid(), signal.SIGTERM)
 
     @property
     def service(self) -> SynthesisService:
@@ -132,7 +147,7 @@ class BarkTTS(Model):
             # KServe answers its own InvalidInput: the same 400 `{"error": message}` as ever.
             outcome = INVALID_INPUT
             raise V1InvalidInput(error) from error
-        except (Overloaded, RequestTimedOut) as error:
+        except (Unavailable, RequestTimedOut) as error:  # Overloaded too
             outcome = error.description  # http/errors.py answers them
             raise
         except asyncio.CancelledError:

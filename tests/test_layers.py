@@ -79,3 +79,19 @@ def test_the_sidecar_loads_neither_kserve_nor_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", heavy], cwd=REPO, check=True, capture_output=True, text=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_imports_run_down_the_layers_only() -> None:
+    """The HTTP edge sits on the model and the service, which sit on generation: nothing below the
+    edge imports it (the CLI wires everything), and generation imports neither the edge nor the
+    service. A module that needs a thing from above gets it moved below both."""
+    modules = our_modules()
+    upward: list[str] = []
+    for name, path in modules.items():
+        imported = imports_at_load(path, name, modules)
+        if not name.startswith(("model_server.http", "model_server.__main__")):
+            upward += [f"{name} -> {target}" for target in imported if target.startswith("model_server.http")]
+        if name.startswith("model_server.generation"):
+            above = ("model_server.synthesis", "model_server.model", "model_server.schema")
+            upward += [f"{name} -> {target}" for target in imported if target.startswith(above)]
+    assert not upward, upward

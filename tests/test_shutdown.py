@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
 import signal
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from model_server.config import Settings
 from tests.serving import running_server
@@ -85,3 +87,16 @@ def test_a_stopped_model_never_loads_again():
     model.stop()
     assert model.load() is False
     assert model.service.engine is engine and not model.ready
+
+
+def test_a_failed_device_turns_the_model_not_ready_and_sigterms_the_process(monkeypatch: pytest.MonkeyPatch):
+    """A sticky CUDA error (illegal address, device-side assert) poisons the process: the model turns
+    not ready at once and signals itself the SIGTERM a rollout would send (drain, exit, restart)."""
+    settings = Settings(warmup=False)
+    model = stub_model(settings, StubEngine(settings))
+    signals: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: signals.append((pid, sig)))
+    model.device_failed(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not model.ready and model.stopped
+    assert signals == [(os.getpid(), signal.SIGTERM)]
+    assert model.load() is False, "and it never loads again in this process"

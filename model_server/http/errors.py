@@ -16,9 +16,9 @@ from bark_common.errors import (
     ErrorDescription,
     GenerationFailed,
     NotFound,
-    Overloaded,
     RequestTimedOut,
     ServingError,
+    Unavailable,
     describe_error,
 )
 
@@ -47,5 +47,5 @@ async def _v1_error_handler(_: Request, exc: Exception) -> JSONResponse:
 
 def register_error_handlers(app: FastAPI) -> None:
     """KServe maps its InvalidInput to 400 itself; we add the statuses it does not know."""
-    for error_type in (Overloaded, RequestTimedOut, GenerationFailed, NotFound):
+    for error_type in (Unavailable, RequestTimedOut, GenerationFailed, NotFound):  # Overloaded is Unavailable
         app.add_exception_handler(error_type, _v1_error_handler)

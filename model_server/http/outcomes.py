@@ -6,6 +6,9 @@ model alone misses the first two, so this outermost ASGI middleware counts the s
 actually sent. Inner layers may name a finer reason with `note_reason` (it travels in a context
 variable holding a mutable record, so it crosses into the tasks that run the handler).
 
+The record of a request's reason lives in `model_server/request_outcome.py` (below the model and
+this layer); `note_reason`/`note_failure` are re-exported here for the routes.
+
 A stream sends its `200` before its audio is made. When it fails after that, the stream names the
 status its failure stands for with `note_failure` (504 timeout, 500 generation error), and that is
 what is counted: an alert on 5xx must see it. A response that started but never finished, with no
@@ -16,45 +19,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import MutableMapping
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 from bark_common.errors import BY_STATUS
 from model_server import metrics
 from model_server.http.asgi import ASGIApp, Message, Receive, Send
 from model_server.paths import OPENAI_SPEECH_ROUTE, PREDICT_PATH, SPEECH_PATH, V1_PREDICT_ROUTE
+from model_server.request_outcome import Outcome, note_failure, note_reason, recording
 
 _PREDICT = re.compile("^" + re.escape(PREDICT_PATH).replace(re.escape("{model_name}"), "[^/]+") + "$")
 _ROUTES = {SPEECH_PATH: OPENAI_SPEECH_ROUTE}
 
 #: The reason recorded when no layer named one; bounded, like every label value.
 DEFAULT_REASONS = {status: row.reason for status, row in BY_STATUS.items()}
-
-
-@dataclass
-class _Outcome:
-    reason: str | None = None
-    #: Set when the request failed after its status went out (a stream): the status counted instead.
-    failed_code: int | None = None
-
-
-_current: ContextVar[_Outcome | None] = ContextVar("bark_request_outcome", default=None)
-
-
-def note_reason(reason: str) -> None:
-    """Name why the current request ends as it does (e.g. `overloaded` for a 503)."""
-    outcome = _current.get()
-    if outcome is not None:
-        outcome.reason = reason
-
-
-def note_failure(code: int, reason: str) -> None:
-    """The request failed after its (2xx) status was sent: count it as `code` with `reason`."""
-    outcome = _current.get()
-    if outcome is not None:
-        outcome.failed_code = code
-        outcome.reason = reason
 
 
 def route_of(path: str) -> str | None:
@@ -74,8 +51,6 @@ class CountOutcomes:
         if route is None or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        outcome = _Outcome()
-        token = _current.set(outcome)
         status: int | None = None
         completed = False
         raised = False
@@ -88,18 +63,18 @@ class CountOutcomes:
                 completed = True
             await send(message)
 
-        try:
-            await self.app(scope, receive, tracked_send)
-        except Exception:
-            raised = True  # Starlette's outer error middleware answers 500 if nothing was sent
-            raise
-        finally:
-            _current.reset(token)
-            code, reason = _counted(outcome, status, completed, raised)
-            metrics.REQUESTS.labels(route=route, code=str(code), reason=reason).inc()
+        with recording() as outcome:
+            try:
+                await self.app(scope, receive, tracked_send)
+            except Exception:
+                raised = True  # Starlette's outer error middleware answers 500 if nothing was sent
+                raise
+            finally:
+                code, reason = _counted(outcome, status, completed, raised)
+                metrics.REQUESTS.labels(route=route, code=str(code), reason=reason).inc()
 
 
-def _counted(outcome: _Outcome, status: int | None, completed: bool, raised: bool) -> tuple[int, str]:
+def _counted(outcome: Outcome, status: int | None, completed: bool, raised: bool) -> tuple[int, str]:
     """The (code, reason) a finished request is counted under."""
     if outcome.failed_code is not None:  # failed after its status went out
         return outcome.failed_code, outcome.reason or DEFAULT_REASONS.get(outcome.failed_code, "other")
@@ -108,3 +83,6 @@ def _counted(outcome: _Outcome, status: int | None, completed: bool, raised: boo
     if status is None or not completed:  # no answer, or only part of one: the client went away
         return 499, DEFAULT_REASONS[499]
     return status, outcome.reason or DEFAULT_REASONS.get(status, "other")
+
+
+__all__ = ["DEFAULT_REASONS", "CountOutcomes", "note_failure", "note_reason", "route_of"]

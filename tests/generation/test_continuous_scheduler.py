@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import torch
 
-from bark_common.errors import InvalidInput, Overloaded
+from bark_common.errors import InvalidInput, Overloaded, Unavailable
 from model_server.generation.continuous.loop import ContinuousScheduler, RowJob
+from model_server.generation.faults import is_fatal_device_error
 from model_server.generation.scheduler import BatchFailed
 
 
@@ -22,13 +24,16 @@ class FakeRows:
     an out-of-memory step. Records which rows each step ran.
     """
 
-    def __init__(self, step_s: float = 0.002, oom_above: int | None = None, explode: bool = False):
+    def __init__(
+        self, step_s: float = 0.002, oom_above: int | None = None, explode: bool = False, explode_with: str = ""
+    ):
         self.rows: list[list[Any]] = []  # [job, steps left]
         self.steps: list[list[str]] = []
         self.admitted: list[str] = []
         self.step_s = step_s
         self.oom_above = oom_above
         self.explode = explode
+        self.explode_with = explode_with or "CUDA error: simulated"
         self.started = threading.Event()
 
     @property
@@ -65,7 +70,7 @@ class FakeRows:
     def step(self) -> list[tuple[Any, Any]]:
         self.started.set()
         if self.explode:
-            raise RuntimeError("CUDA error: simulated")
+            raise RuntimeError(self.explode_with)
         if self.oom_above is not None and len(self.rows) > self.oom_above:
             raise MemoryError("simulated out of memory")
         time.sleep(self.step_s)
@@ -259,6 +264,39 @@ def test_a_failing_step_fails_its_rows_and_the_loop_survives():
         return later
 
     assert names(asyncio.run(scenario())) == ["y"]
+
+
+def test_a_sticky_device_error_fails_everything_refuses_new_work_and_calls_for_a_restart():
+    """An illegal address poisons the CUDA context: every later step would fail too. Everything held
+    fails at once, new requests get 503 (another replica can serve them), and `on_fatal` is called
+    once (the model turns not ready and the process exits, so Kubernetes restarts it)."""
+    rows = FakeRows(step_s=0.01, explode_with="CUDA error: an illegal memory access was encountered")
+    fatal: list[BaseException] = []
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=1, on_fatal=fatal.append)
+        running = asyncio.create_task(scheduler.submit("k", [("first", 50)]))
+        waiting = asyncio.create_task(scheduler.submit("k", [("second", 5)]))
+        await asyncio.to_thread(rows.started.wait, 5)
+        rows.explode = True
+        outcomes = await asyncio.gather(running, waiting, return_exceptions=True)
+        with pytest.raises(Unavailable) as refused:
+            await scheduler.submit("k", [("later", 1)])
+        await scheduler.close()
+        return outcomes, refused.value
+
+    outcomes, refused = asyncio.run(scenario())
+    assert all(isinstance(outcome, BatchFailed) and "restarting" in str(outcome) for outcome in outcomes)
+    assert refused.retry_after_s > 0
+    assert len(fatal) == 1 and "illegal memory access" in str(fatal[0])
+
+
+def test_an_ordinary_step_error_is_not_taken_for_a_sticky_one():
+    assert is_fatal_device_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert is_fatal_device_error(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not is_fatal_device_error(RuntimeError("CUDA error: simulated"))
+    assert not is_fatal_device_error(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert not is_fatal_device_error(ValueError("index out of range in self"))
 
 
 def test_out_of_memory_shrinks_the_active_set_and_retries_with_the_same_seeds():

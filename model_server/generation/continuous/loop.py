@@ -30,6 +30,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from bark_common.errors import Unavailable
 from model_server import metrics
 from model_server.generation.faults import OUT_OF_MEMORY, is_fatal_device_error
 from model_server.generation.scheduler import BatchFailed, ChunkScheduler
@@ -142,8 +143,8 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
     ) -> list[asyncio.Future[Result]]:
         loop = asyncio.get_running_loop()
         with self._cond:
-            if self.fatal_error is not None:
-                raise BatchFailed(f"the device failed and the server is restarting: {self.fatal_error}")
+            if self.fatal_error is not None:  # the pod restarts: another replica can take it
+                raise Unavailable("the device failed; this server is restarting", retry_after_s=self.retry_after_s)
             self._check_room(len(payloads))
             request = ("request", request) if request is not None else next(self._requests)
             jobs = [
