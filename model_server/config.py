@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with a 503 when the queue is full")
 
     # Text handling and request bounds.
+    # How a text becomes chunks (rows): `packed` packs whole sentences up to batch_chunk_size words;
+    # `sentence` makes every sentence a chunk of its own (still bounded in words and ~13 s); `auto`
+    # is `sentence` on CUDA, where a step of 64 rows costs about what one row's does, so a text's
+    # sentences all run side by side and a request takes as long as its longest sentence, and
+    # `packed` on a CPU, where every row costs its share of a step (see README, "Chunking").
+    chunking: Literal["auto", "sentence", "packed"] = "auto"
     default_chunk_words: int = Field(20, ge=1)
     min_chunk_words: int = Field(3, ge=1)
     max_chunk_words: int = Field(60, ge=1)

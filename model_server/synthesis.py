@@ -77,6 +77,10 @@ class SynthesisService:
         self.settings = settings
         self.engine = engine
         self.scheduler = scheduler_factory(settings, self.run_batch, engine, on_fatal)
+        #: Every sentence a chunk of its own (BARK_CHUNKING; `auto`: on CUDA, where rows are nearly free).
+        self.sentence_chunks = settings.chunking == "sentence" or (
+            settings.chunking == "auto" and engine.device.type == "cuda"
+        )
         #: Chunks done per request id, for `GET /v1/requests/{id}/progress`.
         self.progress = ProgressBoard()
 
@@ -130,7 +134,9 @@ class SynthesisService:
         started = time.perf_counter()
         language = resolve_language(request.language, request.voice)
         max_words = request.batch_chunk_size or settings.default_chunk_words
-        chunks = plan_chunks(request.prompt, max_words, language, first_sentence_alone)
+        chunks = plan_chunks(
+            request.prompt, max_words, language, first_sentence_alone, one_sentence_per_chunk=self.sentence_chunks
+        )
         metrics.STAGE_LATENCY.labels(stage="split").observe(time.perf_counter() - started)
         if not chunks:
             raise InvalidInput(f"{field}: has no words to speak (no letter or digit in it)", param=field)

@@ -235,17 +235,21 @@ def plan_chunks(
     language: str = DEFAULT_LANGUAGE,
     first_sentence_alone: bool = False,
     max_seconds: float = MAX_CHUNK_SECONDS,
+    one_sentence_per_chunk: bool = False,
 ) -> list[TextChunk]:
     """Sentences of `text` packed into chunks of at most `chunk_limit(...)`, each with its estimated time.
 
     With `first_sentence_alone`, the first sentence is a chunk of its own: a streaming client then
-    hears audio after one sentence's generation instead of a whole packed chunk's. Chunks that hold
-    nothing to say (only punctuation or symbols) are dropped; none is ever empty.
+    hears audio after one sentence's generation instead of a whole packed chunk's. With
+    `one_sentence_per_chunk` every sentence is (a sentence over the limit is still cut). Chunks that
+    hold nothing to say (only punctuation or symbols) are dropped; none is ever empty.
     """
     text = normalise_space(text)
     limit = chunk_limit(max_words, language, max_seconds)
     spans = sentence_spans(text, language)
-    if first_sentence_alone and spans:
+    if one_sentence_per_chunk:
+        runs = [run for span in spans for run in _pack(text, [span], language, limit)]
+    elif first_sentence_alone and spans:
         runs = _pack(text, spans[:1], language, limit) + _pack(text, spans[1:], language, limit)
     else:
         runs = _pack(text, spans, language, limit)

@@ -3,11 +3,15 @@
 import logging
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from model_server.config import Settings
 from model_server.generation import sentences, text
-from model_server.generation.text import chunk_text, pack_chunks, regex_split_sentences, split_sentences
+from model_server.generation.text import chunk_text, pack_chunks, plan_chunks, regex_split_sentences, split_sentences
+from model_server.schema import SynthesisRequest
+from tests.stub_engine import StubEngine, stub_service
 
 # Words of scripts written with spaces (Latin, Greek, Cyrillic, digits): a Han, kana or Hangul run is
 # measured per character and may be cut anywhere (see test_languages.py for those).
@@ -126,3 +130,27 @@ def test_a_lone_surrogate_is_replaced_not_an_error():
 
 def test_text_with_nothing_to_say_has_no_chunks():
     assert chunk_text("... !!! 😀 —", 10) == []
+
+
+def test_sentence_chunking_makes_every_sentence_a_chunk_and_still_cuts_a_long_one():
+    text = "Short one. Another short sentence here! Long " + " ".join(["word"] * 30) + ". Last."
+    packed = plan_chunks(text, max_words=20)
+    rows = plan_chunks(text, max_words=20, one_sentence_per_chunk=True)
+    assert [chunk.text for chunk in rows[:2]] == ["Short one.", "Another short sentence here!"]
+    assert rows[-1].text == "Last."
+    assert len(rows) == 5, "the 31-word sentence is cut in two at the 20-word limit"
+    assert len(packed) < len(rows)
+    assert " ".join(chunk.text for chunk in rows).split() == text.split(), "no word lost or moved"
+
+
+@pytest.mark.parametrize(
+    ("chunking", "device", "sentences"),
+    [("auto", "cuda", True), ("auto", "cpu", False), ("sentence", "cpu", True), ("packed", "cuda", False)],
+)
+def test_bark_chunking_picks_sentence_rows_on_cuda_under_auto(chunking, device, sentences):
+    config = Settings(chunking=chunking, warmup=False)
+    engine = StubEngine(config)
+    engine.device = torch.device(device)
+    service = stub_service(config, engine)
+    request = SynthesisRequest(prompt="One sentence. Two sentences here. And three.")
+    assert len(service.plan_chunks(request)) == (3 if sentences else 1)
