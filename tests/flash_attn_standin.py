@@ -66,9 +66,36 @@ def flash_attn_varlen_func(*args: Any, **kwargs: Any) -> torch.Tensor:
     raise NotImplementedError("the flash_attn stand-in has no varlen kernel")
 
 
-def flash_attn_with_kvcache(*args: Any, **kwargs: Any) -> torch.Tensor:
+def flash_attn_with_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    cache_seqlens: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    **unsupported: Any,
+) -> torch.Tensor:
+    """flash-attn's decoding kernel for one new token per row, in its layout ((batch, length, heads,
+    head_dim); the caches may be strided views): writes `k`/`v` into the caches at each row's
+    `cache_seqlens` and attends over the row's own [0, length]."""
     CALLS["flash_attn_with_kvcache"] += 1
-    raise NotImplementedError("the flash_attn stand-in has no kv-cache kernel")
+    assert not unsupported and k is not None and v is not None and cache_seqlens is not None
+    assert q.shape[1] == 1 and cache_seqlens.dtype == torch.int32 and k_cache.stride(-1) == 1
+    batch, _, heads, head_dim = k.shape
+    where = cache_seqlens.long().view(batch, 1, 1, 1).expand(batch, 1, heads, head_dim)
+    k_cache.scatter_(1, where, k)
+    v_cache.scatter_(1, where, v)
+    visible = torch.arange(k_cache.shape[1], device=q.device)[None, :] <= cache_seqlens.long()[:, None]
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        k_cache.transpose(1, 2),
+        v_cache.transpose(1, 2),
+        attn_mask=visible.view(batch, 1, 1, -1),
+        scale=softmax_scale,
+    )
+    return out.transpose(1, 2)
 
 
 def install(folder: Path) -> Path:

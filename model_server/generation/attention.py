@@ -9,7 +9,8 @@ same, so we load the model with eager attention and switch its attention modules
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -59,3 +60,15 @@ def use_sdpa_attention(model: nn.Module) -> int:
             module.__class__ = BarkSdpaAttention
             switched += 1
     return switched
+
+
+def flash_decode_kernel(attention: str, device: torch.device, dtype: torch.dtype) -> Callable[..., torch.Tensor] | None:
+    """flash-attn's `flash_attn_with_kvcache` for the continuous decoding step, where it pays: asked
+    for (attention=flash_attention_2, which engine.choose_attention only allows with CUDA and the
+    package), in half precision (its kernels take fp16/bf16 only). Otherwise None: the step uses SDPA,
+    which picks torch's own fused kernels. The GPU check times both."""
+    if attention != "flash_attention_2" or device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return None
+    from flash_attn import flash_attn_with_kvcache  # an optional dependency ('.[gpu]')
+
+    return cast(Callable[..., torch.Tensor], flash_attn_with_kvcache)

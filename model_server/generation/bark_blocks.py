@@ -115,33 +115,46 @@ def head(weights: _StageWeights, x: torch.Tensor) -> torch.Tensor:
 #: (rows, heads, positions, head_dim) at each row's position.
 KeyValueWriter = Callable[[torch.Tensor, torch.Tensor], object]
 
+#: One layer's attention for one new token per row: (layer index, query, key, value), each
+#: (rows, heads, 1, head_dim) -> attended (rows, heads, 1, head_dim); it also stores the new key
+#: and value in the layer's cache.
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-def decode_step(
+
+def cached_attention(
     weights: _StageWeights,
     keys: torch.Tensor,
     values: torch.Tensor,
-    x: torch.Tensor,
     kv_len: int,
     mask: torch.Tensor,
     write: KeyValueWriter,
-) -> torch.Tensor:
-    """One new token per row (embedded: rows, 1, hidden) through every block; (rows, vocab) logits.
-
-    `keys`/`values` are (layers, rows, heads, positions, head_dim) views of the rows in use; `write`
-    puts each layer's new key and value at the rows' positions (one shared position in the batch
-    decoder, one per row in the continuous stepper), and `mask` lets a row see keys [0, kv_len) up to
-    its own position. Static shapes and no host sync, so both decoders can capture it in a CUDA graph.
-    """
+) -> Attend:
+    """SDPA over a static cache: `keys`/`values` are (layers, rows, heads, positions, head_dim) views
+    of the rows in use; `write` puts each layer's new key and value at the rows' positions (one shared
+    position in the batch decoder, one per row in the continuous stepper), and `mask` lets a row see
+    keys [0, kv_len) up to its own position."""
     scale = 1.0 / math.sqrt(weights.head_dim)
-    for index, layer in enumerate(weights.layers):
-        query, key, value = attention_inputs(weights, layer, x)
+
+    def attend(index: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         layer_keys, layer_values = keys[index], values[index]
         write(layer_keys, key)
         write(layer_values, value)
-        attended = F.scaled_dot_product_attention(
+        return F.scaled_dot_product_attention(
             query, layer_keys[:, :, :kv_len], layer_values[:, :, :kv_len], attn_mask=mask, scale=scale
         )
-        x = block_tail(weights, layer, x, attended)
+
+    return attend
+
+
+def decode_step(weights: _StageWeights, x: torch.Tensor, attend: Attend) -> torch.Tensor:
+    """One new token per row (embedded: rows, 1, hidden) through every block; (rows, vocab) logits.
+
+    Static shapes and no host sync (given an `attend` without either), so both decoders can capture
+    it in a CUDA graph.
+    """
+    for index, layer in enumerate(weights.layers):
+        query, key, value = attention_inputs(weights, layer, x)
+        x = block_tail(weights, layer, x, attend(index, query, key, value))
     return head(weights, x[:, 0])
 
 

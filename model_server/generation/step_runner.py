@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers import BarkModel
 from transformers.models.bark.modeling_bark import BarkCausalModel
 
-from model_server.generation.bark_blocks import _StageWeights, decode_step, prefill_into
+from model_server.generation.bark_blocks import _StageWeights, cached_attention, decode_step, prefill_into
 from model_server.generation.cuda_graphs import CapturedStep, GraphCache
 
 logger = logging.getLogger(__name__)
@@ -190,15 +190,15 @@ class StepRunner:
         x = F.embedding(self._token[:rows], weights.token_embedding) + F.embedding(position, weights.position_embedding)
         x = x.unsqueeze(1)
         valid = (self._key_positions[:kv_len] <= self._position).view(1, 1, 1, kv_len)
-        return decode_step(
+        attend = cached_attention(
             weights,
             cache.keys[:, :rows],
             cache.values[:, :rows],
-            x,
             kv_len,
             valid,
             lambda layer_cache, new: layer_cache.index_copy_(2, position, new),
         )
+        return decode_step(weights, x, attend)
 
     def _kv_len(self, stage: _Stage, position: int) -> int:
         """Keys to attend over: the position rounded up to a block, so graphs are few but short."""

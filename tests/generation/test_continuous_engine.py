@@ -442,3 +442,24 @@ def test_rows_entering_coarse_or_reaching_a_window_together_share_one_prefill(
     assert calls[0] == ("semantic", 3)
     for single in same_length:  # and each got what it gets alone
         assert same(alone(rows, *single.spec), results[id(single)])
+
+
+def test_with_flash_attn_the_step_reads_each_rows_own_length_and_gives_the_sdpa_tokens(
+    engine: BarkEngine, rows: BarkRowEngine, monkeypatch: pytest.MonkeyPatch
+):
+    """BARK_ATTENTION=flash_attention_2: the continuous step calls `flash_attn_with_kvcache` with per-row
+    cache lengths (the CPU stand-in has its semantics), needs no key-range buckets, and decodes what SDPA does."""
+    from tests import flash_attn_standin
+
+    jobs = [job(*spec) for spec in MIXED]
+    expected = run(rows, jobs)
+    flash = TokenRows(engine, max_rows=8)
+    flash.stepper.flash_attn_with_kvcache = flash_attn_standin.flash_attn_with_kvcache
+    fake_graphs(flash, monkeypatch)
+    flash_attn_standin.CALLS.clear()
+    again = [job(*spec) for spec in MIXED]
+    got = run(flash, again)
+    assert [got[id(b)][:2] for b in again] == [expected[id(a)][:2] for a in jobs]
+    layers = len(flash.stepper.stages["semantic"].weights.layers)
+    assert flash_attn_standin.CALLS["flash_attn_with_kvcache"] >= layers * 20
+    assert {key[2] for key in flash.stepper.graphs.graphs if len(key) == 3} == {0}, "one graph per rows bucket"

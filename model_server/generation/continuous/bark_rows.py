@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from transformers.models.bark.generation_configuration_bark import BarkFineGenerationConfig
 
 from model_server import metrics
+from model_server.generation.attention import flash_decode_kernel
 from model_server.generation.continuous.fine import generate_fine
 from model_server.generation.continuous.finisher import Finisher
 from model_server.generation.continuous.late_read import LateReader
@@ -82,7 +83,12 @@ class BarkRowEngine:
             extra = sum(check_kv_cache_fits([CacheShape.of(m.config)], max_rows, dtype, *memory) for m in sub_models)
             logger.info("continuous rows: %.2f GB of extra K/V cache", extra / 1e9)
         self.stepper = RowStepper(
-            engine.model, engine.device, max_rows=max_rows, use_cuda_graphs=use_graphs, semantic_cache=shared
+            engine.model,
+            engine.device,
+            max_rows=max_rows,
+            use_cuda_graphs=use_graphs,
+            semantic_cache=shared,
+            flash_attn_with_kvcache=flash_decode_kernel(engine.attention, engine.device, engine.dtype),
         )
         logger.info("continuous rows: K/V caches of %.1f MB for %d rows", self.stepper.cache_bytes() / 1e6, max_rows)
         self.rows: dict[str, list[Row]] = {stage: [] for stage in _STAGES}

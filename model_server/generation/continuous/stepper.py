@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 from transformers import BarkModel
 
-from model_server.generation.bark_blocks import _StageWeights, decode_step
+from model_server.generation.bark_blocks import Attend, _StageWeights, cached_attention, decode_step
 from model_server.generation.continuous.prefill import PaddedPrefill, prefill_rows
 from model_server.generation.continuous.rules import StageRules, choose_and_advance
 from model_server.generation.continuous.slots import StageSlots
@@ -79,8 +80,11 @@ class RowStepper:
         use_cuda_graphs: bool = False,
         kv_block: int = 256,
         semantic_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        flash_attn_with_kvcache: Callable[..., torch.Tensor] | None = None,
     ):
         self.device = device
+        #: flash-attn's `flash_attn_with_kvcache` when BARK_ATTENTION=flash_attention_2 (else SDPA).
+        self.flash_attn_with_kvcache = flash_attn_with_kvcache
         self.dtype = model.semantic.input_embeds_layer.weight.dtype
         self.slots = batch_bucket(max_rows)
         self.kv_block = kv_block
@@ -142,7 +146,10 @@ class RowStepper:
 
     # -- the step ------------------------------------------------------------------------------
     def kv_len(self, stage_name: str, highest_position: int) -> int:
-        """Keys to attend over: the highest row position rounded up to a block (few graphs, short reads)."""
+        """Keys to attend over: the highest row position rounded up to a block (few graphs, short reads);
+        0 with flash-attn, which reads each row's own length."""
+        if self.flash_attn_with_kvcache is not None:
+            return 0
         stage = self.stages[stage_name]
         return min(stage.max_positions, -(-(highest_position + 1) // self.kv_block) * self.kv_block)
 
@@ -182,20 +189,43 @@ class RowStepper:
         weights = stage.weights
         x = F.embedding(tokens, weights.token_embedding) + F.embedding(positions, weights.position_embedding)
         x = x.unsqueeze(1)
+        keys, values = stage.keys[:, :rows], stage.values[:, :rows]
+        if self.flash_attn_with_kvcache is not None:
+            return decode_step(weights, x, self._flash_attention(weights, keys, values, positions))
         # One additive mask per step, shared by all layers (a boolean mask is converted in every layer).
         visible = self._key_positions[None, :kv_len] <= positions[:, None]
         mask = torch.zeros(visible.shape, dtype=x.dtype, device=self.device).masked_fill_(~visible, -float("inf"))
         mask = mask.view(rows, 1, 1, kv_len)
         where = positions.view(rows, 1, 1, 1).expand(rows, weights.num_heads, 1, weights.head_dim)
-        return decode_step(
-            weights,
-            stage.keys[:, :rows],
-            stage.values[:, :rows],
-            x,
-            kv_len,
-            mask,
-            lambda cache, new: cache.scatter_(2, where, new),
-        )
+        write = lambda cache, new: cache.scatter_(2, where, new)  # noqa: E731
+        return decode_step(weights, x, cached_attention(weights, keys, values, kv_len, mask, write))
+
+    def _flash_attention(
+        self, weights: _StageWeights, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor
+    ) -> Attend:
+        """flash-attn's kernel for decoding with a K/V cache and per-row lengths: it writes each row's
+        new key and value at its own position and attends over exactly [0, position], so no mask and
+        no key-range buckets (one graph per rows bucket). Our cache (rows, heads, positions, head_dim)
+        is its (batch, seqlen, heads, head_dim) transposed: only the last dimension must be contiguous."""
+        kernel = self.flash_attn_with_kvcache
+        assert kernel is not None
+        lengths = positions.to(torch.int32)
+        scale = 1.0 / math.sqrt(weights.head_dim)
+
+        def attend(index: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+            attended = kernel(
+                query.transpose(1, 2),
+                keys[index].transpose(1, 2),
+                values[index].transpose(1, 2),
+                k=key.transpose(1, 2),
+                v=value.transpose(1, 2),
+                cache_seqlens=lengths,
+                softmax_scale=scale,
+                causal=True,
+            )
+            return attended.transpose(1, 2)
+
+        return attend
 
     # -- CUDA graphs ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -211,7 +241,7 @@ class RowStepper:
         for stage in self.stages.values():
             stage.slots.free_all()
             positions = range(_MIN_DECODE_POSITION, stage.max_positions)
-            kv_lens = sorted({self.kv_len(stage.name, position) for position in positions})
+            kv_lens = sorted({self.kv_len(stage.name, position) for position in positions})  # [0] with flash
             for rows in reversed(buckets):  # largest first: smaller graphs reuse the pool's blocks
                 for kv_len in kv_lens:
                     self.graphs.get((stage.name, rows, kv_len), functools.partial(self._step, stage, rows, kv_len))
