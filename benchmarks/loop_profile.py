@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -153,9 +154,13 @@ def _jobs(rows: int, short_budget: int, long_budget: int) -> list[SimpleNamespac
 
 
 def profile_loop(engine: BarkEngine, rows: int, iterations: int) -> dict[str, Any]:
-    """Run the real row engine; count host syncs, late reads and eager ops per steady iteration."""
+    """Run the real row engine; count host syncs, late reads and eager ops per steady iteration, and
+    time steady iterations against the captured block steps of the same rows."""
     profiling = _Instrumented
+    cuda = engine.device.type == "cuda"
     row_engine = profiling.row_engine(engine, rows)
+    if cuda:
+        row_engine.capture_graphs()
     # Short rows: coarse tokens (3 per semantic token) for both passes; long rows stay semantic.
     short = (rows + 1) // 2
     row_engine.admit(_jobs(rows, short_budget=iterations + 10, long_budget=min(700, iterations * 3 + 60)))
@@ -168,33 +173,35 @@ def profile_loop(engine: BarkEngine, rows: int, iterations: int) -> dict[str, An
     event_syncs: list[int] = []
     late_reads: list[int] = []
     steady_ops: list[int] = []
-    wall: list[float] = []
-    with counter.installed():
+    launches: list[dict[str, int]] = []
+    with counter.installed(), _cuda_sync_warnings(cuda) as waits:
         for _ in range(iterations):
-            events_before, reads_before, syncs_before = (
-                profiling.events(row_engine),
-                profiling.late_reads(row_engine),
-                counter.count,
-            )
+            events_before, syncs_before = profiling.events(row_engine), counter.count
+            reads_before, waits_before = profiling.late_reads(row_engine), len(waits)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 row_engine.step()
-            syncs = counter.count - syncs_before
+            syncs = counter.count - syncs_before + len(waits) - waits_before
             if profiling.events(row_engine) != events_before:
                 event_syncs.append(syncs)
                 continue
             steady_syncs.append(syncs)
             late_reads.append(profiling.late_reads(row_engine) - reads_before)
             steady_ops.append(_top_level_compute_ops(prof.events()))
+            launches.append(_runtime_calls(prof.events()))
     stages = profiling.stage_rows(row_engine)
+    wall: list[float] = []
     for _ in range(iterations):  # timed apart: neither the profiler nor the counters running
         events_before = profiling.events(row_engine)
         started = time.perf_counter()
-        row_engine.step()
+        row_engine.step()  # on a GPU this waits for the previous iteration: the GPU's pace
         elapsed = time.perf_counter() - started
         if profiling.events(row_engine) == events_before:
             wall.append(elapsed)
-    return {
+    block_ms = _block_steps_ms(row_engine, stages)
+    iteration_ms = statistics.median(wall) * 1e3 if wall else None
+    result: dict[str, Any] = {
         "rows": rows,
+        "device": str(engine.device),
         "semantic_rows": stages["semantic"],
         "coarse_rows": stages["coarse"],
         "steady_iterations": len(steady_syncs),
@@ -203,9 +210,81 @@ def profile_loop(engine: BarkEngine, rows: int, iterations: int) -> dict[str, An
         "eager_ops_per_iteration": statistics.mean(steady_ops) if steady_ops else None,
         "event_iterations": len(event_syncs),
         "host_syncs_per_event_iteration": statistics.mean(event_syncs) if event_syncs else None,
-        "host_ms_per_iteration": round(statistics.median(wall) * 1e3, 3) if wall else None,
+        "iteration_ms": round(iteration_ms, 3) if iteration_ms else None,
+        "block_steps_ms": round(block_ms, 3),
+        "iteration_vs_block_steps": round(iteration_ms / block_ms, 2) if iteration_ms else None,
         "host_syncs_by_name": counter.by_name,
     }
+    if cuda:
+        result["cuda_calls_per_iteration"] = {
+            name: round(statistics.mean(call.get(name, 0) for call in launches), 2)
+            for name in sorted({name for call in launches for name in call})
+        }
+    row_engine.close()
+    return result
+
+
+@contextlib.contextmanager
+def _cuda_sync_warnings(cuda: bool) -> Iterator[list[Any]]:
+    """On CUDA: torch's sync debug mode warns at every synchronising call; the warnings are collected."""
+    if not cuda:
+        yield []
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield caught
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def _runtime_calls(events: Any) -> dict[str, int]:
+    """CUDA runtime calls made by the host in one iteration: graph launches, kernel launches, copies."""
+    names = ("cudaGraphLaunch", "cudaLaunchKernel", "cudaMemcpyAsync", "cudaEventRecord", "cudaStreamSynchronize")
+    calls: dict[str, int] = {}
+    for event in events:
+        for name in names:
+            if event.name.startswith(name):
+                calls[name] = calls.get(name, 0) + 1
+    return calls
+
+
+def _block_steps_ms(row_engine: Any, stages: dict[str, int]) -> float:
+    """The transformer blocks alone (embeddings to logits), for each active stage's rows at its current
+    key range, replayed as CUDA graphs on a GPU (eager on a CPU): what an iteration cannot beat."""
+    stepper = row_engine.stepper
+    total = 0.0
+    for name, count in stages.items():
+        if not count:
+            continue
+        stage = stepper.stages[name]
+        bucket = stepper.bucket(count)
+        highest = max(row.position for row in row_engine.rows[name])
+        kv_len = stepper.kv_len(name, highest)
+        tokens = torch.zeros(bucket, dtype=torch.long, device=stepper.device)
+        positions = torch.full((bucket,), highest, dtype=torch.long, device=stepper.device)
+
+        forward = functools.partial(stepper.forward, stage, tokens, positions, kv_len)
+        run = forward
+        if stepper.device.type == "cuda":
+            captured = stepper.graphs.capture(forward)
+            run = captured.graph.replay
+        for _ in range(3):
+            run()
+        repeats = 50
+        _sync(stepper.device)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        _sync(stepper.device)
+        total += (time.perf_counter() - started) / repeats
+    return total * 1e3
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class _Instrumented:
@@ -254,22 +333,38 @@ class _Instrumented:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--rows", type=int, nargs="+", default=[8])
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    parser.add_argument("--json", action="store_true", help="one JSON object per --rows value instead of a table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    results = []
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = build_checkpoint(Path(folder) / args.size, size=args.size)
-        engine = BarkEngine(Settings(model_dir=checkpoint, device="cpu", decoder="static", warmup=False))
-        result = profile_loop(engine, args.rows, args.iterations)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:34} {value}")
+        decoder = "static" if args.device == "cpu" else "auto"
+        engine = BarkEngine(Settings(model_dir=checkpoint, device=args.device, decoder=decoder, warmup=False))
+        for rows in args.rows:
+            results.append(profile_loop(engine, rows, args.iterations))
+            if args.json:
+                print(json.dumps(results[-1]), flush=True)
+    if not args.json:
+        print(
+            "| rows | semantic + coarse | host syncs / iteration | late reads | eager ops | iteration (ms) "
+            "| block steps (ms) | iteration / block steps |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for r in results:
+            print(
+                f"| {r['rows']} | {r['semantic_rows']} + {r['coarse_rows']} | {r['host_syncs_per_iteration']} "
+                f"| {r['late_reads_per_iteration']} | {r['eager_ops_per_iteration']} | {r['iteration_ms']} "
+                f"| {r['block_steps_ms']} | {r['iteration_vs_block_steps']} |"
+            )
+        for r in results:
+            if "cuda_calls_per_iteration" in r:
+                print(f"rows {r['rows']}: CUDA runtime calls per iteration {r['cuda_calls_per_iteration']}")
 
 
 if __name__ == "__main__":
