@@ -1,55 +1,165 @@
 #!/usr/bin/env bash
-# One command for a GPU machine (H200 or A10G): CUDA tests, decode-step figures, ours vs the original
-# pipeline and the continuous-vs-static Poisson load at bark-small shapes, in one markdown report.
-# Budget: under 9 minutes (the step timeouts add up to 540 s; a step that fails or times out is noted in
-# the report and the rest still run).
+# The project's one GPU check: CUDA tests, the real loop's iteration against the captured block step,
+# one 1-minute request (ours vs the original pipeline), a concurrency table and continuous vs static
+# under Poisson load, at bark-small shapes (random weights, built locally: no hub), in one markdown
+# report. It runs on a bare GPU machine: the machine's own CUDA torch, no network.
 #
-#   benchmarks/gpu_check.sh [REPORT.md]        # default: benchmarks/gpu-check-<date>.md
+#   benchmarks/gpu_check.sh [--wheelhouse DIR] [--report FILE] [--budget SECONDS] [--device cuda|cpu] [--quick]
 #
-# Random bark-small-shaped weights are built locally (no hub access needed).
+#   --wheelhouse DIR  wheels made by `scripts/wheelhouse.sh DIR` (no network needed): installed into a
+#                     virtual environment that sees the machine's own packages (--system-site-packages),
+#                     so pip resolves against the CUDA torch already there and installs only what is
+#                     missing or too old. (`pip install --target` would reinstall every dependency
+#                     beside it, shadowing the machine's CUDA-matched stack.) Without it: $PYTHON, else
+#                     .venv/bin/python, else python3.
+#   --report FILE     default benchmarks/gpu-check-<UTC time>.md
+#   --budget SECONDS  wall time for everything (default 420). Each section gets its share of what is left
+#                     (so a section that finishes early leaves more to the next), sizes its run from that
+#                     and from a measured model load (durations), and, if cut off, says so in the report.
+#   --device cpu --quick  every section on tiny shapes with short runs: how CI tests this script.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
-REPORT=${1:-benchmarks/gpu-check-$(date -u +%Y%m%dT%H%M%SZ).md}
-export PATH="$PWD/.tools/bin:$PWD/.venv/bin:$PATH"
 
-section() {  # section TITLE TIMEOUT_S COMMAND...
-  local title=$1 limit=$2; shift 2
-  echo "== $title" >&2
-  {
-    echo; echo "## $title"; echo; echo "\`$*\`"; echo; echo '```'
-  } >>"$REPORT"
-  local started=$SECONDS
-  timeout "$limit" "$@" 2>&1 | grep -v -e "Warning" -e "Loading weights" -e "USDT" | tail -n 80 >>"$REPORT"
-  local status=${PIPESTATUS[0]}
-  { echo '```'; echo; echo "exit status $status after $((SECONDS - started)) s"; } >>"$REPORT"
-}
+WHEELHOUSE="" REPORT="" BUDGET=420 DEVICE=cuda QUICK=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --wheelhouse) WHEELHOUSE=$2; shift 2 ;;
+    --report) REPORT=$2; shift 2 ;;
+    --budget) BUDGET=$2; shift 2 ;;
+    --device) DEVICE=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    *) echo "gpu_check.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+REPORT=${REPORT:-benchmarks/gpu-check-$(date -u +%Y%m%dT%H%M%SZ).md}
+STARTED=$SECONDS
+
+if [ "$QUICK" = 1 ]; then
+  SIZE=tiny TOKENS=3 ROWS="1 8" CLIENTS="1 2 4" RATES="2" TEST_FILTER="graph and not cuda"
+else
+  SIZE=small TOKENS=20 ROWS="1 8 32" CLIENTS="1 4 8 16 32" RATES="2 4" TEST_FILTER="cuda or graph"
+fi
+
+# -- Python: the machine's torch, plus our wheels where asked ----------------------------------------
+if [ -n "$WHEELHOUSE" ]; then
+  VENV=${TMPDIR:-/tmp}/bark-gpu-check-venv
+  ${PYTHON:-python3} -m venv --system-site-packages "$VENV" || exit 1
+  PIP=("$VENV/bin/python" -m pip install -q --no-index --find-links "$WHEELHOUSE" --no-build-isolation)
+  if ! "${PIP[@]}" -e . pytest pytest-timeout hypothesis 2>"$VENV.log"; then
+    # A wheelhouse cut to what this machine lacks (--exclude; e.g. without av, which only the mp3/opus
+    # encoders load) cannot satisfy pip's resolver: install its wheels as they are, then say what is unmet.
+    echo "gpu_check.sh: a full install from $WHEELHOUSE failed ($(tail -n 1 "$VENV.log")); installing its wheels as they are" >&2
+    "${PIP[@]}" --no-deps -e . && "${PIP[@]}" --no-deps "$WHEELHOUSE"/*.whl \
+      || { echo "gpu_check.sh: installing from $WHEELHOUSE failed" >&2; exit 1; }
+  fi
+  UNMET=$("$VENV/bin/python" -m pip check 2>&1 | grep -v "^No broken" || true)
+  PY=$VENV/bin/python
+elif [ -n "${PYTHON:-}" ]; then
+  PY=$PYTHON
+elif [ -x .venv/bin/python ]; then
+  PY=.venv/bin/python
+else
+  PY=python3
+fi
+export PYTHONUNBUFFERED=1
 
 {
   echo "# GPU check, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
   echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "- GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo none)"
-  echo "- torch: $($PY -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')"
+  echo "- device: $DEVICE; GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo none)"
+  echo "- torch: $($PY -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>&1)"
+  echo "- shapes: $SIZE (random weights); budget: $BUDGET s$([ "$QUICK" = 1 ] && echo ', quick')"
+  [ -n "${UNMET:-}" ] && echo "- requirements unmet after the wheelhouse install (pip check): $(echo "$UNMET" | tr '\n' ';')"
 } >"$REPORT"
 
-$PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || {
-  echo "torch sees no CUDA device: nothing to check" | tee -a "$REPORT"; exit 1; }
+if [ "$DEVICE" = cuda ] && ! $PY -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  echo "torch sees no CUDA device: nothing to check" | tee -a "$REPORT"
+  exit 1
+fi
 
-section "CUDA tests (graph capture and replay, static decoder and continuous rows)" 100 \
-  $PY -m pytest -q -x tests/generation/test_cuda_graphs.py tests/generation/test_decoding.py tests/generation/test_continuous_engine.py tests/generation/test_fine_stage.py -k "cuda or graph"
-section "Decode steps/s, bark-small shapes, greedy" 70 \
-  $PY benchmarks/decode_steps.py --size small --batches 1 8 32 --semantic-tokens 128 --repeats 2
-section "Decode steps/s, bark-small shapes, sampling" 40 \
-  $PY benchmarks/decode_steps.py --size small --batches 1 32 --semantic-tokens 128 --repeats 2 --sample
-section "Ops, CUDA kernels and host time per semantic step, before/after (issue #14)" 40 \
-  $PY benchmarks/decode_steps.py --size small --profile-step --batches 1 8 32
-section "Fine stage: transformers per chunk vs ours per chunk vs ours batched (bark-small shapes)" 60 \
-  $PY benchmarks/fine_stage.py --size small --device cuda --rows 1 8 32 --repeats 3
-section "Ours vs the original pipeline, bark-small shapes" 70 \
-  $PY benchmarks/original_vs_ours.py --mode pipeline --size small --repeats 1
-section "Continuous vs static: concurrency, short behind long, Poisson load (bark-small shapes)" 160 \
-  $PY benchmarks/continuous_load.py --size small --device cuda --clients 4 16 --rates 1 3 --duration 15 \
-    --tokens-per-word 20
+left() { echo $((BUDGET - (SECONDS - STARTED))); }
 
+# Shares of the budget, in the order the sections run; a section may use what earlier ones left.
+SHARES_LEFT=100
+limit_for() {  # limit_for SHARE: this section's seconds, its share of what is left
+  local share=$1 remaining
+  remaining=$(left)
+  echo $((remaining * share / SHARES_LEFT))
+}
+
+# section TITLE SHARE LIMIT COMMAND...: runs with LIMIT seconds; what it prints goes into the report;
+# a section cut off or skipped says so.
+section() {
+  local title=$1 share=$2 limit=$3; shift 3
+  SHARES_LEFT=$((SHARES_LEFT - share))
+  echo "== $title ($limit s)" >&2
+  { echo; echo "## $title"; echo; echo "\`$*\`"; echo; echo '```'; } >>"$REPORT"
+  if [ "$limit" -lt 10 ]; then
+    { echo "not run: the budget was spent ($(left) s left)"; echo '```'; } >>"$REPORT"
+    return
+  fi
+  local started=$SECONDS status
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | grep -v -e "Warning" -e "Loading weights" -e "USDT" -e "Writing model" \
+    -e "^\[transformers\]" | tail -n 60 >>"$REPORT"
+  status=${PIPESTATUS[0]}
+  echo '```' >>"$REPORT"
+  if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+    echo "**not finished: cut off at its $limit s share of the budget** (what it printed is above)" >>"$REPORT"
+  else
+    echo "exit status $status after $((SECONDS - started)) s" >>"$REPORT"
+  fi
+}
+
+# Sized from measurement: build the checkpoint once and time a model load (every section pays one).
+LOAD_S=$($PY - "$SIZE" "$DEVICE" <<'EOF' 2>/dev/null | tail -n 1
+import sys, time
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from decode_steps import checkpoint_for
+from model_server.config import Settings
+from model_server.generation.engine import BarkEngine
+path = checkpoint_for(sys.argv[1], Path(".cache/bench"))
+started = time.perf_counter()
+BarkEngine(Settings(model_dir=path, device=sys.argv[2], warmup=False))
+print(max(1, round(time.perf_counter() - started + 3)))
+EOF
+)
+LOAD_S=${LOAD_S:-20}
+echo "- one model load here: about $LOAD_S s (sizes the sections)" >>"$REPORT"
+
+per_level() {  # per_level LIMIT RUNS: seconds of load per run, after the model loads, with room to drain
+  local seconds=$((($1 - 3 * LOAD_S) * 2 / ($2 * 5)))
+  [ "$seconds" -lt 2 ] && seconds=2
+  echo "$seconds"
+}
+
+TESTS="tests/generation/test_cuda_graphs.py tests/generation/test_decoding.py tests/generation/test_continuous_engine.py"
+TESTS="$TESTS tests/generation/test_fine_stage.py tests/generation/test_reference_outputs.py"
+limit=$(limit_for 20)
+# shellcheck disable=SC2086
+section "CUDA tests: graph capture and replay, the continuous loop in fp16 replayed vs eager" 20 "$limit" \
+  $PY -m pytest -q -p no:cacheprovider $TESTS -k "$TEST_FILTER"
+limit=$(limit_for 15)
+# shellcheck disable=SC2086
+section "One iteration of the real loop (semantic and coarse rows) vs the captured block steps" 15 "$limit" \
+  $PY benchmarks/loop_profile.py --device "$DEVICE" --size "$SIZE" --rows $ROWS --iterations 40
+limit=$(limit_for 20)
+section "One 1-minute request: ours (continuous loop) vs the original pipeline" 20 "$limit" \
+  $PY benchmarks/original_vs_ours.py --mode pipeline --size "$SIZE" --device "$DEVICE" --repeats 1 \
+    --tokens-per-word "$TOKENS"
+limit=$(limit_for 25)
+# shellcheck disable=SC2086
+section "Concurrency: time to first audio, real-time factor, audio-seconds per second (mixed voices)" 25 "$limit" \
+  $PY benchmarks/concurrency_table.py --size "$SIZE" --device "$DEVICE" --clients $CLIENTS \
+    --duration "$(per_level "$limit" "$(echo $CLIENTS | wc -w)")" --tokens-per-word "$TOKENS"
+limit=$(limit_for 20)
+# Two schedulers per rate, and the static one drains a backlog after the arrivals stop.
+# shellcheck disable=SC2086
+section "Continuous vs static under Poisson load" 20 "$limit" \
+  $PY benchmarks/continuous_load.py --size "$SIZE" --device "$DEVICE" --scenarios poisson --rates $RATES \
+    --duration "$(per_level "$limit" $(($(echo $RATES | wc -w) * 4)))" --tokens-per-word "$TOKENS"
+
+echo >>"$REPORT"
+echo "total: $((SECONDS - STARTED)) s of a $BUDGET s budget" >>"$REPORT"
 echo "report: $REPORT" >&2

@@ -5,7 +5,9 @@ Mode `pipeline` runs, in one process on the same weights and the same ~1 minute 
       chunks generated in ONE `BarkModel.generate` call without output lengths (so every chunk is
       padded to the batch's longest), joined untrimmed, converted to int16 by peak normalisation;
   (b) ours: Punkt sentences packed into chunks, batched, each chunk trimmed to its own length,
-      joined with short pauses, clipped to PCM16 and encoded.
+      joined with short pauses, clipped to PCM16 and encoded (the static batch path);
+  (c) ours (continuous): the same text through the synthesis service and the continuous loop, as
+      the server runs it (one sentence per chunk on CUDA under BARK_CHUNKING=auto).
 Random weights never emit end-of-sequence, so both cap semantic tokens per chunk by its word count
 with the same formula (`--tokens-per-word` x words); the original can only apply one cap to its
 whole batch (its longest chunk's), ours applies each chunk's own.
@@ -25,6 +27,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures
 import math
 import platform
@@ -39,10 +42,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bark_common.schema import SynthesisRequest  # noqa: E402
 from model_server.config import Settings  # noqa: E402
 from model_server.generation import audio  # noqa: E402
 from model_server.generation.engine import BarkEngine, Sampling  # noqa: E402
 from model_server.generation.text import chunk_text  # noqa: E402
+from model_server.synthesis import SynthesisService  # noqa: E402
 from model_server.tiny import build_checkpoint  # noqa: E402
 
 #: About one minute of speech at ~150 words per minute.
@@ -105,6 +110,15 @@ def run_ours(engine: BarkEngine, text: str, voice: str, max_batch: int) -> tuple
     return wall, len(joined) / engine.sample_rate
 
 
+def run_ours_continuous(service: SynthesisService, text: str, voice: str) -> tuple[float, float]:
+    """Ours as the server runs it: the continuous loop (sentence rows on CUDA under BARK_CHUNKING=auto)."""
+    started = time.perf_counter()
+    result = asyncio.run(service.synthesize(SynthesisRequest(prompt=text, voice=voice)))
+    audio.encode(result.waveform, service.sample_rate, "wav")
+    wall = time.perf_counter() - started
+    return wall, len(result.waveform) / service.sample_rate
+
+
 def machine() -> str:
     return f"{platform.node()} {platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}"
 
@@ -112,19 +126,23 @@ def machine() -> str:
 def pipeline_mode(args: argparse.Namespace, checkpoint: Path) -> None:
     settings = Settings(
         model_dir=checkpoint,
+        device=args.device,
         attention=args.attention,
         semantic_tokens_per_word=args.tokens_per_word,
         semantic_tokens_min=1,
     )
     engine = BarkEngine(settings)
     engine.warm_up()
+    service = SynthesisService(settings, engine)  # the continuous loop, warmed up like the server's
     voice = "v2/en_speaker_6"
     print(f"# pipeline, size={args.size}, device={engine.device}, dtype={engine.dtype}, attention={engine.attention}")
+    print(f"# ours (continuous): {'one sentence per chunk' if service.sentence_chunks else 'packed sentences'}")
     print(f"# {len(ONE_MINUTE_TEXT.split())} words, tokens/word cap {args.tokens_per_word}, {machine()}")
     rows = []
     for name, runner in (
         ("original", lambda: run_original(engine, ONE_MINUTE_TEXT, voice, args.tokens_per_word)),
         ("ours", lambda: run_ours(engine, ONE_MINUTE_TEXT, voice, args.max_batch)),
+        ("ours (continuous)", lambda: run_ours_continuous(service, ONE_MINUTE_TEXT, voice)),
     ):
         walls, audios = [], []
         for _ in range(args.repeats):
@@ -134,12 +152,14 @@ def pipeline_mode(args: argparse.Namespace, checkpoint: Path) -> None:
             audios.append(seconds)
         wall, seconds = float(np.median(walls)), float(np.median(audios))
         rows.append((name, wall, seconds))
-        print(f"{name:9s} wall {wall:7.2f} s  audio {seconds:7.2f} s  audio-s per wall-s {seconds / wall:6.2f}")
-    (_, wall_o, audio_o), (_, wall_n, audio_n) = rows
-    print(
-        f"ratio ours/original: wall {wall_n / wall_o:.2f}x, throughput {(audio_n / wall_n) / (audio_o / wall_o):.2f}x"
-    )
-    print(f"note: the original's {audio_o:.1f} s include padded tails (untrimmed); ours {audio_n:.1f} s do not")
+        print(f"{name:17s} wall {wall:7.2f} s  audio {seconds:7.2f} s  audio-s per wall-s {seconds / wall:6.2f}")
+    (_, wall_o, audio_o), *ours = rows
+    for name, wall_n, audio_n in ours:
+        print(
+            f"ratio {name}/original: wall {wall_n / wall_o:.2f}x, "
+            f"throughput {(audio_n / wall_n) / (audio_o / wall_o):.2f}x"
+        )
+    print(f"note: the original's {audio_o:.1f} s include padded tails (untrimmed); ours do not")
 
 
 def server_mode(args: argparse.Namespace, checkpoint: Path) -> None:
@@ -224,6 +244,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--request-words", type=int, default=40)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = parser.parse_args()
     checkpoint = checkpoint_for(args.size, args.cache)
     if args.mode in ("pipeline", "both"):
