@@ -23,6 +23,11 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bark-tts"
 # Vendored with its license (third_party/kserve/README.md says where and which version it came from).
 CRD_PATH = REPO / "third_party" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
+# KEDA's, likewise (third_party/keda/README.md): kind -> (CRD file, served version).
+KEDA_CRDS = {
+    "ScaledObject": (REPO / "third_party" / "keda" / "keda.sh_scaledobjects.yaml", "v1alpha1"),
+    "TriggerAuthentication": (REPO / "third_party" / "keda" / "keda.sh_triggerauthentications.yaml", "v1alpha1"),
+}
 RELEASE = "bark-tts"
 NAMESPACE = "default"
 # Every variant the docs describe: the defaults plus each ci/*.yaml file.
