@@ -104,3 +104,17 @@ def container(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
 def env_of(c: dict[str, Any]) -> dict[str, Any]:
     """name -> value, or name -> valueFrom for references."""
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def render_notes(helm: Helm, tmp_path: Path, *args: str) -> str:
+    """NOTES.txt rendered with the chart's own helpers (`helm template` skips NOTES)."""
+    chart = tmp_path / "bark-tts"
+    shutil.copytree(CHART, chart)
+    (chart / "notes").mkdir()
+    shutil.copy(CHART / "templates" / "NOTES.txt", chart / "notes" / "NOTES.txt")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        'kind: RenderedNotes\nnotes: {{ tpl (.Files.Get "notes/NOTES.txt") . | toJson }}\n'
+    )
+    result = helm.template("--show-only", "templates/zz-notes.yaml", *args, chart=chart)
+    assert result.returncode == 0, result.stderr
+    return str(yaml.safe_load(result.stdout)["notes"])

@@ -11,12 +11,13 @@ from __future__ import annotations
 import copy
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from deploy_helpers import REPO, Helm, container, env_of, only, predictor, require_executable
+from deploy_helpers import REPO, Helm, container, env_of, only, predictor, render_notes, require_executable
 
 from model_server.config import Settings as ServerSettings
 from webhook_sidecar.config import Settings as SidecarSettings
@@ -327,3 +328,12 @@ def test_liveness_waits_for_a_startup_budget_that_covers_a_cold_bark_large_load(
     startup = c["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 3 * 10 * 60
     assert "initialDelaySeconds" not in c["livenessProbe"]  # the startup probe holds it back instead
+
+
+def test_notes_say_what_keda_reads_and_what_wakes_a_pod_from_zero(helm: Helm, tmp_path: Path) -> None:
+    notes = render_notes(helm, tmp_path, "-f", "charts/bark-tts/ci/keda-scale-from-zero-values.yaml")
+    assert "KEDA scales the predictor on its queue, read from Prometheus at http://prometheus-operated" in notes
+    assert "monitoring.podMonitor.enabled is off" in notes
+    assert "It also counts the jobs in the shared store (ScaledObject bark-tts" in notes
+    assert "Scale to zero is ON: with no work stored no pod runs" in notes
+    assert "KEDA" not in render_notes(helm, tmp_path / "hpa", "--set", "deploymentMode=RawDeployment")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import subprocess
 from typing import Any
@@ -149,3 +150,13 @@ def test_values_variants_and_manifests_pass_yamllint() -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_keda_crds_are_vendored_unchanged_with_their_license_and_origin() -> None:
+    folder = next(iter(KEDA_CRDS.values()))[0].parent
+    assert "Apache License" in (folder / "LICENSE").read_text()
+    readme = (folder / "README.md").read_text()
+    assert "github.com/kedacore/keda" in readme
+    for path, _version in KEDA_CRDS.values():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert f"`{path.name}` `{digest}`" in readme, f"{path.name}: not the file README.md names"
