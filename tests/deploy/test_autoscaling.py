@@ -337,3 +337,32 @@ def test_notes_say_what_keda_reads_and_what_wakes_a_pod_from_zero(helm: Helm, tm
     assert "It also counts the jobs in the shared store (ScaledObject bark-tts" in notes
     assert "Scale to zero is ON: with no work stored no pod runs" in notes
     assert "KEDA" not in render_notes(helm, tmp_path / "hpa", "--set", "deploymentMode=RawDeployment")
+
+
+def scaling_md_targets() -> dict[str, tuple[int, int]]:
+    """docs/SCALING.md's table of targets: setting -> (GPU default, CPU value), first number of each cell."""
+    text = (REPO / "docs" / "SCALING.md").read_text()
+    section = text.split("## How the chart's targets follow", 1)[1]
+    (table,) = [block for block in section.split("\n\n") if block.startswith("| setting |")]
+    targets = {}
+    for line in table.splitlines()[2:]:
+        setting, gpu, _why, cpu = (cell.strip() for cell in line.strip("|").split("|"))
+        (name,) = re.findall(r"`([a-zA-Z.]+)`", setting)[:1]
+        targets[name] = (int(re.findall(r"\d+", gpu)[0]), int(re.findall(r"\d+", cpu)[0]))
+    return targets
+
+
+def test_the_charts_targets_are_the_ones_docs_scaling_derives(renders: dict[str, Objects]) -> None:
+    gpu, cpu = renders["default"], renders["cpu-values"]
+    values = yaml.safe_load((REPO / "charts" / "bark-tts" / "values.yaml").read_text())["autoscaling"]
+    cpu_values = yaml.safe_load((REPO / "charts" / "bark-tts" / "ci" / "cpu-values.yaml").read_text())["autoscaling"]
+
+    def sidecar_concurrency(objects: Objects) -> int:
+        return int(env_of(container(objects, "webhook-sidecar"))["SIDECAR_CONCURRENCY"])
+
+    assert scaling_md_targets() == {
+        "autoscaling.chunksPerPod": (values["chunksPerPod"], cpu_values["chunksPerPod"]),
+        "autoscaling.scaleTarget": (predictor(gpu)["scaleTarget"], predictor(cpu)["scaleTarget"]),
+        "autoscaling.keda.jobsPerPod": (values["keda"]["jobsPerPod"], cpu_values["keda"]["jobsPerPod"]),
+        "sidecar.concurrency": (sidecar_concurrency(gpu), sidecar_concurrency(cpu)),
+    }
