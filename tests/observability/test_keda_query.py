@@ -25,7 +25,9 @@ from tests.serving import RunningServer
 #: How a RawDeployment predictor pod of release bark-tts in namespace default is labelled.
 POD_LABELS = {"namespace": "default", "pod": "bark-tts-predictor-5d8f7c9b4-x7k2q"}
 ROWS = 32  # the server's max_batch_size (BARK_MAX_BATCH_SIZE default): chunks generated at once
-SENTENCE = "The quiet harbour woke up slowly."  # 6 words: one chunk each, quick on the tiny model
+# 10 words, one chunk each: long enough on the tiny model that every wave outlasts a few scrapes
+# before its first chunk is done.
+SENTENCE = "The quiet harbour woke up slowly under a pale sky."
 CHUNKS_PER_REQUEST = 4
 
 
@@ -51,7 +53,7 @@ def pod_prometheus(server: RunningServer, tmp_path_factory: pytest.TempPathFacto
 
 
 def one_request(server: RunningServer) -> None:
-    body = {"instances": [{"prompt": " ".join([SENTENCE] * CHUNKS_PER_REQUEST), "batch_chunk_size": 6}]}
+    body = {"instances": [{"prompt": " ".join([SENTENCE] * CHUNKS_PER_REQUEST), "batch_chunk_size": 10}]}
     with httpx.Client(base_url=server.url, timeout=300) as client:
         response = client.post(PREDICT, json=body)
     assert response.status_code == 200, response.text
