@@ -10,6 +10,11 @@ Scenarios (`--scenarios`, all by default):
                 the short one's latency vs the long one's solo time.
   poisson       open-loop Poisson arrivals (mixed voices/settings, 1-4 chunks) for `--duration` s
                 at each of `--rates`: throughput (requests/s completed) and p50/p95 latency.
+  capacity      closed loop (the continuous scheduler only, as the server runs it): `--concurrency`
+                clients each send the Poisson mix back to back for `--duration` s; throughput,
+                p50/p95 latency and the mean of the autoscaling signal (bark_queue_depth +
+                bark_inflight_chunks, what the KEDA query sums) per level; `--rounds` rounds and
+                their medians. docs/SCALING.md derives the chart's scaling targets from it.
 
 Random weights never emit EOS: every chunk runs to its token budget (`--tokens-per-word`), so
 lengths are fixed by the text. The machine is shared and noisy: compare ratios within one run.
@@ -18,6 +23,7 @@ Usage:
   python benchmarks/continuous_load.py --size tiny
   python benchmarks/continuous_load.py --size small --scenarios concurrency --clients 4
   python benchmarks/continuous_load.py --size tiny --scenarios poisson --rates 1 2 4 --duration 60
+  python benchmarks/continuous_load.py --size tiny --scenarios capacity --concurrency 1 2 4 8 16 --rounds 3
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from prometheus_client import REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -46,6 +54,8 @@ from model_server.generation.scheduler import Scheduler  # noqa: E402
 from model_server.model import BarkTTS  # noqa: E402
 
 SENTENCE = "The morning fog rolled slowly over the quiet harbor today."  # 10 words
+#: The autoscaling signal of one pod (docs/SCALING.md): chunks waiting plus chunks being generated.
+SIGNAL_GAUGES = ("bark_queue_depth", "bark_inflight_chunks")
 
 
 def request(
@@ -137,6 +147,67 @@ class Bench:
             )
         return lines
 
+    async def capacity(self, clients: int, duration: float, seed: int) -> CapacityPoint:
+        """`clients` clients, each sending the Poisson mix back to back for `duration` s (closed loop)."""
+        self.model.service.scheduler = self.schedulers["continuous"]
+        latencies: list[float] = []
+        chunks_done = 0
+        signal: list[float] = []
+        started = time.perf_counter()
+        deadline = started + duration
+
+        async def client(index: int) -> None:
+            nonlocal chunks_done
+            rng = random.Random(seed * 1000 + index)
+            while time.perf_counter() < deadline:
+                chunks = rng.randint(1, 4)
+                req = request(chunks, voice=rng.randrange(10), temperature=rng.choice([0.5, 0.7, 0.9]))
+                latencies.append(await self.timed(req))
+                chunks_done += chunks
+
+        async def sample() -> None:
+            while time.perf_counter() < deadline:
+                signal.append(sum(REGISTRY.get_sample_value(name) or 0.0 for name in SIGNAL_GAUGES))
+                await asyncio.sleep(0.1)
+
+        await asyncio.gather(sample(), *(client(index) for index in range(clients)))
+        elapsed = time.perf_counter() - started  # until the last request started before the deadline ended
+        p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else latencies[0]
+        return CapacityPoint(
+            clients=clients,
+            requests_per_s=len(latencies) / elapsed,
+            chunks_per_s=chunks_done / elapsed,
+            p50_s=statistics.median(latencies),
+            p95_s=p95,
+            signal=statistics.fmean(signal) if signal else 0.0,
+        )
+
+
+@dataclass(frozen=True)
+class CapacityPoint:
+    """One closed-loop level: what a pod completes and how long a request takes at `clients` in flight."""
+
+    clients: int
+    requests_per_s: float
+    chunks_per_s: float
+    p50_s: float
+    p95_s: float
+    #: Mean of bark_queue_depth + bark_inflight_chunks over the level (the KEDA query, per pod).
+    signal: float
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("requests_per_s", "chunks_per_s", "p50_s", "p95_s", "signal")
+
+    def row(self, label: str = "") -> str:
+        return (
+            f"| {self.clients} | {label} | {self.requests_per_s:.3f} | {self.chunks_per_s:.2f} "
+            f"| {self.p50_s:.2f} | {self.p95_s:.2f} | {self.signal:.1f} |"
+        )
+
+    @classmethod
+    def median(cls, points: list[CapacityPoint]) -> CapacityPoint:
+        values = {field: statistics.median(getattr(point, field) for point in points) for field in cls.FIELDS}
+        return cls(clients=points[0].clients, **values)
+
 
 async def run(args: argparse.Namespace) -> None:
     checkpoint = checkpoint_for(args.size, args.cache_dir)
@@ -187,6 +258,22 @@ async def run(args: argparse.Namespace) -> None:
         )
         for rate in args.rates:
             print("\n".join(await bench.poisson(rate, args.duration, seed=int(rate * 1000))), flush=True)
+        print()
+    if "capacity" in args.scenarios:
+        header = (
+            "| clients | round | throughput (req/s) | chunks/s | p50 (s) | p95 (s) | queue + rows (mean) |\n"
+            "|---|---|---|---|---|---|---|"
+        )
+        print(header)
+        levels: dict[int, list[CapacityPoint]] = {clients: [] for clients in args.concurrency}
+        for round_index in range(args.rounds):
+            for clients in args.concurrency:
+                point = await bench.capacity(clients, args.duration, seed=round_index * 100 + clients)
+                levels[clients].append(point)
+                print(point.row(str(round_index + 1)), flush=True)
+        print(f"\nMedians of {args.rounds} rounds:\n\n{header}")
+        for points in levels.values():
+            print(CapacityPoint.median(points).row("median"))
     for scheduler in schedulers.values():
         await scheduler.close()
 
@@ -197,7 +284,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenarios", nargs="+", default=["concurrency", "short-long", "poisson"])
     parser.add_argument("--clients", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--rates", type=float, nargs="+", default=[1.0, 2.0])
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of Poisson arrivals per rate")
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of Poisson arrivals per rate, or of one capacity level"
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="capacity: clients")
+    parser.add_argument("--rounds", type=int, default=3, help="capacity: rounds over all levels (medians reported)")
     parser.add_argument("--tokens-per-word", type=float, default=10.0, help="semantic token budget per word")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)

@@ -23,6 +23,11 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bark-tts"
 # Vendored with its license (third_party/kserve/README.md says where and which version it came from).
 CRD_PATH = REPO / "third_party" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
+# KEDA's, likewise (third_party/keda/README.md): kind -> (CRD file, served version).
+KEDA_CRDS = {
+    "ScaledObject": (REPO / "third_party" / "keda" / "keda.sh_scaledobjects.yaml", "v1alpha1"),
+    "TriggerAuthentication": (REPO / "third_party" / "keda" / "keda.sh_triggerauthentications.yaml", "v1alpha1"),
+}
 RELEASE = "bark-tts"
 NAMESPACE = "default"
 # Every variant the docs describe: the defaults plus each ci/*.yaml file.
@@ -99,3 +104,17 @@ def container(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
 def env_of(c: dict[str, Any]) -> dict[str, Any]:
     """name -> value, or name -> valueFrom for references."""
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def render_notes(helm: Helm, tmp_path: Path, *args: str) -> str:
+    """NOTES.txt rendered with the chart's own helpers (`helm template` skips NOTES)."""
+    chart = tmp_path / "bark-tts"
+    shutil.copytree(CHART, chart)
+    (chart / "notes").mkdir()
+    shutil.copy(CHART / "templates" / "NOTES.txt", chart / "notes" / "NOTES.txt")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        'kind: RenderedNotes\nnotes: {{ tpl (.Files.Get "notes/NOTES.txt") . | toJson }}\n'
+    )
+    result = helm.template("--show-only", "templates/zz-notes.yaml", *args, chart=chart)
+    assert result.returncode == 0, result.stderr
+    return str(yaml.safe_load(result.stdout)["notes"])

@@ -20,16 +20,45 @@ REJECTED = {
     # Cross-field rules (template `fail`):
     "zero replicas without scale to zero": (["--set", "autoscaling.minReplicas=0"], "scaleToZero"),
     "min above max": (["--set", "autoscaling.minReplicas=3"], "must not exceed"),
-    "scale to zero in RawDeployment": (
+    "scale to zero in RawDeployment on the HPA": (
         ["--set", "deploymentMode=RawDeployment", "--set", "autoscaling.scaleToZero=true"],
-        "needs deploymentMode: Serverless",
+        "autoscaling.scaleToZero in RawDeployment needs rawAutoscalerClass keda with the job-store trigger",
+    ),
+    "scale to zero with KEDA but no job store to wake it": (
+        [
+            "--set",
+            "deploymentMode=RawDeployment,autoscaling.rawAutoscalerClass=keda",
+            "--set",
+            "autoscaling.scaleToZero=true,autoscaling.minReplicas=0,sidecar.enabled=false",
+        ],
+        "only queued jobs can wake a pod there",
+    ),
+    "an HPA metric with KEDA": (
+        ["--set", "deploymentMode=RawDeployment,autoscaling.rawAutoscalerClass=keda,autoscaling.scaleMetric=cpu"],
+        "keda scales on autoscaling.chunksPerPod",
+    ),
+    "an unknown raw autoscaler": (
+        ["--set", "deploymentMode=RawDeployment,autoscaling.rawAutoscalerClass=kpa"],
+        "autoscaling.rawAutoscalerClass",
+    ),
+    "a request timeout shorter than a Serverless pod's shutdown": (
+        ["--set", "requestTimeoutSeconds=90"],
+        "requestTimeoutSeconds 90 is shorter than a Serverless pod's shutdown (105 s",
+    ),
+    "the sidecar's drain set behind the chart's back": (
+        ["--set", "sidecar.extraEnv[0].name=SIDECAR_GRACE_PERIOD_S,sidecar.extraEnv[0].value=120"],
+        "SIDECAR_GRACE_PERIOD_S in extraEnv would outlast the pod's grace period: set shutdown.* instead",
+    ),
+    "the server's drain set behind the chart's back": (
+        ["--set", "server.extraEnv[0].name=BARK_SHUTDOWN_GRACE_S,server.extraEnv[0].value=120"],
+        "BARK_SHUTDOWN_GRACE_S in extraEnv",
     ),
     "a concurrency metric in RawDeployment": (
         ["--set", "deploymentMode=RawDeployment", "--set", "autoscaling.scaleMetric=concurrency"],
         "not for RawDeployment",
     ),
     "a cpu metric in Serverless": (["--set", "autoscaling.scaleMetric=cpu"], "not for Serverless"),
-    "the sidecar with scale to zero": (
+    "the sidecar with scale to zero in Serverless": (
         ["--set", "autoscaling.scaleToZero=true,autoscaling.minReplicas=0"],
         "queued jobs need a running pod",
     ),

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
-from deploy_helpers import CHART, Helm, only, predictor
+from deploy_helpers import Helm, only, predictor, render_notes
 from fake_apiserver import fake_apiserver
-
-TEMPLATES_DIR = CHART / "templates"
 
 
 def decoded(secret: dict[str, Any]) -> dict[str, str]:
@@ -83,20 +80,6 @@ def test_pods_roll_when_the_secret_changes(helm: Helm) -> None:
     b, _ = checksum_and_secret("--set", "secrets.apiKeys={bbbbbbbbbbbbbbbbbbbb}", "--set", fixed)
     assert a != b
     assert a == checksum_and_secret("--set", "secrets.apiKeys={aaaaaaaaaaaaaaaaaaaa}", "--set", fixed)[0]
-
-
-def render_notes(helm: Helm, tmp_path: Path, *args: str) -> str:
-    """NOTES.txt rendered with the chart's own helpers (`helm template` skips NOTES)."""
-    chart = tmp_path / "bark-tts"
-    shutil.copytree(CHART, chart)
-    (chart / "notes").mkdir()
-    shutil.copy(TEMPLATES_DIR / "NOTES.txt", chart / "notes" / "NOTES.txt")
-    (chart / "templates" / "zz-notes.yaml").write_text(
-        'kind: RenderedNotes\nnotes: {{ tpl (.Files.Get "notes/NOTES.txt") . | toJson }}\n'
-    )
-    result = helm.template("--show-only", "templates/zz-notes.yaml", *args, chart=chart)
-    assert result.returncode == 0, result.stderr
-    return str(yaml.safe_load(result.stdout)["notes"])
 
 
 def test_notes_show_how_to_read_the_key_and_call_the_route(helm: Helm, tmp_path: Path) -> None:

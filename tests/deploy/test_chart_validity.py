@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import subprocess
 from typing import Any
 
 import pytest
 from crd_schema import load_crd_schema
-from deploy_helpers import CHART, CRD_PATH, VARIANTS, Helm, require_executable, require_module, values_args
+from deploy_helpers import CHART, CRD_PATH, KEDA_CRDS, VARIANTS, Helm, require_executable, require_module, values_args
 
 # Kubernetes version the core kinds are checked against (kubernetes-validate bundles its schemas).
 KUBERNETES_VERSION = "1.32.0"
-CORE_KINDS = {"Secret", "ConfigMap", "Service", "PersistentVolumeClaim", "StatefulSet"}
-# Custom kinds: InferenceService is checked against KServe's CRD; the others (no CRD offline)
-# by the assertions in test_chart_objects.py.
-CUSTOM_KINDS = {"InferenceService", "ServiceMonitor", "PodMonitor", "PrometheusRule", "Trigger"}
+CORE_KINDS = {"Secret", "ConfigMap", "Service", "PersistentVolumeClaim", "StatefulSet", "PodDisruptionBudget"}
+# Custom kinds: InferenceService is checked against KServe's CRD, ScaledObject and
+# TriggerAuthentication against KEDA's; the others (no CRD offline) by the assertions in
+# test_chart_objects.py.
+CUSTOM_KINDS = {"InferenceService", "ServiceMonitor", "PodMonitor", "PrometheusRule", "Trigger", *KEDA_CRDS}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -66,6 +68,35 @@ def test_the_crd_check_catches_an_unknown_field_and_a_string_replica_count(
         "spec/predictor/maxReplicas",
         "metadata/annotations/prometheus.io/port",
     }
+
+
+@pytest.fixture(scope="module")
+def keda_validators() -> dict[str, Any]:
+    jsonschema = require_module("jsonschema")
+    return {
+        kind: jsonschema.Draft202012Validator(load_crd_schema(path, version))
+        for kind, (path, version) in KEDA_CRDS.items()
+    }
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_keda_object_matches_the_keda_crds(
+    renders: dict[str, list[dict[str, Any]]], keda_validators: dict[str, Any], variant: str
+) -> None:
+    for obj in renders[variant]:
+        if obj["kind"] in keda_validators:
+            errors = list(keda_validators[obj["kind"]].iter_errors(obj))
+            assert not errors, f"{obj['kind']} {obj['metadata']['name']}: {describe(errors)}"
+
+
+def test_the_keda_crd_check_catches_a_numeric_threshold_and_an_unknown_field(
+    renders: dict[str, list[dict[str, Any]]], keda_validators: dict[str, Any]
+) -> None:
+    scaled = copy.deepcopy(next(o for o in renders["keda-values"] if o["kind"] == "ScaledObject"))
+    scaled["spec"]["triggers"][0]["metadata"]["threshold"] = 32  # trigger metadata is strings only
+    scaled["spec"]["maxReplicas"] = 4  # the field is maxReplicaCount
+    paths = {"/".join(map(str, e.absolute_path)) for e in keda_validators["ScaledObject"].iter_errors(scaled)}
+    assert paths == {"spec/triggers/0/metadata/threshold", "spec"}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -119,3 +150,13 @@ def test_values_variants_and_manifests_pass_yamllint() -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_keda_crds_are_vendored_unchanged_with_their_license_and_origin() -> None:
+    folder = next(iter(KEDA_CRDS.values()))[0].parent
+    assert "Apache License" in (folder / "LICENSE").read_text()
+    readme = (folder / "README.md").read_text()
+    assert "github.com/kedacore/keda" in readme
+    for path, _version in KEDA_CRDS.values():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert f"`{path.name}` `{digest}`" in readme, f"{path.name}: not the file README.md names"

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.serving import REPO_ROOT as REPO
 from tests.serving import free_port, stop_process
 
 #: Scrape and rule evaluation period of the test Prometheus: short, so tests wait seconds, not minutes.
@@ -31,11 +32,12 @@ JOB = "bark-tts"
 TARGET_LABELS = {"namespace": "bark-test", "pod": "bark-tts-predictor-0"}
 
 
-def require_tool(name: str) -> str:
-    """Path to `name` (PATH, then /usr/bin); fail under CI, skip locally when it is missing."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+def require_tool(name: str, install: str = "`apt-get install prometheus`") -> str:
+    """Path to `name` (PATH, the repo's .tools/bin, then /usr/bin); fail under CI, skip locally when missing."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), str(REPO / ".tools" / "bin"), "/usr/bin"])
+    path = shutil.which(name, path=search)
     if path is None:
-        message = f"{name} missing: `apt-get install prometheus` (CI: bash scripts/install-tools.sh)"
+        message = f"{name} missing: {install} (CI: bash scripts/install-tools.sh)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -126,7 +128,7 @@ class Prometheus:
         raise TimeoutError(f"{expr!r} stayed empty for {timeout_s} s")
 
 
-def write_config(folder: Path, target: str, rule_files: list[Path]) -> Path:
+def write_config(folder: Path, target: str, rule_files: list[Path], labels: dict[str, str] = TARGET_LABELS) -> Path:
     config = {
         "global": {
             "scrape_interval": f"{SCRAPE_INTERVAL_S:g}s",
@@ -138,7 +140,7 @@ def write_config(folder: Path, target: str, rule_files: list[Path]) -> Path:
                 "job_name": JOB,
                 "scrape_timeout": f"{SCRAPE_INTERVAL_S:g}s",
                 "metrics_path": "/metrics",
-                "static_configs": [{"targets": [target], "labels": TARGET_LABELS}],
+                "static_configs": [{"targets": [target], "labels": labels}],
             }
         ],
     }
@@ -149,11 +151,16 @@ def write_config(folder: Path, target: str, rule_files: list[Path]) -> Path:
 
 @contextlib.contextmanager
 def running_prometheus(
-    target: str, folder: Path, rule_files: list[Path], ready_timeout_s: float = 30.0
+    target: str,
+    folder: Path,
+    rule_files: list[Path],
+    ready_timeout_s: float = 30.0,
+    labels: dict[str, str] = TARGET_LABELS,
 ) -> Iterator[Prometheus]:
-    """A Prometheus on a free loopback port scraping `target` (host:port) every second."""
+    """A Prometheus on a free loopback port scraping `target` (host:port) every second, its series
+    labelled with `labels` as Kubernetes service discovery would."""
     binary = require_tool("prometheus")
-    config = write_config(folder, target, rule_files)
+    config = write_config(folder, target, rule_files, labels)
     port = free_port()
     log_path = folder / "prometheus.log"
     command = [

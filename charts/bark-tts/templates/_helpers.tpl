@@ -123,9 +123,6 @@ component: predictor
 {{- if and (lt (int $a.minReplicas) 1) (not $a.scaleToZero) }}
 {{- fail "autoscaling.minReplicas is 0 but autoscaling.scaleToZero is false: set minReplicas >= 1, or scaleToZero: true to accept cold starts" }}
 {{- end }}
-{{- if and $a.scaleToZero (not $serverless) }}
-{{- fail "autoscaling.scaleToZero needs deploymentMode: Serverless (RawDeployment cannot scale to zero)" }}
-{{- end }}
 {{- $metric := include "bark-tts.scaleMetric" . }}
 {{- if and $serverless (not (has $metric (list "concurrency" "rps"))) }}
 {{- fail (printf "autoscaling.scaleMetric %q is not for Serverless: use concurrency or rps" $metric) }}
@@ -133,8 +130,8 @@ component: predictor
 {{- if and (not $serverless) (not (has $metric (list "cpu" "memory"))) }}
 {{- fail (printf "autoscaling.scaleMetric %q is not for RawDeployment (HPA): use cpu or memory" $metric) }}
 {{- end }}
-{{- if and .Values.sidecar.enabled $a.scaleToZero }}
-{{- fail "sidecar.enabled with autoscaling.scaleToZero: queued jobs need a running pod; keep minReplicas >= 1" }}
+{{- if and .Values.sidecar.enabled $a.scaleToZero (not (include "bark-tts.kedaJobTrigger" .)) }}
+{{- fail "sidecar.enabled with autoscaling.scaleToZero: queued jobs need a running pod; keep minReplicas >= 1 (or RawDeployment with rawAutoscalerClass keda, whose job-store trigger wakes one)" }}
 {{- end }}
 {{- if and (eq .Values.model.source "pvc") (not .Values.model.pvc.claimName) }}
 {{- fail "model.source is pvc: set model.pvc.claimName" }}
