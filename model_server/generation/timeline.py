@@ -21,8 +21,9 @@ from bark_common.schema import Segment
 from model_server.generation.audio import silence
 from model_server.generation.text import TextChunk
 
-#: Times are given to the millisecond: finer than a codec frame (1/75 s) and than any caption format.
-DECIMALS = 3
+#: Times are given to the microsecond: `round(start_s * sample_rate)` is then the very sample a chunk
+#: starts at (at any rate up to 1 MHz), so a client can cut a turn out of the audio exactly.
+DECIMALS = 6
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ class SpeechRequest(BarkSampling, Dialogue):
     `openai` SDK sends them with `extra_body`. Unknown fields are still refused."""
 
     model: StrictStr = Field("bark", description="accepted for compatibility (tts-1, bark, ...); Bark serves all")
-    input: StrictStr | None = Field(None, description="the text to speak (or give `turns` instead)")
+    input: StrictStr | None = Field(
+        None, description="the text to speak; with `turns` leave it out or empty (the `openai` SDK requires it)"
+    )
     voice: StrictStr = Field("v2/en_speaker_1", description="a Bark preset or an OpenAI name (alloy, echo, ...)")
     response_format: AudioFormat = "mp3"
     speed: Speed = Field(1.0, description="0.25..4.0, applied by resampling (the pitch moves with it)")
@@ -34,6 +36,9 @@ class SpeechRequest(BarkSampling, Dialogue):
 
     @model_validator(mode="after")
     def _input_or_turns(self) -> SpeechRequest:
+        # The `openai` SDK requires an `input` argument, so a dialogue sent with it carries `input=""`.
+        if self.turns is not None and self.input is not None and not self.input.strip():
+            self.input = None
         require_text_or_turns(self.input, self.turns, "input")
         return self
 
