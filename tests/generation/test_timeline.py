@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -38,7 +40,7 @@ def test_the_pause_inside_a_turn_and_the_turn_pause_between_speakers():
 
 def test_sentences_of_one_chunk_share_its_time_by_their_estimates_and_are_not_exact():
     chunk = spoken(0, ("Short.", 1.0), ("A sentence three times as long.", 3.0))
-    waveform, segments = join_chunks([np.ones(4000, np.float32)], [chunk], Timeline(RATE, 150, 400))
+    _, segments = join_chunks([np.ones(4000, np.float32)], [chunk], Timeline(RATE, 150, 400))
     first, second = segments
     assert (first.start_s, second.end_s) == (0.0, round(4000 / RATE, 6))
     assert round(first.end_s * RATE) == round(second.start_s * RATE) == 1000
@@ -80,7 +82,7 @@ def test_segments_are_ordered_do_not_overlap_and_cover_the_audio_but_the_pauses(
     waveform, segments = join_chunks(parts, chunks, timeline)
     bounds = [(round(s.start_s * RATE), round(s.end_s * RATE)) for s in segments]
     assert all(start <= end for start, end in bounds)
-    assert all(a[1] <= b[0] for a, b in zip(bounds, bounds[1:], strict=False)), "ordered, never overlapping"
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(bounds)), "ordered, never overlapping"
     # Inside a chunk its segments meet; between chunks lies exactly the silence the timeline put there.
     speech = np.zeros(len(waveform), bool)
     for start, end in bounds:

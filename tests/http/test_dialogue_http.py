@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ def check_timeline(segments: list[dict[str, Any]], duration_s: float) -> None:
     assert segments, "timestamps were asked for"
     for segment in segments:
         assert 0 <= segment["start_s"] <= segment["end_s"] <= duration_s + 1e-6
-    for before, after in zip(segments, segments[1:], strict=False):
+    for before, after in itertools.pairwise(segments):
         assert before["end_s"] <= after["start_s"]
         assert before["chunk"] <= after["chunk"] and before["turn"] <= after["turn"]
     assert segments[-1]["end_s"] == pytest.approx(duration_s, abs=FRAME_S)
@@ -63,12 +64,12 @@ def test_a_dialogue_has_segments_in_turn_order_with_pauses_between_them(server):
     segments = prediction["segments"]
     check_timeline(segments, prediction["duration_s"])
     assert {segment["turn"] for segment in segments} == {0, 1, 2}
-    assert [segment["voice"] for segment in segments if segment["turn"] == 1][0] == "v2/en_speaker_6"
+    assert next(segment["voice"] for segment in segments if segment["turn"] == 1) == "v2/en_speaker_6"
     assert " ".join(s["text"] for s in segments).split() == " ".join(t["text"] for t in TURNS).split()
     assert prediction["chunks"] == segments[-1]["chunk"] + 1
     audio = samples(prediction)
     # The silences between chunks: `turn_pause_ms` where the speaker changes, `pause_ms` inside a turn.
-    for before, after in zip(segments, segments[1:], strict=False):
+    for before, after in itertools.pairwise(segments):
         if before["chunk"] == after["chunk"]:
             assert before["end_s"] == after["start_s"], "sentences of one chunk meet"
             continue

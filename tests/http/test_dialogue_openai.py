@@ -39,7 +39,7 @@ def test_timestamps_make_the_answer_json_with_the_audio_segments_and_captions(se
     assert (rate, answer["format"]) == (RATE, "wav")
     assert len(audio) / RATE == pytest.approx(answer["duration_s"], abs=1e-4)
     segments = answer["segments"]
-    assert [segment["voice"] for segment in segments][0] == "v2/en_speaker_0", "an alias is named by its preset"
+    assert segments[0]["voice"] == "v2/en_speaker_0", "an alias is named by its preset"
     assert {segment["turn"] for segment in segments} == {0, 1}
     assert segments[-1]["end_s"] == pytest.approx(answer["duration_s"], abs=320 / RATE)
     assert [cue.content.split() for cue in srt.parse(answer["captions"])] == [s["text"].split() for s in segments]
