@@ -93,3 +93,44 @@ def test_all_turns_chunks_are_admitted_to_the_engine_together(engine: BarkEngine
     (result,) = run(service, [SynthesisRequest(turns=TURNS, do_sample=False, batch_chunk_size=3)])
     assert len(admitted[0]) == result.chunks, "every chunk of every turn joined the first step"
     assert set(admitted[0]) == {"v2/en_speaker_1", "v2/de_speaker_3"}
+
+
+def test_with_the_static_scheduler_each_turn_runs_under_its_own_voice_and_the_times_are_exact():
+    """The stub engine gives one sample per character, so every time is known: chunks of one turn are
+    `pause_ms` apart, turns `turn_pause_ms`, and each voice's chunks ran in a batch of that voice."""
+    from tests.stub_engine import SAMPLE_RATE, StubEngine, stub_service
+
+    settings = Settings(warmup=False, max_wait_ms=1, pause_ms=100)
+    engine = StubEngine(settings)
+    request = SynthesisRequest(
+        turns=[
+            {"voice": "v2/en_speaker_0", "text": "First one. Second one."},
+            {"voice": "v2/en_speaker_1", "text": "Third."},
+        ],
+        turn_pause_ms=250,
+        batch_chunk_size=3,
+        timestamps=True,
+    )
+
+    async def scenario() -> Synthesis:
+        service = stub_service(settings, engine)
+        try:
+            return await service.synthesize(request)
+        finally:
+            await service.close()
+
+    result = asyncio.run(scenario())
+    texts = ["First one.", "Second one.", "Third."]
+    assert sorted(map(sorted, engine.calls)) == [["First one.", "Second one."], ["Third."]], "a batch per voice"
+    pause, turn_pause = SAMPLE_RATE // 10, SAMPLE_RATE // 4
+    starts = [0, len(texts[0]) + pause, len(texts[0]) + pause + len(texts[1]) + turn_pause]
+    assert [round(s.start_s * SAMPLE_RATE) for s in result.segments] == starts
+    assert [round(s.end_s * SAMPLE_RATE) for s in result.segments] == [
+        a + len(t) for a, t in zip(starts, texts, strict=True)
+    ]
+    assert len(result.waveform) == starts[-1] + len(texts[-1])
+    assert [(s.turn, s.voice, s.chunk) for s in result.segments] == [
+        (0, "v2/en_speaker_0", 0),
+        (0, "v2/en_speaker_0", 1),
+        (1, "v2/en_speaker_1", 2),
+    ]
