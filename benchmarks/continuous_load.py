@@ -198,6 +198,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--rates", type=float, nargs="+", default=[1.0, 2.0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of Poisson arrivals per rate")
+    asyncio.run(run(parse_engine_args(parser, argv)))
+
+
+def parse_engine_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv` with the options every service-level benchmark shares (token budget, rows,
+    threads, device, checkpoint cache), and apply `--threads`."""
     parser.add_argument("--tokens-per-word", type=float, default=10.0, help="semantic token budget per word")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
@@ -206,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    asyncio.run(run(args))
+    return args
 
 
 if __name__ == "__main__":

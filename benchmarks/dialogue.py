@@ -34,7 +34,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from decode_steps import checkpoint_for  # noqa: E402  (this folder is on sys.path when run as a script)
+from continuous_load import parse_engine_args  # noqa: E402  (this folder is on sys.path when run as a script)
+from decode_steps import checkpoint_for  # noqa: E402
 
 from bark_common.schema import SynthesisRequest  # noqa: E402
 from model_server.config import Settings  # noqa: E402
@@ -125,15 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--seed-policy", choices=sorted(SEED_POLICIES), default="seeded")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--tokens-per-word", type=float, default=10.0, help="semantic token budget per word")
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
-    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "bench")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    asyncio.run(run(args))
+    asyncio.run(run(parse_engine_args(parser, argv)))
 
 
 if __name__ == "__main__":
