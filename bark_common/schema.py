@@ -7,9 +7,20 @@ names and adds the checks that need the server's settings.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal, NamedTuple
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .errors import InvalidInput
 from .formats import AudioFormat
@@ -57,15 +68,101 @@ class BarkSampling(BaseModel):
     seed: StrictInt | None = Field(None, ge=0, le=2**32 - 1, description="fixes sampling for repeatable audio")
 
 
-class SynthesisRequest(BarkSampling):
-    """One v1 instance: a text to speak and how."""
+#: Silence between two turns of a dialogue: about the gap people leave between speakers, a little
+#: longer than the pause between chunks of one voice (`pause_ms`), so a change of speaker is heard.
+DEFAULT_TURN_PAUSE_MS = 400
+MAX_TURN_PAUSE_MS = 5_000
 
-    prompt: StrictStr = Field(description="text to speak, any length up to the server's limit")
+CaptionFormat = Literal["srt", "vtt"]
+
+
+class Turn(BaseModel):
+    """One speaker's turn of a dialogue: its text, voice and language."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: StrictStr = Field(description="what this speaker says")
+    voice: StrictStr | None = Field(None, description="a voice preset or an OpenAI name; default: the request's")
+    language: Language | None = Field(
+        None, description="the turn's language, one of Bark's 13; default: the request's, else the voice preset's"
+    )
+
+
+class Dialogue(BaseModel):
+    """Several speakers in one request, and the times of what was said (v1 instances and the OpenAI route).
+
+    All turns' chunks are generated together, so a dialogue takes about as long as one voice saying
+    the same text; each turn is planned like a prompt of its own voice and language.
+    """
+
+    turns: list[Turn] | None = Field(
+        None, min_length=1, description="speak these turns in order instead of one text, each in its own voice"
+    )
+    turn_pause_ms: StrictInt = Field(
+        DEFAULT_TURN_PAUSE_MS, ge=0, le=MAX_TURN_PAUSE_MS, description="silence between two turns, in milliseconds"
+    )
+    timestamps: StrictBool = Field(
+        False, description="also return `segments`: each sentence's turn, voice, text and start/end in seconds"
+    )
+    captions: CaptionFormat | None = Field(None, description="also return the segments as SRT or WebVTT captions")
+
+
+class Segment(BaseModel):
+    """Where one sentence (or a piece of one cut over chunks) sits in the audio.
+
+    A chunk's start and end are exact, since the server joins the chunks; sentences inside a chunk
+    of several are placed by their share of its estimated speaking time (`exact: false`)."""
+
+    turn: int = Field(description="the turn it belongs to (0 for a plain prompt)")
+    voice: str = Field(description="the voice preset that speaks it")
+    text: str
+    start_s: float
+    end_s: float
+    chunk: int = Field(description="the generated chunk it is in, counted over the whole request")
+    exact: bool = Field(description="true when start and end are the chunk's own (measured, not estimated)")
+
+
+class SynthesisRequest(BarkSampling, Dialogue):
+    """One v1 instance: a text (or the turns of a dialogue) to speak, and how."""
+
+    prompt: StrictStr | None = Field(
+        None, description="text to speak, any length up to the server's limit; or give `turns` instead"
+    )
     voice: StrictStr = Field(DEFAULT_VOICE, description="a voice preset; GET /v1/voices lists them")
     language: Language | None = Field(
         None, description="the text's language, one of Bark's 13 (en, de, ..., zh); default: the voice preset's"
     )
     format: AudioFormat = "wav"
+
+    @model_validator(mode="after")
+    def _prompt_or_turns(self) -> SynthesisRequest:
+        require_text_or_turns(self.prompt, self.turns, "prompt")
+        return self
+
+    def spoken_turns(self) -> list[SpokenTurn]:
+        """What is spoken, turn by turn: a prompt is one turn in the request's voice and language; a
+        turn without a voice or language takes the request's."""
+        if self.turns is None:
+            return [SpokenTurn(self.prompt or "", self.voice, self.language)]
+        return [SpokenTurn(t.text, t.voice or self.voice, t.language or self.language) for t in self.turns]
+
+
+class SpokenTurn(NamedTuple):
+    text: str
+    voice: str
+    #: None: the voice preset's language.
+    language: str | None
+
+
+def require_text_or_turns(text: str | None, turns: list[Turn] | None, field: str) -> None:
+    """Exactly one of a text (`prompt`, OpenAI's `input`) and `turns`. The error is raised at `field`,
+    so a 400 names it as the client wrote it (`instances[0].prompt`), not the instance as a whole."""
+    if (text is None) != (turns is None):
+        return
+    given = "both" if text is not None else "neither"
+    message = f"give either `{field}` (one voice) or `turns` (a dialogue), not {given}"
+    detail = InitErrorDetails(type=PydanticCustomError("text_or_turns", message), loc=(field,), input=text)
+    raise ValidationError.from_exception_data("text_or_turns", [detail])
 
 
 def invalid_input_from(error: ValidationError) -> InvalidInput:

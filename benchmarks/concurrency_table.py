@@ -54,8 +54,8 @@ async def one_request(service: SynthesisService, client: int, serial: int) -> tu
         seed=client * 1000 + serial,
     )
     started = time.perf_counter()
-    chunks = await asyncio.to_thread(service.plan_chunks, request, True)
-    futures = service.enqueue(request, chunks, urgent_first=True)
+    plan = await asyncio.to_thread(lambda: service.plan(request, first_sentence_alone=True))
+    futures = service.enqueue(request, plan, urgent_first=True)
     first = await futures[0]
     first_audio = time.perf_counter() - started
     rest = await asyncio.gather(*futures[1:])

@@ -289,6 +289,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="capacity: clients")
     parser.add_argument("--rounds", type=int, default=3, help="capacity: rounds over all levels (medians reported)")
+    asyncio.run(run(parse_engine_args(parser, argv)))
+
+
+def parse_engine_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv` with the options every service-level benchmark shares (token budget, rows,
+    threads, device, checkpoint cache), and apply `--threads`."""
     parser.add_argument("--tokens-per-word", type=float, default=10.0, help="semantic token budget per word")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
@@ -297,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    asyncio.run(run(args))
+    return args
 
 
 if __name__ == "__main__":

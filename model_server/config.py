@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     max_chunk_words: int = Field(60, ge=1)
     max_prompt_chars: int = Field(20_000, ge=1)
     max_instances: int = Field(16, ge=1)
+    max_turns: int = Field(256, ge=1, description="turns in one instance's dialogue (400 past it)")
     pause_ms: int = Field(150, ge=0, le=5_000, description="silence inserted between chunks")
     # Bark may babble past the end of a sentence; random weights always do. A budget of semantic
     # tokens per word (49.9 tokens = 1 s of speech) bounds each chunk on its own.

@@ -32,11 +32,10 @@ from bark_common.errors import (
 )
 from model_server import metrics
 from model_server.config import Settings
-from model_server.generation import audio
 from model_server.paths import V1_PREDICT_ROUTE
 from model_server.request_outcome import note_reason
 from model_server.schema import SynthesisRequest, SynthesisResult, parse_predict_body
-from model_server.synthesis import ChunkPayload, Synthesis, SynthesisService
+from model_server.synthesis import Synthesis, SynthesisPlan, SynthesisService
 
 logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("bark.requests")
@@ -124,10 +123,7 @@ class BarkTTS(Model):
                 raise InvalidInput(f"body is not valid JSON: {error}", param=None) from None
         instances = parse_predict_body(payload, self.settings)
         service = self.service
-        return [
-            instance.model_copy(update={"voice": service.resolve_voice(instance.voice, f"instances[{i}].voice")})
-            for i, instance in enumerate(instances)
-        ]
+        return [service.resolve_voices(instance, f"instances[{i}]") for i, instance in enumerate(instances)]
 
     async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
         """One request id for logs and errors; a log line for every outcome (outcomes.py counts them)."""
@@ -178,9 +174,9 @@ class BarkTTS(Model):
         # and the event loop meanwhile serves every other request.
         service = self.service
 
-        def plan_all() -> list[list[ChunkPayload]]:
-            plans = [service.plan_chunks(item, field=f"instances[{i}].prompt") for i, item in enumerate(payload)]
-            service.check_output(chunk for plan in plans for chunk in plan)
+        def plan_all() -> list[SynthesisPlan]:
+            plans = [service.plan(item, where=f"instances[{i}]") for i, item in enumerate(payload)]
+            service.check_output(chunk for plan in plans for chunk in plan.chunks)
             return plans
 
         plans = await asyncio.to_thread(plan_all)
@@ -195,19 +191,13 @@ class BarkTTS(Model):
         audio_seconds = sum(prediction.duration_s for prediction in predictions)
         chunks = sum(prediction.chunks for prediction in predictions)
         service.record_success(V1_PREDICT_ROUTE, request_id, payload, chunks, wall, audio_seconds)
-        return {"predictions": [prediction.model_dump() for prediction in predictions]}
+        # Segments and captions only where asked: the prediction of a plain request keeps its shape.
+        return {"predictions": [prediction.model_dump(exclude_none=True) for prediction in predictions]}
 
     def _encode_all(self, requests: list[SynthesisRequest], results: list[Synthesis]) -> list[SynthesisResult]:
         started = time.perf_counter()
-        predictions = [
-            SynthesisResult(
-                audio=audio.encode_base64(result.waveform, self.sample_rate, request.format),
-                format=request.format,
-                sample_rate=self.sample_rate,
-                duration_s=round(len(result.waveform) / self.sample_rate, 4),
-                chunks=result.chunks,
-            )
-            for request, result in zip(requests, results, strict=True)
-        ]
+        service = self.service
+        pairs = zip(requests, results, strict=True)
+        predictions = [service.result(request, result, request.format) for request, result in pairs]
         metrics.STAGE_LATENCY.labels(stage="encode").observe(time.perf_counter() - started)
         return predictions

@@ -1,10 +1,12 @@
 """The synthesis service: what every route asks of Bark, behind one object.
 
-It owns the engine and the scheduler; it plans a prompt into chunks (each with its semantic token
-budget), checks a request's estimated audio against `max_output_seconds`, queues chunks (chunks of
-concurrent requests share batches), joins finished chunks into one waveform, and records a finished
-request's metrics and log line. The KServe adapter (model.py) and the OpenAI route
-(http/openai_speech/) both speak to it; neither touches the engine or the scheduler.
+It owns the engine and the scheduler; it plans a prompt, or each turn of a dialogue, into chunks
+(each with its semantic token budget), checks a request's estimated audio against
+`max_output_seconds`, queues chunks (chunks of concurrent requests share batches; all turns of a
+dialogue are queued at once, as one request), joins finished chunks into one waveform with the times
+of every sentence (timeline.py), and records a finished request's metrics and log line. The KServe
+adapter (model.py) and the OpenAI route (http/openai_speech/) both speak to it; neither touches the
+engine or the scheduler.
 """
 
 from __future__ import annotations
@@ -19,18 +21,28 @@ from typing import Any
 import numpy as np
 
 from bark_common.errors import InvalidInput
+from bark_common.schema import Segment
 from model_server import metrics
 from model_server.config import Settings
 from model_server.generation import audio
+from model_server.generation.audio import AudioFormat
+from model_server.generation.captions import captions
 from model_server.generation.engine import BarkEngine, Sampling
 from model_server.generation.faults import release_cached_memory, run_splitting_on_oom
 from model_server.generation.languages import resolve_language
 from model_server.generation.limits import check_output_seconds
-from model_server.generation.scheduler import BatchFailed, BatchRunner, ChunkScheduler, results_in_order
+from model_server.generation.scheduler import (
+    BatchFailed,
+    BatchRunner,
+    ChunkScheduler,
+    check_fits_queue,
+    results_in_order,
+)
 from model_server.generation.scheduler_choice import FatalHandler, build_scheduler
-from model_server.generation.text import plan_chunks, semantic_budget
+from model_server.generation.text import TextChunk, plan_chunks, semantic_budget
+from model_server.generation.timeline import SpokenChunk, Timeline, join_chunks
 from model_server.progress import ProgressBoard
-from model_server.schema import SynthesisRequest
+from model_server.schema import SynthesisRequest, SynthesisResult
 
 request_logger = logging.getLogger("bark.requests")
 
@@ -42,16 +54,52 @@ SchedulerFactory = Callable[[Settings, BatchRunner, Any, FatalHandler | None], C
 
 @dataclass(frozen=True)
 class ChunkPayload:
+    """One chunk as the engine gets it (text, semantic token budget), and its sentences for timestamps."""
+
     text: str
     budget: int
+    sentences: tuple[TextChunk, ...] = ()
+
+
+@dataclass(frozen=True)
+class TurnPlan:
+    """One turn's chunks, all in its voice (a plain prompt is one turn)."""
+
+    voice: str
+    chunks: list[ChunkPayload]
+
+
+@dataclass(frozen=True)
+class SynthesisPlan:
+    """One instance planned: its turns' chunks, in the order they are spoken."""
+
+    turns: list[TurnPlan]
+
+    @property
+    def chunks(self) -> list[ChunkPayload]:
+        return [chunk for turn in self.turns for chunk in turn.chunks]
+
+    def spoken(self) -> list[SpokenChunk]:
+        """Every chunk's turn, voice, text and sentences, in order (what the timeline places)."""
+        return [
+            SpokenChunk(index, turn.voice, chunk.text, chunk.sentences)
+            for index, turn in enumerate(self.turns)
+            for chunk in turn.chunks
+        ]
 
 
 @dataclass
 class Synthesis:
-    """One finished instance before encoding."""
+    """One finished instance before encoding, with where each sentence sits in it."""
 
     waveform: np.ndarray
     chunks: int
+    segments: list[Segment]
+
+
+def _field(where: str, name: str) -> str:
+    """`instances[0].voice` in a v1 body, `voice` at the top of an OpenAI body (`where` empty)."""
+    return f"{where}.{name}" if where else name
 
 
 def sampling_of(request: SynthesisRequest) -> Sampling:
@@ -120,29 +168,63 @@ class SynthesisService:
     def resolve_voice(self, voice: str, field: str = "voice") -> str:
         return self.engine.voices.resolve(voice, field)
 
+    def resolve_voices(self, request: SynthesisRequest, where: str = "") -> SynthesisRequest:
+        """The request with its voice, and every turn's, a known preset (an alias resolved): a 400
+        names the voice at fault. A turn without a voice gets the request's."""
+        voice = self.resolve_voice(request.voice, _field(where, "voice"))
+        update: dict[str, Any] = {"voice": voice}
+        if request.turns is not None:
+            update["turns"] = [
+                turn.model_copy(update={"voice": self.resolve_voice(turn.voice, _field(where, f"turns[{i}].voice"))})
+                if turn.voice
+                else turn.model_copy(update={"voice": voice})
+                for i, turn in enumerate(request.turns)
+            ]
+        return request.model_copy(update=update)
+
     def describe_voices(self) -> dict[str, Any]:
         """The voice presets with their language, and the OpenAI-name aliases."""
         return {"voices": self.engine.voices.describe(), "aliases": self.engine.voices.aliases}
 
-    def plan_chunks(
-        self, request: SynthesisRequest, first_sentence_alone: bool = False, field: str = "prompt"
-    ) -> list[ChunkPayload]:
-        """Sentences packed into chunks, each with a semantic token budget from its estimated speech.
+    def plan(
+        self,
+        request: SynthesisRequest,
+        *,
+        first_sentence_alone: bool = False,
+        where: str = "",
+        text_field: str = "prompt",
+    ) -> SynthesisPlan:
+        """The request's turns (a prompt is one) planned into chunks, each turn in its voice and language.
 
-        `field` names the text as the client sent it (`input` on the OpenAI route) in a 400."""
+        `where`/`text_field` name the text as the client sent it in a 400 (`instances[0].prompt`; the
+        OpenAI route's `input`; a turn's `turns[2].text`). With `first_sentence_alone`, the first
+        turn's first sentence is a chunk of its own (a stream's first audio comes sooner)."""
+        turns = []
+        for index, turn in enumerate(request.spoken_turns()):
+            field = _field(where, text_field if request.turns is None else f"turns[{index}].text")
+            language = resolve_language(turn.language, turn.voice)
+            first_alone = first_sentence_alone and not index
+            chunks = self.plan_chunks(turn.text, language, request.batch_chunk_size, first_alone, field)
+            turns.append(TurnPlan(turn.voice, chunks))
+        return SynthesisPlan(turns)
+
+    def plan_chunks(
+        self, text: str, language: str, batch_chunk_size: int | None, first_sentence_alone: bool, field: str
+    ) -> list[ChunkPayload]:
+        """Sentences packed into chunks, each with a semantic token budget from its estimated speech."""
         settings = self.settings
         started = time.perf_counter()
-        language = resolve_language(request.language, request.voice)
-        max_words = request.batch_chunk_size or settings.default_chunk_words
+        max_words = batch_chunk_size or settings.default_chunk_words
         chunks = plan_chunks(
-            request.prompt, max_words, language, first_sentence_alone, one_sentence_per_chunk=self.sentence_chunks
+            text, max_words, language, first_sentence_alone, one_sentence_per_chunk=self.sentence_chunks
         )
         metrics.STAGE_LATENCY.labels(stage="split").observe(time.perf_counter() - started)
         if not chunks:
             raise InvalidInput(f"{field}: has no words to speak (no letter or digit in it)", param=field)
         per_word, minimum = settings.semantic_tokens_per_word, settings.semantic_tokens_min
+        maximum = self.engine.max_semantic_tokens
         return [
-            ChunkPayload(chunk.text, semantic_budget(chunk.seconds, per_word, minimum, self.engine.max_semantic_tokens))
+            ChunkPayload(chunk.text, semantic_budget(chunk.seconds, per_word, minimum, maximum), chunk.sentences)
             for chunk in chunks
         ]
 
@@ -150,35 +232,75 @@ class SynthesisService:
         """Refuse a request whose estimated audio is over `max_output_seconds`, before any chunk queues."""
         check_output_seconds((chunk.budget for chunk in chunks), self.settings.max_output_seconds)
 
+    def timeline(self, request: SynthesisRequest, speed: float = 1.0) -> Timeline:
+        """Where the request's chunks fall in its audio: `pause_ms` inside a turn, its `turn_pause_ms` between."""
+        return Timeline(self.sample_rate, self.settings.pause_ms, request.turn_pause_ms, speed)
+
     async def synthesize(
-        self, request: SynthesisRequest, chunks: list[ChunkPayload] | None = None, request_id: str | None = None
+        self,
+        request: SynthesisRequest,
+        plan: SynthesisPlan | None = None,
+        request_id: str | None = None,
+        speed: float = 1.0,
     ) -> Synthesis:
-        """Generate one instance's audio: all its chunks batched, trimmed and joined in order."""
-        chunks = self.plan_chunks(request) if chunks is None else chunks
+        """Generate one instance's audio: all its turns' chunks queued at once, trimmed and joined in order.
+
+        `speed`: the segments' times are for the audio played that much faster (the caller resamples)."""
+        plan = self.plan(request) if plan is None else plan
         try:
-            parts = await results_in_order(self.enqueue(request, chunks, request_id=request_id), self.cancel)
+            parts = await results_in_order(self.enqueue(request, plan, request_id=request_id), self.cancel)
         except BatchFailed as error:
             raise RuntimeError(str(error)) from error
-        joined = audio.join_with_pauses(parts, self.sample_rate, self.settings.pause_ms)
-        return Synthesis(waveform=joined, chunks=len(chunks))
+        waveform, segments = join_chunks(parts, plan.spoken(), self.timeline(request, speed))
+        return Synthesis(waveform=waveform, chunks=len(parts), segments=segments)
 
     def enqueue(
         self,
         request: SynthesisRequest,
-        chunks: Sequence[ChunkPayload],
+        plan: SynthesisPlan,
         *,
         urgent_first: bool = False,
         request_id: str | None = None,
     ) -> list[asyncio.Future[Any]]:
-        """Queue every chunk now (a full queue refuses here); one future per chunk, in order.
+        """Queue every chunk of every turn now (a full queue refuses here); one future per chunk, in order.
 
-        With a `request_id`, the chunks count towards that request's progress, and the scheduler
-        shares rows out by it (a v1 request's instances are one request)."""
-        key = (request.voice, sampling_of(request))
-        futures = self.scheduler.enqueue(key, chunks, urgent_first=urgent_first, request=request_id)
+        Each turn is queued under its own voice, all with the request's sampling settings and seed, so
+        a turn's chunks get the seeds they would get alone. They share one request for the scheduler's
+        fair admission (a dialogue is one request, as are a v1 request's instances, by `request_id`),
+        and with a `request_id` they count towards that request's progress."""
+        check_fits_queue(len(plan.chunks), self.scheduler.max_queue_chunks)
+        sampling = sampling_of(request)
+        owner: Any = request_id if request_id is not None else object()
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for index, turn in enumerate(plan.turns):
+                futures += self.scheduler.enqueue(
+                    (turn.voice, sampling), turn.chunks, urgent_first=urgent_first and not index, request=owner
+                )
+        except BaseException:
+            self.cancel(futures)  # a later turn refused (queue full): the earlier ones do not run
+            raise
         if request_id is not None:
             self.progress.track(request_id, futures)
         return futures
+
+    def result(
+        self, request: SynthesisRequest, synthesis: Synthesis, fmt: AudioFormat, waveform: np.ndarray | None = None
+    ) -> SynthesisResult:
+        """The wire form of one instance: the encoded audio (`waveform`: after a speed change), with
+        its segments and captions when the request asked for them."""
+        waveform = synthesis.waveform if waveform is None else waveform
+        return SynthesisResult(
+            audio=audio.encode_base64(waveform, self.sample_rate, fmt),
+            format=fmt,
+            sample_rate=self.sample_rate,
+            duration_s=round(len(waveform) / self.sample_rate, 4),
+            chunks=synthesis.chunks,
+            segments=synthesis.segments if request.timestamps else None,
+            captions=captions(synthesis.segments, request.captions, request.turns is not None)
+            if request.captions
+            else None,
+        )
 
     def cancel(self, futures: Sequence[asyncio.Future[Any]]) -> None:
         """Drop the queued chunks of `futures` that have not run."""
@@ -202,7 +324,8 @@ class SynthesisService:
         if audio_seconds > 0:
             metrics.REAL_TIME_FACTOR.labels(route=route).observe(wall / audio_seconds)
         for request in requests:
-            metrics.VOICE_REQUESTS.labels(voice=request.voice).inc()
+            for voice in dict.fromkeys(turn.voice for turn in request.spoken_turns()):
+                metrics.VOICE_REQUESTS.labels(voice=voice).inc()
         fields: dict[str, Any] = {
             "request_id": request_id,
             "route": route,
@@ -213,5 +336,5 @@ class SynthesisService:
             "rtf": round(wall / audio_seconds, 3) if audio_seconds else None,
         }
         if self.settings.log_prompts:
-            fields["prompts"] = [request.prompt for request in requests]
+            fields["prompts"] = [" ".join(turn.text for turn in request.spoken_turns()) for request in requests]
         request_logger.info("synthesis done", extra={"fields": fields})

@@ -137,10 +137,15 @@ def semantic_budget(seconds: float, tokens_per_word: float, minimum: int, maximu
 # -- chunks ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TextChunk:
-    """One generation's text and how long it is estimated to take to say."""
+    """One generation's text and how long it is estimated to take to say.
+
+    `sentences`: the sentences in it (or the piece of one cut over several chunks), each with its
+    own estimate: timestamps place them inside the chunk's audio by their share of its time.
+    """
 
     text: str
     seconds: float
+    sentences: tuple[TextChunk, ...] = ()
 
 
 def _balanced(pieces: list[Span], weights: list[float], limit: float) -> list[Span]:
@@ -253,8 +258,29 @@ def plan_chunks(
         runs = _pack(text, spans[:1], language, limit) + _pack(text, spans[1:], language, limit)
     else:
         runs = _pack(text, spans, language, limit)
-    chunks = [TextChunk(text[a:b].strip(), speech_seconds(text[a:b], language)) for a, b in runs]
+    chunks = [
+        TextChunk(text[a:b].strip(), speech_seconds(text[a:b], language), _sentences_in(text, (a, b), spans, language))
+        for a, b in runs
+    ]
     return [chunk for chunk in chunks if chunk.text and chunk.seconds > 0]
+
+
+def _sentences_in(text: str, run: Span, spans: list[Span], language: str) -> tuple[TextChunk, ...]:
+    """The sentence spans that overlap `run`, clipped to it; a piece with nothing to say (a lone
+    mark) joins the sentence before it, or the one after when it comes first."""
+    start, end = run
+    pieces = [(max(a, start), min(b, end)) for a, b in spans if a < end and b > start]
+    merged: list[Span] = []
+    carried: int | None = None  # where a leading silent piece starts
+    for a, b in pieces:
+        if speech_seconds(text[a:b], language) > 0:
+            merged.append((a if carried is None else carried, b))
+            carried = None
+        elif merged:
+            merged[-1] = (merged[-1][0], b)
+        elif carried is None:
+            carried = a
+    return tuple(TextChunk(text[a:b].strip(), speech_seconds(text[a:b], language)) for a, b in merged)
 
 
 def chunk_text(

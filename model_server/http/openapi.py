@@ -6,6 +6,8 @@ code generators and the schemathesis fuzz tests read that document, so `document
 predict operation's description with our pydantic models (`schema.py`), the operator's bounds from
 `Settings`, and the error statuses the route really answers with. It also takes out KServe's
 description of the routes this server does not serve (`kserve_routes.NOT_SERVED`: they answer 404).
+The OpenAI speech route's body and its JSON answer (with `timestamps`) are described the same way, so
+the models they share (`Turn`, `Segment`) sit once under components.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
+from bark_common.schema import Turn
 from model_server.config import Settings
 from model_server.http.kserve_routes import NOT_SERVED
-from model_server.paths import PREDICT_PATH
+from model_server.http.openai_speech.protocol import SpeechRequest
+from model_server.paths import PREDICT_PATH, SPEECH_PATH
 from model_server.schema import PredictRequest, SynthesisRequest, SynthesisResult
 
 _REF = "#/components/schemas/{model}"
@@ -57,6 +61,7 @@ def document_api(app: FastAPI, settings: Settings) -> None:
             document = generate()
             drop_not_served(document)
             describe_predict(document, settings)
+            describe_speech(document, settings)
             app.openapi_schema = document
         return app.openapi_schema
 
@@ -86,12 +91,23 @@ def _apply_bounds(document: dict[str, Any], settings: Settings) -> None:
     """The bounds operators tune in Settings, so the document matches what this server accepts."""
     schemas = document["components"]["schemas"]
     instance = schemas[SynthesisRequest.__name__]["properties"]
-    instance["prompt"].update(minLength=1, maxLength=settings.max_prompt_chars)
-    chunk_size = instance["batch_chunk_size"]
-    for option in chunk_size.get("anyOf", [chunk_size]):
-        if option.get("type") == "integer":
-            option.update(minimum=settings.min_chunk_words, maximum=settings.max_chunk_words)
+    _bound(instance["prompt"], "string", minLength=1, maxLength=settings.max_prompt_chars)
+    _bound(instance["batch_chunk_size"], "integer", minimum=settings.min_chunk_words, maximum=settings.max_chunk_words)
+    _bound(instance["turns"], "array", maxItems=settings.max_turns)
+    _bound_turn(schemas, settings)
     schemas[PredictRequest.__name__]["properties"]["instances"]["maxItems"] = settings.max_instances
+
+
+def _bound_turn(schemas: dict[str, Any], settings: Settings) -> None:
+    """A turn's text as the server bounds it (both routes' bodies refer to the one `Turn`)."""
+    _bound(schemas[Turn.__name__]["properties"]["text"], "string", minLength=1, maxLength=settings.max_prompt_chars)
+
+
+def _bound(schema: dict[str, Any], kind: str, **bounds: int) -> None:
+    """Add `bounds` to the `kind` option of a property (the non-null one of an optional field)."""
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == kind:
+            option.update(bounds)
 
 
 def describe_predict(document: dict[str, Any], settings: Settings) -> None:
@@ -128,3 +144,18 @@ def describe_predict(document: dict[str, Any], settings: Settings) -> None:
         "Retry-After": {"description": "seconds to wait when the queue is full", "schema": {"type": "integer"}}
     }
     operation["responses"] = responses
+
+
+def describe_speech(document: dict[str, Any], settings: Settings) -> None:
+    """Put the OpenAI speech body and its JSON answer (with `timestamps`/`captions`) under components."""
+    operation = document.get("paths", {}).get(SPEECH_PATH, {}).get("post")
+    if operation is None:  # the speech route is not registered on this app
+        return
+    body = _add_components(document, SpeechRequest)
+    schemas = document["components"]["schemas"]
+    _bound(schemas[SpeechRequest.__name__]["properties"]["turns"], "array", maxItems=settings.max_turns)
+    _bound_turn(schemas, settings)
+    operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    answer = operation.get("responses", {}).get("200", {}).get("content", {})
+    if "application/json" in answer:
+        answer["application/json"] = {"schema": _add_components(document, SynthesisResult)}

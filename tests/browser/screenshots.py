@@ -2,8 +2,9 @@
 
 Serves the tiny random-weight checkpoint (the offline demo: the audio is noise, the pipeline and
 the timings are real) with the playground on, synthesizes once whole and once streamed in headless
-Chromium, and saves the page after each as `playground.png` and `playground-streaming.png`; then
-a wrong API key's 401 as `playground-error.png`.
+Chromium, and saves the page after each as `playground.png` and `playground-streaming.png`; then a
+two-speaker dialogue with its captions, paused on its third line, as `playground-dialogue.png`;
+then a wrong API key's 401 as `playground-error.png`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ def main() -> None:
                 set_stream(browser, True)
                 assert generate(browser)["state"] == "done"
                 save_page(browser, args.out_dir / "playground-streaming.png")
+                browser.execute_script("document.getElementById('dialogue-mode').click()")
+                set_stream(browser, False)
+                assert generate(browser)["state"] == "done"
+                wait_for(browser, "return document.getElementById('player').duration > 0")
+                browser.execute_script(
+                    "const player = document.getElementById('player'); player.pause();"
+                    "player.currentTime = Number(document.querySelectorAll('#captions li')[2].dataset.start) + 0.01;"
+                )
+                wait_for(browser, "return document.querySelectorAll('#captions li')[2].classList.contains('current')")
+                save_page(browser, args.out_dir / "playground-dialogue.png")
+                browser.execute_script("document.getElementById('dialogue-mode').click()")
                 set_field(browser, "api-key", "not-the-key")
                 assert generate(browser)["state"] == "error"
                 save_page(browser, args.out_dir / "playground-error.png")

@@ -21,7 +21,17 @@ from tests.serving import RunningServer
 
 pytestmark = pytest.mark.timeout(120)
 
-PAGE_FILES = ("", "index.html", "playground.js", "api.js", "audio.js", "playground.css", "config.json")
+PAGE_FILES = (
+    "",
+    "index.html",
+    "playground.js",
+    "api.js",
+    "audio.js",
+    "dialogue.js",
+    "captions.js",
+    "playground.css",
+    "config.json",
+)
 # The first sentence is streamed as its own chunk; the long second one takes longer to generate.
 TWO_SENTENCES = (
     "Hello there. This second sentence is much longer, so it is still being generated while the first one"
@@ -294,7 +304,7 @@ def test_a_stream_sends_the_sampling_settings_to_the_openai_route(
     result = generate(browser)
     assert result["state"] == "done", error_text(browser)
     (body,) = browser.execute_script("return window.sentBodies")
-    assert body["seed"] == 42 and body["stream"] is True
+    assert body["seed"] == 42 and body["stream_format"] == "sse" and body["timestamps"] is True
     assert {"do_sample", "semantic_temperature", "coarse_temperature", "fine_temperature"} <= set(body)
 
 

@@ -1,17 +1,24 @@
 """Hypothesis-made bodies POSTed to the v1 and speech routes: every answer is a 200 or a 4xx, quickly; never a 5xx.
 
 A streamed answer is held to the same rule: a refusal is a real 4xx (not a `200` with an empty
-body), and a `200` stream ends cleanly with audio in it.
+body), and a `200` stream ends cleanly with audio in it. Dialogues (`turns`, `turn_pause_ms`,
+`timestamps`, `captions`) are mutated too; a `200` then has ordered segments and captions that a
+standard parser reads.
 """
 
 from __future__ import annotations
 
+import copy
+import io
+import itertools
 import json
 import time
 from typing import Any
 
 import httpx
 import pytest
+import srt
+import webvtt
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -147,6 +154,95 @@ def test_any_streamed_speech_body_gets_a_4xx_or_a_complete_200(client: httpx.Cli
             assert b'"speech.audio.done"' in data and b'"type": "error"' not in data
     else:
         assert set(json.loads(data)["error"]) == {"message", "type", "param", "code"}
+
+
+VALID_DIALOGUE: dict[str, Any] = {
+    "turns": [
+        {"voice": "v2/en_speaker_1", "text": "Hello there. How are you?"},
+        {"voice": "v2/de_speaker_3", "text": "Guten Tag.", "language": "de"},
+    ],
+    "turn_pause_ms": 300,
+    "timestamps": True,
+    "captions": "vtt",
+    "do_sample": False,
+    "seed": 3,
+}
+DIALOGUE_ACTIONS = ["turn-replace", "turn-remove", "turn-add", "more-turns", "fewer-turns", "top-replace", "top-remove"]
+
+
+@st.composite
+def dialogue_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid dialogue with a few of its turns' fields, its turns or its new fields mutated."""
+    body = copy.deepcopy(VALID_DIALOGUE)
+    turns = body["turns"]
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        action = draw(st.sampled_from(DIALOGUE_ACTIONS))
+        turn = turns[draw(st.integers(min_value=0, max_value=len(turns) - 1))] if turns else {}
+        if action == "turn-replace":
+            turn[draw(st.sampled_from(["voice", "text", "language"]))] = draw(awkward_values)
+        elif action == "turn-remove" and turn:
+            turn.pop(draw(st.sampled_from(sorted(turn))))
+        elif action == "turn-add":
+            turn[draw(st.text(min_size=1, max_size=12))] = draw(json_values)
+        elif action == "more-turns":
+            turns.extend(copy.deepcopy(turns[:1] or VALID_DIALOGUE["turns"][:1]) * draw(st.integers(1, 8)))
+        elif action == "fewer-turns":
+            del turns[: draw(st.integers(min_value=1, max_value=2))]
+        elif action == "top-replace":
+            key = draw(st.sampled_from(["turns", "turn_pause_ms", "timestamps", "captions", "prompt"]))
+            body[key] = draw(awkward_values | st.sampled_from(["srt", "vtt", True, False, 0, 5_000]))
+        else:
+            body.pop(draw(st.sampled_from(sorted(body))), None)
+    return body
+
+
+def check_timed_prediction(prediction: dict[str, Any], body: dict[str, Any]) -> None:
+    """Segments in order, ending with the audio; captions that a standard parser reads, one cue each."""
+    segments = prediction.get("segments")
+    if segments is not None:
+        assert all(a["end_s"] <= b["start_s"] for a, b in itertools.pairwise(segments)), body
+        # `duration_s` is rounded to 0.1 ms; the last segment ends with the audio (no trailing pause).
+        assert abs(segments[-1]["end_s"] - prediction["duration_s"]) <= 5e-5 + 1e-6, body
+    if "captions" in prediction:
+        text = prediction["captions"]
+        cues = list(webvtt.from_buffer(io.StringIO(text))) if text.startswith("WEBVTT") else list(srt.parse(text))
+        assert cues, f"captions without a cue for {body}"
+        if segments is not None:
+            assert len(cues) == len(segments)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=dialogue_bodies(), flat=st.booleans())
+def test_any_dialogue_gets_a_4xx_or_a_200_with_sound_timestamps(
+    client: httpx.Client, body: dict[str, Any], flat: bool
+) -> None:
+    response = client.post(PREDICT, json=body if flat else {"instances": [body]})
+    event(f"status {response.status_code}")
+    assert response.status_code < 500, f"{response.status_code} for {body}: {response.text[:500]}"
+    if response.status_code == 200:
+        check_timed_prediction(response.json()["predictions"][0], body)
+    else:
+        assert response.json()["error"], "a refusal says why"
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=dialogue_bodies(), stream=st.sampled_from([None, "sse", "audio"]))
+def test_any_dialogue_on_the_speech_route_gets_a_4xx_or_a_complete_200(
+    client: httpx.Client, body: dict[str, Any], stream: str | None
+) -> None:
+    speech = {"model": "tts-1", "voice": "alloy", "response_format": "pcm", **body}
+    if stream is not None:
+        speech["stream_format"] = stream
+    with client.stream("POST", "/v1/audio/speech", json=speech) as response:
+        data = response.read()
+    event(f"status {response.status_code}")
+    assert response.status_code < 500, f"{response.status_code} for {speech}: {data[:500]!r}"
+    if response.status_code != 200:
+        assert set(json.loads(data)["error"]) == {"message", "type", "param", "code"}
+    elif response.headers["content-type"] == "application/json":
+        check_timed_prediction(json.loads(data), speech)
+    elif stream == "sse":
+        assert b'"speech.audio.done"' in data and b'"type": "error"' not in data
 
 
 def test_server_is_healthy_after_fuzzing(fuzz_server: RunningServer, client: httpx.Client) -> None:

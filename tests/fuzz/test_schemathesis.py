@@ -9,8 +9,10 @@ them, never a 5xx (the equivalent of `schemathesis run --checks not_a_server_err
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -93,3 +95,24 @@ def test_every_other_operation_never_answers_a_5xx(api_schema: Any) -> None:
 
 def test_server_is_healthy_after_schemathesis(fuzz_server: RunningServer) -> None:
     assert_healthy(fuzz_server)
+
+
+def test_the_document_describes_dialogues_and_timed_answers_on_both_routes(fuzz_server: RunningServer) -> None:
+    """So schemathesis generates turns, timestamps and captions, within the server's own bounds, and
+    checks the JSON answer of the speech route against the prediction's schema."""
+    document = httpx.get(fuzz_server.url + "/openapi.json", timeout=30).json()
+    schemas = document["components"]["schemas"]
+    text = schemas["Turn"]["properties"]["text"]
+    assert (text["minLength"], text["maxLength"]) == (1, 300)
+    for model in ("SynthesisRequest", "SpeechRequest"):
+        properties = schemas[model]["properties"]
+        turns = next(option for option in properties["turns"]["anyOf"] if option.get("type") == "array")
+        assert turns["items"] == {"$ref": "#/components/schemas/Turn"} and turns["maxItems"] == 6
+        assert {"turn_pause_ms", "timestamps", "captions"} <= set(properties)
+    speech = document["paths"]["/v1/audio/speech"]["post"]
+    assert speech["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SpeechRequest"
+    }
+    answer = speech["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/SynthesisResult"}
+    assert "Segment" in schemas and "$defs" not in json.dumps(document), "every reference resolves from the root"

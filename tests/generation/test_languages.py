@@ -42,11 +42,11 @@ def spoken(text: str) -> str:
 def plan(
     prompt: str, language: str | None = None, voice: str = "v2/en_speaker_1", batch_chunk_size: int | None = None
 ) -> list[ChunkPayload]:
-    """SynthesisService.plan_chunks with the default settings (budgets as in production) on the stub engine."""
+    """SynthesisService.plan with the default settings (budgets as in production) on the stub engine."""
     defaults = Settings(warmup=False)
     tts = SynthesisService(defaults, StubEngine(defaults), lambda *_: None)  # type: ignore[arg-type]
     fields = {"prompt": prompt, "voice": voice, "language": language, "batch_chunk_size": batch_chunk_size}
-    return tts.plan_chunks(SynthesisRequest.model_validate(fields))
+    return tts.plan(SynthesisRequest.model_validate(fields)).chunks
 
 
 def test_the_supported_set_is_barks_13_languages_in_both_places():

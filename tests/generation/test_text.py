@@ -153,4 +153,4 @@ def test_bark_chunking_picks_sentence_rows_on_cuda_under_auto(chunking, device, 
     engine.device = torch.device(device)
     service = stub_service(config, engine)
     request = SynthesisRequest(prompt="One sentence. Two sentences here. And three.")
-    assert len(service.plan_chunks(request)) == (3 if sentences else 1)
+    assert len(service.plan(request).chunks) == (3 if sentences else 1)

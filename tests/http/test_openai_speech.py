@@ -156,7 +156,7 @@ def test_bark_sampling_extensions_reach_the_synthesis_request():
     assert plan.synthesis.model_dump(include=set(bark)) == bark
     assert plan.synthesis.batch_chunk_size == 5
     default = service.plan({"input": TEXT * 3, "voice": "alloy"}, "r2")
-    assert len(plan.chunks) > len(default.chunks), "a smaller batch_chunk_size makes more chunks"
+    assert len(plan.plan.chunks) > len(default.plan.chunks), "a smaller batch_chunk_size makes more chunks"
     assert (default.synthesis.seed, default.synthesis.do_sample) == (None, True)
 
 

@@ -23,17 +23,17 @@ RELEASE_TIMEOUT_S = 10.0
 
 
 def blocking_planner(service: SynthesisService, planned_on: list[str]) -> threading.Event:
-    """Make `service.plan_chunks` wait until the returned event is set (by a task on the loop)."""
+    """Make `service.plan` wait until the returned event is set (by a task on the loop)."""
     released = threading.Event()
-    plan_chunks: Callable[..., Any] = service.plan_chunks
+    plan: Callable[..., Any] = service.plan
 
     def plan_after_release(*args: Any, **kwargs: Any) -> Any:
         planned_on.append(threading.current_thread().name)
         if not released.wait(RELEASE_TIMEOUT_S):
             raise AssertionError("the event loop could not run while the text was being planned")
-        return plan_chunks(*args, **kwargs)
+        return plan(*args, **kwargs)
 
-    service.plan_chunks = plan_after_release  # type: ignore[method-assign]
+    service.plan = plan_after_release  # type: ignore[method-assign]
     return released
 
 

@@ -28,7 +28,6 @@ from bark_common.errors import (
 )
 from model_server.generation.audio import FORMATS
 from model_server.http.errors import openai_error
-from model_server.http.openai_speech.protocol import SpeechRequest
 from model_server.http.openai_speech.serving import SpeechService, SpeechStream, StreamAborted
 from model_server.http.outcomes import note_reason
 from model_server.paths import SPEECH_PATH
@@ -110,7 +109,7 @@ def register_speech_route(app: FastAPI, synthesis: SynthesisService, is_ready: C
         try:
             # In a worker thread: splitting a long text would hold up every other request's I/O.
             plan = await asyncio.to_thread(service.plan, body, request_id)
-            content_type = FORMATS[plan.request.response_format].content_type
+            content_type = plan.content_type
             if plan.request.streaming is not None:
                 # Queued and the first piece made before the response starts: refusals keep their status.
                 stream = await service.open_stream(plan)
@@ -147,22 +146,21 @@ def register_speech_route(app: FastAPI, synthesis: SynthesisService, is_ready: C
         create_speech,
         methods=["POST"],
         tags=["openai"],
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": SpeechRequest.model_json_schema()}},
-            }
-        },
+        # The body's and the JSON answer's schemas (SpeechRequest, SynthesisResult) go in with the models
+        # they use, under components: http/openapi.py fills them in (`describe_speech`).
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {}}}},
         response_class=Response,
         responses={
             200: {
                 "description": (
                     "the audio file, or a stream of it (chunked audio or server-sent events); a stream that "
-                    "fails after its first byte ends with an `error` event (SSE) or an incomplete transfer (audio)"
+                    "fails after its first byte ends with an `error` event (SSE) or an incomplete transfer (audio). "
+                    "With `timestamps` or `captions` (not streamed): JSON, the v1 prediction's shape"
                 ),
                 "content": {
                     **{FORMATS[fmt].content_type: {} for fmt in FORMATS},
                     "text/event-stream": {},
+                    "application/json": {},
                 },
             },
             400: {"description": "invalid input (OpenAI error shape)", "content": error_body},

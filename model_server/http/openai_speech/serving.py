@@ -7,6 +7,10 @@ OpenAI's error body, never a `200` with an empty body. After the first byte the 
 a failure ends an SSE stream with an `error` event and aborts a raw audio stream (the connection
 closes without the last chunk, so the client sees an incomplete transfer, never a clean end).
 
+With `timestamps`, a whole answer is JSON (the v1 prediction's shape: base64 audio, `segments`, and
+`captions` when asked) and an SSE stream sends each chunk's `speech.segment` events (its sentences'
+text and times, from the same timeline as a whole answer) just before that chunk's audio.
+
 `request_timeout_s` bounds a stream as a whole, as it bounds any request. Speed change and
 encoding of each piece run in a worker thread (anyio's, whose cancellation waits for the thread, so
 the encoder is never closed while a piece is being encoded), and the encoder is closed however the
@@ -29,14 +33,13 @@ import numpy as np
 from pydantic import ValidationError
 
 from bark_common.errors import ErrorDescription, InvalidInput, RequestTimedOut, describe_error
-from bark_common.schema import BarkSampling, invalid_input_from
+from bark_common.schema import BarkSampling, Dialogue, Segment, invalid_input_from
 from model_server import metrics
 from model_server.generation.audio import (
     FORMATS,
     StreamEncoder,
     change_speed,
     encode,
-    silence,
     stream_encoder,
     streaming_formats,
 )
@@ -46,18 +49,43 @@ from model_server.http.errors import openai_error
 from model_server.http.openai_speech.protocol import SpeechRequest
 from model_server.http.outcomes import note_failure
 from model_server.paths import OPENAI_SPEECH_ROUTE
-from model_server.schema import SynthesisRequest, check_chunk_words
-from model_server.synthesis import ChunkPayload, SynthesisService
+from model_server.schema import SynthesisRequest, check_chunk_words, check_text_or_turns
+from model_server.synthesis import SynthesisPlan, SynthesisService
 
 logger = logging.getLogger(__name__)
+
+#: What a SpeechRequest passes on to the synthesis request as it is (OpenAI's `input` becomes `prompt`).
+_SHARED_FIELDS = {*BarkSampling.model_fields, *Dialogue.model_fields, "voice", "language"}
+JSON_CONTENT_TYPE = "application/json"
 
 
 @dataclass
 class SpeechPlan:
     request: SpeechRequest
     synthesis: SynthesisRequest
-    chunks: list[ChunkPayload]
+    plan: SynthesisPlan
     request_id: str
+
+    @property
+    def content_type(self) -> str:
+        """The whole answer's type: JSON with timestamps or captions, else the audio format's."""
+        return JSON_CONTENT_TYPE if self.request.json_answer else FORMATS[self.request.response_format].content_type
+
+
+def _check_timing_fits(request: SpeechRequest) -> None:
+    """Timestamps need SSE or a whole answer; captions a whole answer (they describe all of it)."""
+    if request.streaming == "audio" and request.timestamps:
+        raise InvalidInput(
+            "timestamps: a raw audio stream has no room for them; use stream_format 'sse' (speech.segment "
+            "events) or no stream (a JSON answer)",
+            param="timestamps",
+        )
+    if request.streaming is not None and request.captions is not None:
+        raise InvalidInput(
+            "captions: they come with a whole answer, not a stream; stream with stream_format 'sse' and "
+            "timestamps for each segment as it is spoken",
+            param="captions",
+        )
 
 
 class StreamAborted(Exception):
@@ -77,53 +105,50 @@ class SpeechService:
         except ValidationError as error:
             raise invalid_input_from(error) from None
         settings = self.synthesis.settings
-        if not request.input.strip():
-            raise InvalidInput("input: must not be empty", param="input")
-        if len(request.input) > settings.max_prompt_chars:
-            raise InvalidInput(
-                f"input: {len(request.input)} characters is over the limit of {settings.max_prompt_chars}"
-                " (max_prompt_chars)",
-                param="input",
-            )
+        check_text_or_turns(request.input, request.turns, settings, "input", "turns")
         if request.streaming is not None and not FORMATS[request.response_format].streams:  # SSE carries pieces too
             raise InvalidInput(
                 f"response_format: {request.response_format!r} cannot stream; use one of {streaming_formats()}",
                 param="response_format",
             )
-        voice = self.synthesis.resolve_voice(request.voice, "voice")
-        language = resolve_language(request.language, voice)
-        check_words_per_request([(request.input, language)], settings.max_words_per_request, "input")
+        _check_timing_fits(request)
+        fields = request.model_dump(include=_SHARED_FIELDS, exclude_none=True)
+        if request.input is not None:
+            fields["prompt"] = request.input
+        synthesis = self.synthesis.resolve_voices(SynthesisRequest.model_validate(fields))
+        texts = [(turn.text, resolve_language(turn.language, turn.voice)) for turn in synthesis.spoken_turns()]
+        check_words_per_request(texts, settings.max_words_per_request, "input" if request.turns is None else "turns")
         check_chunk_words(request.batch_chunk_size, settings, "batch_chunk_size")
-        sampling = request.model_dump(include=set(BarkSampling.model_fields))
-        synthesis = SynthesisRequest.model_validate(
-            {"prompt": request.input, "voice": voice, "language": language, **sampling}
-        )
         # Streaming speaks the first sentence as its own chunk so that audio starts sooner.
-        chunks = self.synthesis.plan_chunks(
-            synthesis, first_sentence_alone=request.streaming is not None, field="input"
-        )
-        self.synthesis.check_output(chunks)
-        return SpeechPlan(request, synthesis, chunks, request_id or uuid.uuid4().hex)
+        planned = self.synthesis.plan(synthesis, first_sentence_alone=request.streaming is not None, text_field="input")
+        self.synthesis.check_output(planned.chunks)
+        return SpeechPlan(request, synthesis, planned, request_id or uuid.uuid4().hex)
 
     async def whole(self, plan: SpeechPlan) -> bytes:
+        """The whole answer: the audio file, or with timestamps/captions the JSON prediction around it."""
         started = time.perf_counter()
-        result = await self.synthesis.synthesize(plan.synthesis, plan.chunks, plan.request_id)
+        speed = plan.request.speed
+        result = await self.synthesis.synthesize(plan.synthesis, plan.plan, plan.request_id, speed=speed)
         encoding_started = time.perf_counter()
-        waveform, data = await anyio.to_thread.run_sync(self._speed_and_encode, result.waveform, plan)
+
+        def speed_and_encode() -> tuple[np.ndarray, bytes]:
+            waveform = change_speed(result.waveform, speed)
+            if not plan.request.json_answer:
+                return waveform, encode(waveform, self.synthesis.sample_rate, plan.request.response_format)
+            prediction = self.synthesis.result(plan.synthesis, result, plan.request.response_format, waveform)
+            return waveform, prediction.model_dump_json(exclude_none=True).encode()
+
+        waveform, data = await anyio.to_thread.run_sync(speed_and_encode)
         metrics.STAGE_LATENCY.labels(stage="encode").observe(time.perf_counter() - encoding_started)
         self.record_success(plan, result.chunks, started, len(waveform))
         return data
-
-    def _speed_and_encode(self, waveform: np.ndarray, plan: SpeechPlan) -> tuple[np.ndarray, bytes]:
-        waveform = change_speed(waveform, plan.request.speed)
-        return waveform, encode(waveform, self.synthesis.sample_rate, plan.request.response_format)
 
     async def open_stream(self, plan: SpeechPlan) -> SpeechStream:
         """Queue every chunk and make the first piece: any refusal or failure raises here, before any byte."""
         synthesis = self.synthesis
         started = time.perf_counter()
         deadline = time.monotonic() + synthesis.settings.request_timeout_s
-        futures = synthesis.enqueue(plan.synthesis, plan.chunks, urgent_first=True, request_id=plan.request_id)
+        futures = synthesis.enqueue(plan.synthesis, plan.plan, urgent_first=True, request_id=plan.request_id)
         try:
             encoder = await anyio.to_thread.run_sync(
                 stream_encoder, plan.request.response_format, synthesis.sample_rate
@@ -147,6 +172,19 @@ class SpeechService:
         )
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One step of a stream: encoded audio (may be empty while an encoder buffers) and the segments
+    of the chunk in it (none for the encoder's tail)."""
+
+    audio: bytes
+    segments: list[Segment]
+
+
+def _event(data: dict) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
 class SpeechStream:
     """One streamed answer: its queued chunks, its encoder, and the first piece made before the response."""
 
@@ -161,7 +199,7 @@ class SpeechStream:
     ):
         self.service = service
         self.plan = plan
-        self.first: bytes | None = None
+        self.first: Piece | None = None
         self._futures = futures
         self._encoder = encoder
         self._started = started
@@ -169,30 +207,33 @@ class SpeechStream:
         self._next = 0  # index of the next chunk to deliver; len(futures) means only the tail is left
         self._done = False
         self._samples = 0
-        self._pause = silence(service.synthesis.sample_rate, service.synthesis.settings.pause_ms)
+        self._spoken = plan.plan.spoken()
+        self._timeline = service.synthesis.timeline(plan.synthesis, plan.request.speed)
 
-    async def next_piece(self) -> bytes | None:
-        """The next chunk's encoded audio, then the encoder's tail, then None."""
+    async def next_piece(self) -> Piece | None:
+        """The next chunk's encoded audio and segments, then the encoder's tail, then None."""
         if self._done:
             return None
         if self._next == len(self._futures):
             self._done = True
-            return await anyio.to_thread.run_sync(self._encoder.finish)
+            return Piece(await anyio.to_thread.run_sync(self._encoder.finish), [])
         future = self._futures[self._next]
         try:
             waveform = await asyncio.wait_for(future, max(self._deadline - time.monotonic(), 0))
         except asyncio.TimeoutError:
             raise RequestTimedOut.after(self.service.synthesis.settings.request_timeout_s) from None
-        piece = await anyio.to_thread.run_sync(self._feed, waveform, self._next > 0)
+        piece = await anyio.to_thread.run_sync(self._feed, waveform)
         self._next += 1
         return piece
 
-    def _feed(self, waveform: np.ndarray, after_pause: bool) -> bytes:
-        if after_pause:
-            waveform = np.concatenate([self._pause, waveform])
+    def _feed(self, waveform: np.ndarray) -> Piece:
+        """The chunk after its silence (the timeline knows which: inside a turn or between two), resampled."""
+        gap, segments = self._timeline.place(self._spoken[self._next], len(waveform))
+        if gap:
+            waveform = np.concatenate([np.zeros(gap, dtype=np.float32), waveform])
         waveform = change_speed(waveform, self.plan.request.speed)
         self._samples += len(waveform)
-        return self._encoder.feed(waveform)
+        return Piece(self._encoder.feed(waveform), segments)
 
     def close(self) -> None:
         """Drop the chunks that have not run (client gone, a chunk failed) and free the encoder."""
@@ -203,7 +244,8 @@ class SpeechStream:
         """Raw audio pieces; a failure raises StreamAborted, which ends the response without its last chunk."""
         try:
             async for piece in self._pieces():
-                yield piece
+                if piece.audio:
+                    yield piece.audio
         except Exception as error:
             self._failed(error)
             raise StreamAborted(str(error)) from error
@@ -211,11 +253,15 @@ class SpeechStream:
             self.close()
 
     async def sse(self) -> AsyncIterator[bytes]:
-        """OpenAI's SSE stream: `speech.audio.delta` events, then `speech.audio.done` or one `error` event."""
+        """OpenAI's SSE stream: `speech.audio.delta` events, then `speech.audio.done` or one `error` event;
+        with `timestamps`, a chunk's `speech.segment` events come just before its audio."""
+        timestamps = self.plan.request.timestamps
         try:
             async for piece in self._pieces():
-                delta = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode("ascii")}
-                yield f"data: {json.dumps(delta)}\n\n".encode()
+                for segment in piece.segments if timestamps else []:
+                    yield _event({"type": "speech.segment", **segment.model_dump()})
+                if piece.audio:
+                    yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(piece.audio).decode("ascii")})
         except Exception as error:
             description = self._failed(error)
             message = str(error) if description.status == 504 else self._failure_message(error)
@@ -224,14 +270,13 @@ class SpeechStream:
             return
         finally:
             self.close()
-        done = {"type": "speech.audio.done", "usage": {"input_tokens": len(self.plan.request.input.split())}}
-        yield f"data: {json.dumps(done)}\n\n".encode()
+        words = sum(len(turn.text.split()) for turn in self.plan.synthesis.spoken_turns())
+        yield _event({"type": "speech.audio.done", "usage": {"input_tokens": words}})
 
-    async def _pieces(self) -> AsyncIterator[bytes]:
+    async def _pieces(self) -> AsyncIterator[Piece]:
         piece = self.first
         while piece is not None:
-            if piece:
-                yield piece
+            yield piece
             piece = await self.next_piece()
         self.service.record_success(self.plan, len(self._futures), self._started, self._samples)
 

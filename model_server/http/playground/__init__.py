@@ -1,4 +1,4 @@
-"""The playground: a page at /playground to hear voices, settings and streaming in a browser.
+"""The playground: a page at /playground to hear voices, settings, dialogues and streaming in a browser.
 
 Plain static files (`static/`: HTML, CSS, ES modules; no build step, no CDN, so it works offline
 inside a cluster), served by the model server itself when `BARK_PLAYGROUND=true`; otherwise nothing
@@ -114,6 +114,8 @@ def playground_config(model: BarkTTS, auth_required: bool) -> dict[str, Any]:
             "progress": f"..{REQUEST_PROGRESS_PATH}",
         },
         "max_prompt_chars": settings.max_prompt_chars,
+        "max_turns": settings.max_turns,
+        "turn_pause_ms": _bounds(synthesis["turn_pause_ms"]),
         "default_voice": synthesis["voice"]["default"],
         "sampling": {
             "do_sample": {"default": synthesis["do_sample"]["default"]},

@@ -91,16 +91,47 @@ export async function modelReady(config) {
   }
 }
 
-/** POST the OpenAI route with `stream: true`; resolves to the response whose body streams PCM. */
+/** POST the OpenAI route as an SSE stream with timestamps; resolves to the response (read it with speechEvents). */
 export async function startSpeechStream(config, request, apiKey, signal) {
   const response = await fetch(config.routes.speech, {
     method: "POST",
     headers: jsonHeaders(apiKey),
-    body: JSON.stringify({ ...request, response_format: config.stream_format, stream: true }),
+    body: JSON.stringify({ ...request, response_format: config.stream_format, stream_format: "sse", timestamps: true }),
     signal,
   });
   if (!response.ok) throw await errorFrom(response);
   return response;
+}
+
+/** The events of an SSE speech stream as they arrive: `speech.segment` (a sentence's times, just
+ * before its chunk's audio), `speech.audio.delta` (base64 PCM), `speech.audio.done`. An `error`
+ * event (a failure after the stream started) is thrown as an ApiError. */
+export async function* speechEvents(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end = buffer.indexOf("\n\n");
+    while (end >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      end = buffer.indexOf("\n\n");
+      const data = block
+        .split("\n")
+        .filter((line) => line.startsWith("data: "))
+        .map((line) => line.slice(6))
+        .join("\n");
+      if (!data) continue;
+      const event = JSON.parse(data);
+      if (event.type === "error") {
+        const status = event.error && event.error.code === "timeout" ? 504 : 500;
+        throw new ApiError(status, `${TITLES[status]} (${status})`, messageOf(event) || "the stream failed");
+      }
+      yield event;
+    }
+  }
 }
 
 /** A request id for x-request-id: random hex (crypto.randomUUID needs HTTPS; this page may be on plain HTTP). */

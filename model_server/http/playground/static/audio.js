@@ -34,6 +34,7 @@ export class PcmStreamPlayer {
     this.sources = [];
     this.nextStart = 0;
     this.firstStart = null; // AudioContext time of the first sample
+    this.scheduled = []; // {start, offset, duration}: where each piece sits on the clock and in the take
   }
 
   /** Queue a piece of the stream; returns how many samples it held. */
@@ -63,6 +64,7 @@ export class PcmStreamPlayer {
     const start = Math.max(this.nextStart, this.context.currentTime + 0.05);
     source.start(start);
     this.sources.push(source);
+    this.scheduled.push({ start, offset: this.samples / this.sampleRate, duration: count / this.sampleRate });
     this.nextStart = start + count / this.sampleRate;
     if (this.firstStart === null) this.firstStart = start;
     this.samples += count;
@@ -72,6 +74,18 @@ export class PcmStreamPlayer {
   /** Seconds of audio received so far. */
   get seconds() {
     return this.samples / this.sampleRate;
+  }
+
+  /** Where playback is in the take, in seconds of audio: unlike the clock since the first piece,
+   * it does not run on through a gap left when a piece came late. */
+  get positionSeconds() {
+    const now = this.context.currentTime;
+    let position = 0;
+    for (const piece of this.scheduled) {
+      if (now < piece.start) break;
+      position = piece.offset + Math.min(now - piece.start, piece.duration);
+    }
+    return position;
   }
 
   /** Seconds the first piece has been playing (0 before it starts). */

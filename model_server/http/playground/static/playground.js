@@ -1,6 +1,7 @@
 // The playground page: wires the form to the API. Every bound comes from config.json (the server's
 // request models), so nothing here repeats a limit. Timestamps of each run are kept as data-*
 // attributes on #result-card (milliseconds since the click), which the browser tests read.
+// Every run asks for timestamps: the captions under the player follow the audio as it plays.
 import {
   ApiError,
   decodeBase64,
@@ -10,9 +11,12 @@ import {
   newRequestId,
   predict,
   requestProgress,
+  speechEvents,
   startSpeechStream,
 } from "./api.js";
 import { PcmStreamPlayer, wavBlob } from "./audio.js";
+import { Captions } from "./captions.js";
+import { DialogueEditor } from "./dialogue.js";
 
 const KEY_STORAGE = "bark-playground-api-key";
 const TEMPERATURES = ["semantic_temperature", "coarse_temperature", "fine_temperature"];
@@ -29,18 +33,20 @@ const state = {
   objectUrl: null,
   chosenFormat: null, // the format picked for whole files, while a stream shows PCM
   streamShown: false,
+  dialogue: null, // the DialogueEditor, once the voices are known
+  captions: null,
 };
 
 // -- setup -------------------------------------------------------------------------------------
 
-function setRange(input, bounds, step, suffix = "") {
+function setRange(input, bounds, step, suffix = "", decimals = 2) {
   input.min = bounds.minimum;
   input.max = bounds.maximum;
   input.step = step;
   input.value = bounds.default;
   const output = document.querySelector(`output[for="${input.id}"]`);
   const show = () => {
-    output.textContent = `${Number(input.value).toFixed(2)}${suffix}`;
+    output.textContent = `${Number(input.value).toFixed(decimals)}${suffix}`;
   };
   input.addEventListener("input", show);
   show();
@@ -57,6 +63,7 @@ function applyConfig(config) {
   chunk.max = sampling.batch_chunk_size.maximum;
   chunk.placeholder = `${sampling.batch_chunk_size.default} (${chunk.min}–${chunk.max})`;
   setRange($("speed"), config.speed, 0.05, "×");
+  setRange($("turn_pause_ms"), config.turn_pause_ms, 50, " ms", 0);
   const format = $("format");
   for (const { name } of config.formats) format.append(new Option(name, name, false, name === config.default_format));
   $("model-name").textContent = config.model;
@@ -87,6 +94,7 @@ function fillVoices(listing, defaultVoice) {
   if (aliases.length) {
     const group = document.createElement("optgroup");
     group.label = "OpenAI voice names";
+    group.dataset.aliases = "true";
     for (const [alias, preset] of aliases) group.append(new Option(`${alias} → ${preset}`, alias));
     select.append(group);
   }
@@ -104,9 +112,18 @@ function fillVoices(listing, defaultVoice) {
     `${listing.voices.length} voices · ${languages} language${languages === 1 ? "" : "s"}`;
 }
 
+function dialogueOn() {
+  return $("dialogue-mode").checked && state.dialogue !== null;
+}
+
 function updateCount() {
   const max = state.config ? state.config.max_prompt_chars : 0;
-  const length = $("text").value.length;
+  const length = dialogueOn() ? state.dialogue.characters() : $("text").value.length;
+  if (dialogueOn()) {
+    const turns = state.dialogue.turnRows().length;
+    $("turn-count").textContent = `${turns} / ${state.config.max_turns}`;
+    $("turn-count").classList.toggle("over", turns > state.config.max_turns);
+  }
   $("char-count").textContent = `${length.toLocaleString()} / ${max.toLocaleString()} characters`;
   $("char-count").classList.toggle("over", max > 0 && length > max);
   $("char-meter").value = max ? Math.min(1, length / max) : 0;
@@ -130,6 +147,15 @@ function updateMode() {
   $("output-note").textContent = streaming
     ? "Streams play as raw PCM through Web Audio; the whole take is offered as WAV afterwards."
     : "Speed applies to streamed requests (the OpenAI route).";
+}
+
+function updateDialogueMode() {
+  const on = $("dialogue-mode").checked;
+  $("text").hidden = on;
+  $("dialogue").hidden = !on;
+  $("voice-detail").textContent = on ? "In a dialogue each speaker has a voice of their own; this one is only the default." : "";
+  if (!on) $("voice").dispatchEvent(new Event("change"));
+  updateCount();
 }
 
 function setServerStatus(stateName, text) {
@@ -162,6 +188,7 @@ function resetResult() {
   $("player").pause();
   $("player").removeAttribute("src");
   $("player").hidden = true;
+  state.captions.reset();
   if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
   state.objectUrl = null;
   const card = $("result-card");
@@ -198,7 +225,25 @@ function showTiming(firstMs, totalMs, audioSeconds) {
 }
 
 function fileNameFor(voice, extension) {
-  return `bark-${voice.replace(/[^a-z0-9]+/gi, "_")}.${extension}`;
+  const name = dialogueOn() ? "dialogue" : voice.replace(/[^a-z0-9]+/gi, "_");
+  return `bark-${name}.${extension}`;
+}
+
+/** What is said: a dialogue's turns (and who says each, for the captions), or the text. */
+function spoken() {
+  if (!dialogueOn()) return { text: $("text").value, turns: null, speakers: [] };
+  const turns = state.dialogue.turns();
+  return {
+    text: null,
+    turns: turns.map(({ voice, text }) => ({ voice, text })),
+    speakers: turns.map((turn) => turn.speaker),
+    turn_pause_ms: Number($("turn_pause_ms").value),
+  };
+}
+
+/** The request fields of `spoken()`: `turns` and `turn_pause_ms`, or the text under `textField`. */
+function spokenFields(said, textField) {
+  return said.turns ? { turns: said.turns, turn_pause_ms: said.turn_pause_ms } : { [textField]: said.text };
 }
 
 /** Bark's sampling settings as both routes take them (OpenAI's as extensions to its body). */
@@ -213,24 +258,29 @@ function samplingSettings() {
 async function runStream(startedAt, signal) {
   const config = state.config;
   const voice = $("voice").value;
+  const said = spoken();
   const request = {
     model: config.model,
-    input: $("text").value,
     voice,
     speed: Number($("speed").value),
+    ...spokenFields(said, "input"),
     ...samplingSettings(),
   };
   const response = await startSpeechStream(config, request, apiKey(), signal);
   const player = new PcmStreamPlayer(state.audioContext, config.sample_rate);
   state.player = player;
   const card = $("result-card");
-  const reader = response.body.getReader();
   let pieces = 0;
   let firstMs = null;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    if (!value || value.byteLength === 0) continue;
+  for await (const event of speechEvents(response)) {
+    if (event.type === "speech.segment") {
+      // A chunk's sentences come just before its audio: the captions are there when it plays.
+      state.captions.add([event], (turn) => said.speakers[turn] || null);
+      continue;
+    }
+    if (event.type !== "speech.audio.delta") continue;
+    const value = decodeBase64(event.audio);
+    if (value.byteLength === 0) continue;
     mark("lastDataMs", startedAt);
     card.dataset.playedBeforeLastData = player.playedSeconds.toFixed(3);
     pieces += 1;
@@ -238,6 +288,8 @@ async function runStream(startedAt, signal) {
       mark("firstAudioMs", startedAt);
       card.dataset.audioContextState = state.audioContext.state;
       firstMs = performance.now() - startedAt;
+      card.dataset.captionsAtFirstAudio = String(state.captions.segments.length);
+      state.captions.follow(() => player.positionSeconds);
     }
   }
   mark("doneMs", startedAt);
@@ -245,7 +297,10 @@ async function runStream(startedAt, signal) {
   const totalMs = performance.now() - startedAt;
   showTiming(firstMs ?? totalMs, totalMs, player.seconds);
   showAudio(player.toWav(), fileNameFor(voice, "wav"), false);
-  $("route-note").textContent = `Streamed from POST /v1/audio/speech in ${pieces} pieces as PCM.`;
+  // The captions follow the stream until it has played out; then the player's own clock.
+  const left = Math.max(0, player.seconds - player.positionSeconds);
+  setTimeout(() => state.captions.stop(), left * 1000 + 250);
+  $("route-note").textContent = `Streamed from POST /v1/audio/speech in ${pieces} pieces as PCM (server-sent events).`;
   $("route-note").hidden = false;
 }
 
@@ -282,7 +337,14 @@ function watchProgress(requestId) {
 async function runWhole(startedAt, signal) {
   const config = state.config;
   const voice = $("voice").value;
-  const instance = { prompt: $("text").value, voice, format: $("format").value, ...samplingSettings() };
+  const said = spoken();
+  const instance = {
+    ...spokenFields(said, "prompt"),
+    voice,
+    format: $("format").value,
+    timestamps: true,
+    ...samplingSettings(),
+  };
   const requestId = newRequestId();
   const stopWatching = watchProgress(requestId);
   let result;
@@ -298,6 +360,7 @@ async function runWhole(startedAt, signal) {
   const info = config.formats.find((f) => f.name === result.format);
   // <audio> cannot play headerless PCM: it plays as WAV, while the download stays the raw file.
   const playable = result.format === "pcm" ? wavBlob([bytes], result.sample_rate) : new Blob([bytes], { type: info.content_type });
+  state.captions.add(result.segments || [], (turn) => said.speakers[turn] || null);
   showAudio(playable, fileNameFor(voice, result.format === "pcm" ? "wav" : result.format), true);
   showTiming(totalMs, totalMs, result.duration_s);
   $("route-note").textContent = `From POST ${config.routes.predict.replace("..", "")} (${result.chunks} chunk${result.chunks === 1 ? "" : "s"}, ${result.sample_rate} Hz).`;
@@ -336,6 +399,7 @@ async function generate() {
 function stop() {
   if (state.controller) state.controller.abort();
   if (state.player) state.player.stop();
+  state.captions.stop();
 }
 
 async function start() {
@@ -345,7 +409,10 @@ async function start() {
     if (keyInput.value) sessionStorage.setItem(KEY_STORAGE, keyInput.value);
     else sessionStorage.removeItem(KEY_STORAGE);
   });
+  state.captions = new Captions($("captions"), $("captions-box"));
+  state.captions.attach($("player"));
   $("text").addEventListener("input", updateCount);
+  $("dialogue-mode").addEventListener("change", updateDialogueMode);
   $("stream").addEventListener("change", updateMode);
   $("generate").addEventListener("click", generate);
   $("stop").addEventListener("click", stop);
@@ -356,6 +423,9 @@ async function start() {
     updateCount();
     updateMode();
     fillVoices(await loadVoices(state.config), state.config.default_voice);
+    state.dialogue = new DialogueEditor($("voice"), updateCount);
+    state.dialogue.start(state.config.default_voice);
+    updateDialogueMode();
     const ready = await modelReady(state.config);
     setServerStatus(ready ? "ready" : "down", `${state.config.model} · ${ready ? "ready" : "not ready"}`);
     $("generate").disabled = false;
