@@ -14,8 +14,8 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG TORCH_VERSION=2.9.1
 # 1: try flash-attn 2 (a prebuilt wheel must match torch/CUDA/Python; there is no nvcc here to
 # build one); when none fits the build goes on and the server uses SDPA. Off by default: `auto`
-# attention is SDPA and the default decoder's semantic/coarse steps use SDPA whatever is installed,
-# so flash-attn serves only `--attention flash_attention_2`, and then only the fine stage.
+# attention is SDPA; flash-attn serves `--attention flash_attention_2` (the continuous step's
+# flash_attn_with_kvcache and the fine stage). benchmarks/gpu_check.sh times it against SDPA.
 ARG WITH_FLASH_ATTN=0
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -26,7 +26,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     NLTK_DATA=/usr/local/share/nltk_data \
-    HF_HOME=/home/bark/.cache/huggingface
+    HF_HOME=/home/bark/.cache/huggingface \
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -53,6 +54,10 @@ RUN pip install . \
 
 # Sentence splitting data, baked in: pods never download it.
 RUN python -m nltk.downloader -d "$NLTK_DATA" punkt_tab punkt
+
+# PYTORCH_CUDA_ALLOC_CONF (above): rows of every length come and go, and the fine stage's groups vary
+# in size; expandable segments let the allocator grow blocks in place instead of fragmenting memory
+# into pieces that fit no later request (an out-of-memory with gigabytes "reserved but unallocated").
 
 # uid 1000 (numeric USER so runAsNonRoot can verify it); Ubuntu 24.04 ships user "ubuntu" as 1000.
 RUN (userdel --remove ubuntu 2>/dev/null || true) \

@@ -90,3 +90,8 @@ def test_copies_exactly_the_project_and_dockerignore_lets_it_through() -> None:
 
     assert not [s for s in sources if ignored(s)]
     assert ignored(".venv") and ignored("tests") and ignored(".git")
+
+
+def test_the_cuda_allocator_uses_expandable_segments() -> None:
+    """Rows of every length come and go: without expandable segments the allocator fragments."""
+    assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in instructions("ENV")[0]
