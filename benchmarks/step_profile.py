@@ -3,8 +3,10 @@
 before: `StaticBarkDecoder`'s step (one position for all rows; SDPA with a boolean mask, which
         each layer converts) + transformers' logits processors + `softmax` + `multinomial`, and the
         finished-row bookkeeping of its `_decode` loop;
-after:  `RowStepper`'s step (per-row positions; one additive mask per step shared by all layers)
-        + the fused per-row rules and counter-based Gumbel-max sampling of `continuous/sampling.py`.
+after:  the continuous loop's step as it is now (issue #21): `RowStepper`'s one function from the
+        rows' device slots to the next (per-row positions, one additive mask shared by all layers,
+        Bark's rules and counter-based Gumbel-max sampling, the next token written in place; a
+        graph on CUDA), then the one copy of its outputs to the host.
 Both sample (temperature 0.7, top-k 50) as production does. torch.profiler counts the aten ops a
 step dispatches (innermost compute ops, views and allocations left out: each is roughly one kernel
 on a GPU; on CUDA the CUDA kernels are counted too);
@@ -19,13 +21,15 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+# This folder is on sys.path when run as a script (or imported by decode_steps.py).
+from loop_profile import METADATA_OPS
 from torch.profiler import ProfilerActivity, profile
 from transformers import BarkModel, BarkProcessor
 from transformers.generation.logits_process import BarkEosPrioritizerLogitsProcessor
 from transformers.models.bark.generation_configuration_bark import BarkSemanticGenerationConfig
 
-from model_server.generation.continuous.bark_rows import TOP_K
-from model_server.generation.continuous.sampling import RowSampling, choose_tokens, semantic_scores
+from model_server.generation.continuous.rules import SemanticRules
 from model_server.generation.continuous.stepper import RowStepper
 from model_server.generation.decoding import StaticBarkDecoder, _SuppressTokens
 
@@ -71,6 +75,8 @@ def _before(model: BarkModel, device: torch.device, rows: int) -> Callable[[], N
 
 
 def _after(model: BarkModel, device: torch.device, rows: int) -> Callable[[], None]:
+    """The continuous loop's semantic step as it is now: one function (a graph on CUDA) from the rows'
+    device slots to the next, rules and sampling included, then the one copy of its outputs to the host."""
     stepper = RowStepper(model, device, max_rows=rows, use_cuda_graphs=device.type == "cuda")
     stage = stepper.stages["semantic"]
     semantic = dict(model.generation_config.semantic_config)
@@ -78,59 +84,32 @@ def _after(model: BarkModel, device: torch.device, rows: int) -> Callable[[], No
     suppressed = torch.ones(vocab, dtype=torch.bool, device=device)
     suppressed[: int(semantic["semantic_vocab_size"])] = False
     suppressed[eos] = False
-    stepper.prefill("semantic", 0, torch.randn(rows, PROMPT, stage.weights.hidden_size, device=device))
-    state: dict[str, Any] = {"positions": [PROMPT + i % 3 for i in range(rows)], "draws": 0}
-    tokens = torch.zeros(rows, dtype=torch.long, device=device)
+    stage.rules = SemanticRules(suppressed, eos, semantic.get("min_eos_p"))
+    prompts = list(torch.randn(rows, PROMPT, stage.weights.hidden_size, device=device))
+    slots = list(range(rows))
+    logits = stepper.prefill("semantic", slots, prompts)
+    stage.slots.join(
+        slots,
+        logits,
+        [PROMPT] * rows,
+        seeds=slots,
+        draws=[0] * rows,
+        temperature=[0.7] * rows,
+        do_sample=[True] * rows,
+        budget=[700] * rows,
+        last_window=[False] * rows,
+    )
+    host = torch.empty(stepper.out.shape, dtype=torch.long, pin_memory=device.type == "cuda")
 
     def step() -> None:
-        nonlocal tokens
-        logits = stepper.step("semantic", tokens, state["positions"]).to(torch.float32, copy=True)
-        settings = RowSampling.of(
-            [True] * rows, [0.7] * rows, list(range(rows)), [state["draws"]] * rows, device
-        )  # built per step from the rows' host state, as the engine does
-        scores = semantic_scores(logits, suppressed, eos, semantic.get("min_eos_p"))
-        tokens = choose_tokens(scores, settings, TOP_K)
-        tokens.tolist()  # the engine reads tokens on the host every step (EOS/budget/windows)
-        state["positions"] = [min(p + 1, 1000) for p in state["positions"]]
-        state["draws"] += 1
+        stepper.step("semantic", rows, PROMPT + 600)
+        host.copy_(stepper.out, non_blocking=True)
 
     return step
 
 
-#: aten ops that only make tensor metadata (views, allocations): no kernel runs for them.
-_METADATA_OPS = {
-    "aten::view",
-    "aten::as_strided",
-    "aten::empty",
-    "aten::empty_strided",
-    "aten::resolve_conj",
-    "aten::resolve_neg",
-    "aten::_unsafe_view",
-    "aten::detach_",
-    "aten::detach",
-    "aten::lift_fresh",
-    "aten::alias",
-    "aten::reshape",
-    "aten::t",
-    "aten::transpose",
-    "aten::expand",
-    "aten::slice",
-    "aten::select",
-    "aten::unsqueeze",
-    "aten::squeeze",
-    "aten::split",
-    "aten::split_with_sizes",
-    "aten::permute",
-    "aten::unbind",
-    "aten::narrow",
-    "aten::resize_",
-    "aten::empty_like",
-    "aten::numpy_T",
-}
-
-
 def _is_compute(event: Any) -> bool:
-    return event.name.startswith("aten::") and event.name not in _METADATA_OPS
+    return event.name.startswith("aten::") and event.name not in METADATA_OPS
 
 
 def _is_kernel(event: Any) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model_server.generation.continuous.bark_rows import BarkRowEngine
 from model_server.generation.engine import Sampling
 
 DATA = Path(__file__).with_name("data") / "reference_rows.npz"
@@ -59,6 +60,16 @@ class Reference:
     audio: np.ndarray
 
 
+class RecordingRows(BarkRowEngine):
+    """The row engine, handing back each row's tokens with its waveform (what the recording holds)."""
+
+    def _finish(self, row, fine):  # type: ignore[no-untyped-def]
+        plan = row.coarse
+        audio = super()._finish(row, fine)
+        own = plan.tokens[plan.history_length :]
+        return Reference(np.array(row.semantic), np.array(own), fine.cpu().numpy(), audio)
+
+
 def load() -> list[Reference]:
     with np.load(DATA) as data:
         return [
@@ -85,23 +96,15 @@ if __name__ == "__main__":  # pragma: no cover - run by hand against the code be
     import torch
 
     from model_server.config import Settings
-    from model_server.generation.continuous.bark_rows import BarkRowEngine
     from model_server.generation.engine import BarkEngine
     from model_server.tiny import build_checkpoint
 
     torch.set_num_threads(1)
 
-    class Recording(BarkRowEngine):
-        def _finish(self, row, fine):  # type: ignore[no-untyped-def]
-            plan = row.coarse
-            audio = super()._finish(row, fine)
-            own = plan.tokens[plan.history_length :]
-            return Reference(np.array(row.semantic), np.array(own), fine.cpu().numpy(), audio)
-
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = build_checkpoint(Path(folder) / "tiny")
         engine = BarkEngine(Settings(model_dir=checkpoint, device="cpu", decoder="static", warmup=False))
-        rows = Recording(engine, max_rows=8)
+        rows = RecordingRows(engine, max_rows=8)
         references = []
         for spec in SPECS:
             job = SimpleNamespace(

@@ -15,20 +15,10 @@ import pytest
 
 from model_server.generation.continuous.bark_rows import BarkRowEngine
 from model_server.generation.engine import BarkEngine, Sampling
-from tests.generation.reference_rows import SPECS, Reference, Spec, load
+from tests.generation.reference_rows import SPECS, RecordingRows, Reference, Spec, load
 from tests.generation.row_runs import run_rows as run
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-
-class RecordingRows(BarkRowEngine):
-    """Hands back each row's tokens with its waveform, as the recording did."""
-
-    def _finish(self, row, fine):  # type: ignore[no-untyped-def]
-        plan = row.coarse
-        audio = super()._finish(row, fine)
-        own = plan.tokens[plan.history_length :]
-        return Reference(np.array(row.semantic), np.array(own), fine.cpu().numpy(), audio)
 
 
 def job(spec: Spec) -> SimpleNamespace:
