@@ -318,7 +318,8 @@ class BarkRowEngine:
     def _fine_pass(self, rows: list[Row]) -> list[torch.Tensor]:
         inputs = [fine_input(row, self._semantic_vocab, self.engine.codebook_size, self.device) for row in rows]
         codes = generate_fine(self.engine.model.fine_acoustics, inputs, self._fine_config, self.engine.codebook_size)
-        self.engine._synchronize()
+        if self.device.type == "cuda":  # the finisher's own stream, not the device: the loop goes on
+            torch.cuda.current_stream(self.device).synchronize()
         return codes
 
     def _finish(self, row: Row, fine: torch.Tensor) -> np.ndarray:

@@ -230,9 +230,11 @@ class RowStepper:
     # -- CUDA graphs ---------------------------------------------------------------------------
     @torch.inference_mode()
     def capture_graphs(self, max_rows: int | None = None) -> int:
-        """Capture every (stage, rows bucket, key-range bucket) step at warm-up; returns how many exist.
+        """Capture every step (stage, rows bucket, key-range bucket) and every padded prefill (stage,
+        rows bucket) at warm-up, so no request pays for a capture; returns how many graphs exist.
 
-        The slots are all inactive during capture, so the warm-up runs change no row's state.
+        The slots are all inactive during capture, so the warm-up runs change no row's state; the
+        prefills write K/V into free slots, which a row's own prefill overwrites.
         """
         if not self.use_cuda_graphs:
             return 0
@@ -245,6 +247,12 @@ class RowStepper:
             for rows in reversed(buckets):  # largest first: smaller graphs reuse the pool's blocks
                 for kv_len in kv_lens:
                     self.graphs.get((stage.name, rows, kv_len), functools.partial(self._step, stage, rows, kv_len))
+            if self.pad_prefills and stage.prompt_length:
+                blank = torch.zeros(
+                    stage.prompt_length, stage.weights.hidden_size, dtype=self.dtype, device=self.device
+                )
+                for rows in reversed(buckets):
+                    self.prefill(stage.name, list(range(rows)), [blank] * rows)
         return len(self.graphs)
 
 
