@@ -151,6 +151,10 @@ class FakeModel:
     progress: tuple[int, dict[str, Any] | str] | None = None
     progress_reads: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     disconnects: list[str | None] = field(default_factory=list)
+    #: What `GET /v1/models/bark` (KServe's readiness) answers: 200 ready, 503 not.
+    ready_status: int = 200
+    #: A prediction to answer instead of `prediction_for(prompt)` (a long stub audio, extra fields).
+    answer: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -170,6 +174,8 @@ class FakeModel:
             self.progress = None
             self.progress_reads.clear()
             self.disconnects.clear()
+            self.ready_status = 200
+            self.answer = None
 
     @property
     def predict_url(self) -> str:
@@ -205,7 +211,12 @@ class FakeModel:
             if scripted is not None:
                 status, content, headers = scripted
                 return JSONResponse(content, status_code=status, headers=headers)
-            return JSONResponse({"predictions": [prediction_for(prompt)]})
+            return JSONResponse({"predictions": [self.answer or prediction_for(prompt)]})
+
+        @app.get("/v1/models/bark")
+        async def ready() -> JSONResponse:
+            ready = self.ready_status == 200
+            return JSONResponse({"name": "bark", "ready": ready}, status_code=self.ready_status)
 
         @app.get("/v1/requests/{request_id}/progress")
         async def progress(request_id: str, request: Request) -> Response:

@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from webhook_sidecar.jobs import Job, StaleJob, Store
+from webhook_sidecar.jobs import Job, StaleJob
+from webhook_sidecar.store_base import Store
 
 
 def chunks(store: Store, job_id: str) -> tuple[int | None, int | None]:

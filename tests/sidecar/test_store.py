@@ -55,14 +55,20 @@ def test_a_job_goes_through_every_state_to_delivered(store: JobStore) -> None:
     claimed = store.claim_run()
     assert claimed is not None and claimed.id == "j1" and claimed.state == "running"
     assert store.claim_run() is None, "a running job is not claimed twice"
-    store.finish("j1", "succeeded", {"audio": "AAAA"}, status_code=200)
+    audio = bytes(range(256)) * 9000  # over two of the store's chunks
+    store.finish("j1", "succeeded", {"format": "wav"}, audio=audio, status_code=200, counted=True)
     delivery = store.claim_delivery()
-    assert delivery is not None and delivery.result == {"audio": "AAAA"} and delivery.delivery_attempts == 1
+    assert delivery is not None and delivery.result == {"format": "wav"} and delivery.delivery_attempts == 1
+    assert delivery.audio_bytes == len(audio) and delivery.attempts == 1, "the result and its attempt together"
+    assert [len(piece) for piece in store.read_audio("j1")] == [1024 * 1024, 1024 * 1024, len(audio) - 2 * 1024 * 1024]
+    assert b"".join(store.read_audio("j1")) == audio
     assert store.claim_delivery() is None, "a delivery in flight is not claimed twice"
     store.mark_delivered("j1", 204)
     job = store.get("j1", with_result=True)
     assert job is not None and job.state == "delivered" and job.last_status_code == 204
-    assert job.result is None, "delivered audio is not kept without a download link"
+    assert job.result == {"format": "wav"}, "the prediction but its audio stays with the job"
+    store.purge(retention_s=3600)
+    assert list(store.read_audio("j1")) == [], "delivered audio is not kept without a download link"
 
 
 def test_transitions_from_the_wrong_state_change_nothing(store: JobStore) -> None:
@@ -126,13 +132,15 @@ def test_counts_cover_every_state(store: JobStore) -> None:
 def test_download_audio_is_kept_until_the_link_expires_then_jobs_are_purged(store: JobStore, clock: Clock) -> None:
     add(store)
     store.claim_run()
-    store.finish("j1", "succeeded", {"audio": "AAAA"}, download_token="tok", download_ttl_s=100)
+    store.finish("j1", "succeeded", {"format": "wav"}, audio=b"RIFF", download_token="tok", download_ttl_s=100)
     store.claim_delivery()
     store.mark_delivered("j1", 200)
-    assert store.get_by_download_token("tok").result == {"audio": "AAAA"}  # type: ignore[union-attr]
+    assert store.purge(retention_s=1000) == 0
+    assert store.get_by_download_token("tok").audio_bytes == 4  # type: ignore[union-attr]
+    assert list(store.read_audio("j1")) == [b"RIFF"]
     clock.now += 101
     assert store.purge(retention_s=1000) == 0
-    assert store.get_by_download_token("tok").result is None  # type: ignore[union-attr]
+    assert list(store.read_audio("j1")) == [], "the link expired: its audio is gone"
     clock.now += 1000
     assert store.purge(retention_s=1000) == 1
     assert store.get("j1") is None

@@ -50,9 +50,17 @@ def add(store: PostgresJobStore, job_id: str, key: str | None = None) -> bool:
 def finish_and_claim_delivery(store: PostgresJobStore, job_id: str) -> None:
     claimed = store.claim_run()
     assert claimed is not None and claimed.id == job_id
-    store.finish(job_id, "succeeded", {"audio": "AAAA"}, status_code=200)
+    store.finish(job_id, "succeeded", {"format": "wav"}, audio=b"AAAA", status_code=200)
     delivery = store.claim_delivery()
     assert delivery is not None and delivery.id == job_id
+
+
+def insert_before_owners(conn: psycopg.Connection[tuple[object, ...]], new: NewJob) -> None:
+    """A job as a sidecar from before migration 4 wrote it (no owner column)."""
+    values = list(new.insert_values(time.time()))
+    del values[6]  # owner
+    columns = NEW_JOB_COLUMNS.replace(" owner,", "")
+    conn.execute(f"INSERT INTO {TABLE} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s)", values)
 
 
 def test_migrations_are_idempotent_and_safe_when_sidecars_start_together(pg_url: str) -> None:
@@ -86,7 +94,8 @@ def test_a_job_goes_through_every_state_and_another_replica_reads_it(make_store:
     finish_and_claim_delivery(a, "j1")
     a.mark_delivered("j1", 204)
     job = b.get("j1", with_result=True)
-    assert job is not None and job.state == "delivered" and job.last_status_code == 204 and job.result is None
+    assert job is not None and job.state == "delivered" and job.last_status_code == 204
+    assert job.result == {"format": "wav"} and job.audio_bytes == 4
     assert b.counts()["delivered"] == 1 and set(b.counts()) == set(STATES)
 
 
@@ -142,7 +151,7 @@ def test_a_lapsed_lease_is_taken_over_and_the_old_holder_changes_nothing(make_st
         a.mark_delivered("deliver", 200)
     again = b.claim_delivery()
     assert again is not None and again.id == "deliver" and again.delivery_attempts == 2
-    assert again.result == {"audio": "AAAA"}, "the stored result is delivered again, unchanged"
+    assert again.result == {"format": "wav"} and b"".join(b.read_audio("deliver")) == b"AAAA", "delivered again, unchanged"
 
 
 def test_renewing_keeps_a_lease_alive(make_store: StoreFactory) -> None:
@@ -151,8 +160,9 @@ def test_renewing_keeps_a_lease_alive(make_store: StoreFactory) -> None:
     assert a.claim_run() is not None
     for _ in range(3):
         time.sleep(0.5)
-        assert a.renew() == 1
+        assert a.renew(["j1", "not-held"]) == {"j1"}
         assert b.recover() == (0, 0)
+    assert b.renew(["j1"]) == set(), "another sidecar's lease is not its to renew"
 
 
 def test_release_all_hands_everything_back_at_once(make_store: StoreFactory) -> None:
@@ -196,14 +206,16 @@ def test_download_audio_is_kept_until_the_link_expires(make_store: StoreFactory)
     a, b = make_store(), make_store()
     add(a, "j1")
     assert a.claim_run() is not None
-    a.finish("j1", "succeeded", {"audio": "AAAA"}, download_token="tok", download_ttl_s=0.2)
-    assert b.get_by_download_token("tok").result == {"audio": "AAAA"}  # type: ignore[union-attr]
+    a.finish("j1", "succeeded", {"format": "wav"}, audio=b"RIFF", download_token="tok", download_ttl_s=0.2)
+    assert b.get_by_download_token("tok").audio_bytes == 4  # type: ignore[union-attr]
     delivery = b.claim_delivery()
     assert delivery is not None
     b.mark_delivered("j1", 200)
+    assert b.purge(retention_s=3600) == 0
+    assert list(a.read_audio("j1")) == [b"RIFF"], "kept while the link lives"
     time.sleep(0.3)
     assert b.purge(retention_s=3600) == 0
-    assert a.get_by_download_token("tok").result is None  # type: ignore[union-attr]
+    assert list(a.read_audio("j1")) == []
 
 
 def test_progress_follows_the_run(make_store: StoreFactory) -> None:
@@ -219,7 +231,7 @@ def test_progress_is_written_only_under_this_sidecars_lease_and_keeps_it(make_st
         b.note_progress("j1", 9, 10)
     a.note_progress("j1", 3, 10)
     assert chunks(b, "j1") == (3, 10)
-    assert a.renew() == 1, "the lease is still held and the job still in flight"
+    assert a.renew(["j1"]) == {"j1"}, "the lease is still held and the job still in flight"
     a.finish("j1", "succeeded", {"audio": "AAAA"}, chunks=10)
     assert chunks(b, "j1") == (10, 10)
 
@@ -232,10 +244,7 @@ def test_a_database_from_before_progress_is_migrated_and_keeps_its_jobs(
         with monkeypatch.context() as patch:
             patch.setattr("webhook_sidecar.migrations.MIGRATIONS", MIGRATIONS[:1])
             assert migrate(conn) == [1]
-        conn.execute(
-            f"INSERT INTO {TABLE} ({NEW_JOB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s)",
-            new.insert_values(time.time()),
-        )
+        insert_before_owners(conn, new)
     store = make_store()  # opening migrates to the latest version
     job = store.get("old")
     assert job is not None and job.state == "queued" and (job.chunks_done, job.chunks_total) == (None, None)
@@ -284,10 +293,7 @@ def test_a_database_from_before_cancelling_is_migrated_and_keeps_its_jobs(
         with monkeypatch.context() as patch:
             patch.setattr("webhook_sidecar.migrations.MIGRATIONS", MIGRATIONS[:2])
             assert migrate(conn) == [1, 2]
-        conn.execute(
-            f"INSERT INTO {TABLE} ({NEW_JOB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s)",
-            new.insert_values(time.time()),
-        )
+        insert_before_owners(conn, new)
     store = make_store()  # opening applies version 3
     job = store.get("old")
     assert job is not None and job.state == "queued" and job.cancel_requested_at is None
