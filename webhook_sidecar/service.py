@@ -241,8 +241,7 @@ class JobService:
             if not await gate.is_open():  # this pod's model cannot take a job: leave it to the others
                 await self._idle(self._run_wakeup, lambda: None)
                 continue
-            leased_at = time.monotonic()
-            job = await self._claim(self.store.claim_run, lambda: self.draining)
+            job, leased_at = await self._claim(self.store.claim_run, lambda: self.draining)
             if job is None:
                 await self._idle(self._run_wakeup, self.store.next_run_due)
                 continue
@@ -256,8 +255,7 @@ class JobService:
         assert self._delivery_wakeup is not None
         while True:
             self._delivery_wakeup.clear()
-            leased_at = time.monotonic()
-            job = await self._claim(self.store.claim_delivery)
+            job, leased_at = await self._claim(self.store.claim_delivery)
             if job is None:
                 await self._idle(self._delivery_wakeup, self.store.next_delivery_due)
                 continue
@@ -267,20 +265,37 @@ class JobService:
             finally:
                 self.deliveries_in_flight -= 1
 
-    async def _claim(self, claim: Callable[..., Job | None], stop: Callable[[], bool] = lambda: False) -> Job | None:
+    async def _claim(
+        self, claim: Callable[..., Job | None], stop: Callable[[], bool] = lambda: False
+    ) -> tuple[Job | None, float]:
         """A claim, retried with its `op` while the store is unreachable (a claim that landed but whose
-        reply was lost is found again) until `stop()`; None when nothing is due. A claim abandoned at
-        stop is not held, so its lease lapses and the job goes back."""
+        reply was lost is found again) until `stop()`; the job (None when nothing is due) and when the
+        lease it holds was set (monotonic). A claim abandoned at stop is not held, so its lease lapses.
+
+        A claim that needed retries may have landed on an earlier try, its lease set then: it is renewed
+        (and so confirmed ours) before any work starts on it."""
         op = new_op()
+        tries = 0
         while not stop():
+            sent = time.monotonic()
+            tries += 1
             try:
-                return await asyncio.to_thread(claim, op)
+                job = await asyncio.to_thread(claim, op)
             except StoreUnavailable as error:
                 logger.warning("store call %s failed: %s", claim.__name__, error)
             except Exception:
                 logger.exception("store call %s failed", claim.__name__)
+            else:
+                if job is None or tries == 1 or await self._still_ours(job.id):
+                    return job, sent
             await asyncio.sleep(self.settings.poll_interval_s)
-        return None
+        return None, 0.0
+
+    async def _still_ours(self, job_id: str) -> bool:
+        try:
+            return job_id in await asyncio.to_thread(self.store.renew, [job_id])
+        except StoreUnavailable:
+            return False  # not confirmed: left to lapse (and be handed back) rather than run twice
 
     async def _work(self, job: Job, work: Coroutine[Any, Any, None], leased_at: float, doing: str) -> None:
         """Run `work` on `job` in a task of its own, held (and renewed) while it runs; a lost lease cancels
