@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.sidecar.harness import SECRET, FakeModel, Receiver, SidecarProcess, ThreadedUvicorn, wait_for  # noqa: E402
 from webhook_sidecar.jobs import NewJob  # noqa: E402
-from webhook_sidecar.store_base import Store  # noqa: E402
 from webhook_sidecar.store import JobStore  # noqa: E402
+from webhook_sidecar.store_base import Store  # noqa: E402
 from webhook_sidecar.store_postgres import PostgresJobStore  # noqa: E402
 
 

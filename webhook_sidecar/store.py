@@ -5,20 +5,13 @@ only one process owns a store (one pod, one volume), so at start `recover` hands
 back: `running` -> `queued`, and `delivering` due at once. `synchronous=FULL` makes a commit survive a
 power cut, not only a killed process. Several sidecars need the PostgreSQL store (store_postgres.py).
 
-"One process" is enforced, not assumed: `open` takes an exclusive lock (`flock`) on `<file>.lock` for
-the life of the process, and a second sidecar on the same file (a rolling update that briefly runs an
-old and a new pod on one volume) refuses to start with the reason, instead of each one's `recover` and
-`release_all` handing back the other's running jobs. The kernel drops the lock when the process dies.
+"One process" is enforced, not assumed (sqlite_file.py): a second sidecar on the same file refuses to
+start with the reason.
 """
 
 from __future__ import annotations
 
-import base64
-import fcntl
-import json
-import os
 import secrets
-import socket
 import sqlite3
 import threading
 import time
@@ -45,62 +38,10 @@ from .jobs import (
 )
 from .jobs import COLUMNS as _COLUMNS
 from .protocol import JobState
+from .sqlite_file import StoreLocked, migrate, take_file_lock
 from .store_base import Store, assignments, split_chunks
 
 __all__ = ["STATES", "Job", "JobStore", "StaleJob", "StoreLocked"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    idempotency_key TEXT UNIQUE,
-    request_hash TEXT NOT NULL,
-    model_input TEXT NOT NULL,
-    webhook_endpoint TEXT NOT NULL,
-    public_base TEXT NOT NULL,
-    state TEXT NOT NULL,
-    outcome TEXT,
-    error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    delivery_attempts INTEGER NOT NULL DEFAULT 0,
-    in_flight INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    delivered_at REAL,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT,
-    last_status_code INTEGER,
-    result TEXT,
-    download_token TEXT UNIQUE,
-    download_expires_at REAL,
-    chunks_done INTEGER,
-    chunks_total INTEGER,
-    cancel_requested_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, in_flight, next_attempt_at);
-CREATE TABLE IF NOT EXISTS job_audio (
-    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    seq INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (job_id, seq)
-);
-CREATE TABLE IF NOT EXISTS store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-#: Columns added after the first release: `CREATE TABLE IF NOT EXISTS` leaves an older file without them.
-_ADDED_COLUMNS = {
-    "chunks_done": "INTEGER",
-    "chunks_total": "INTEGER",
-    "cancel_requested_at": "REAL",
-    "owner": "TEXT",
-    "handbacks": "INTEGER NOT NULL DEFAULT 0",
-    "audio_bytes": "INTEGER",
-    "op_token": "TEXT",
-}
-
-
-class StoreLocked(RuntimeError):
-    """Another process holds this SQLite file: one sidecar per file (use PostgreSQL to share)."""
 
 
 class JobStore(Store):
@@ -126,61 +67,15 @@ class JobStore(Store):
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._take_file_lock()
+        self._file_lock = take_file_lock(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
-        db.executescript(_SCHEMA)
         self._db = db
-        self._add_missing_columns()
-        self._move_old_audio()
-
-    def _take_file_lock(self) -> None:
-        """flock `<file>.lock` for as long as the store is open; StoreLocked naming the holder if taken."""
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        handle = lock_path.open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise StoreLocked(
-                f"{self.path} is in use by {holder}: a SQLite job store belongs to one sidecar "
-                "(use the PostgreSQL store to share jobs between replicas)"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        self._file_lock = handle
-
-    def _add_missing_columns(self) -> None:
-        """Upgrade a file an older sidecar created (nullable columns: its rows stay valid)."""
-        with self._transaction() as db:
-            present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
-            for name, kind in _ADDED_COLUMNS.items():
-                if name not in present:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
-            db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, state)")
-
-    def _move_old_audio(self) -> None:
-        """Results an older sidecar stored as base64 JSON: the audio moves to job_audio, the rest stays."""
-        with self._transaction() as db:
-            rows = db.execute(
-                "SELECT id, result FROM jobs WHERE result IS NOT NULL AND audio_bytes IS NULL "
-                "AND result LIKE '%\"audio\"%'"
-            ).fetchall()
-            for row in rows:
-                result = json.loads(row["result"])
-                audio = base64.b64decode(result.pop("audio", "") or "")
-                self._write_audio(db, row["id"], audio)
-                db.execute(
-                    "UPDATE jobs SET result = ?, audio_bytes = ? WHERE id = ?",
-                    (json.dumps(result), len(audio), row["id"]),
-                )
+        with self._transaction() as conn:
+            migrate(conn, self._write_audio)
 
     def close(self) -> None:
         with self._lock:

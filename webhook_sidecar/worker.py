@@ -66,7 +66,8 @@ class ResultTooLarge(Exception):
 class ModelAnswer:
     status: int
     retry_after: str | None
-    body: bytes
+    #: Mutable, so the parser can free it as soon as it has read it (a 10-minute answer is 38 MB).
+    body: bytearray
 
 
 class JobRunner:
@@ -178,7 +179,7 @@ class JobRunner:
                         f"the model's answer is larger than max_result_bytes ({self.settings.max_result_bytes} bytes "
                         "of audio): ask for less audio, or a compressed format"
                     )
-            return ModelAnswer(response.status_code, response.headers.get("retry-after"), bytes(body))
+            return ModelAnswer(response.status_code, response.headers.get("retry-after"), body)
 
     def _watching_progress(self, job: Job) -> contextlib.AbstractAsyncContextManager[None]:
         url = progress_url(self.settings.model_url, job.id)
@@ -255,9 +256,12 @@ class JobRunner:
         self.on_finished()
 
 
-def split_prediction(body: bytes) -> tuple[dict[str, Any], bytes]:
-    """The first prediction of a v1 answer without its audio, and the audio's bytes (decoded once)."""
-    prediction = orjson.loads(body)["predictions"][0]
+def split_prediction(body: bytearray) -> tuple[dict[str, Any], bytes]:
+    """The first prediction of a v1 answer without its audio, and the audio's bytes (decoded once).
+    `body` is emptied once parsed: the answer, its base64 text and the audio are never all in memory."""
+    parsed = orjson.loads(body)
+    body.clear()
+    prediction = parsed["predictions"][0]
     if not isinstance(prediction, dict) or not isinstance(prediction.get("audio"), str):
         raise TypeError("the prediction has no base64 `audio` string")
     audio = base64.b64decode(prediction.pop("audio"), validate=True)

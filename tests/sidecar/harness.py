@@ -251,6 +251,8 @@ class Delivery:
     headers: dict[str, str]
     body: bytes
     status: int
+    #: The sender's (address, port): one TCP connection each.
+    peer: tuple[str, int] = ("", 0)
 
     @property
     def webhook_id(self) -> str:
@@ -267,7 +269,8 @@ class Receiver:
     Close `gate` to hold requests open; `held` counts them. `down()`/`up()` stop and restart it.
     """
 
-    def __init__(self, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1", keep_alive: bool = False) -> None:
+        self.keep_alive = keep_alive
         self.port = free_port()
         self.tls = tls
         self.url = f"{'https' if tls else 'http'}://{host}:{self.port}/hook"
@@ -285,12 +288,15 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if receiver.keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 with receiver._lock:
                     answer = receiver.script.popleft() if receiver.script else 200
                     status = 599 if answer == "hang" else int(answer)
-                    receiver.deliveries.append(Delivery({k.lower(): v for k, v in self.headers.items()}, body, status))
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    receiver.deliveries.append(Delivery(headers, body, status, tuple(self.client_address)))
                     receiver.held += 1
                 try:
                     receiver.gate.wait(60)
@@ -377,9 +383,9 @@ class InProcessSidecar:
         assert response.status_code == 200, response.text
         return response.json()  # type: ignore[no-any-return]
 
-    def wait_state(self, job_id: str, *states: str, timeout_s: float = 15.0) -> dict[str, Any]:
+    def wait_state(self, job_id: str, *states: str, timeout_s: float = 15.0, **headers: str) -> dict[str, Any]:
         return wait_for(
-            lambda: (job := self.job(job_id))["state"] in states and job,
+            lambda: (job := self.job(job_id, **headers))["state"] in states and job,
             timeout_s,
             f"job {job_id} to reach {states}",
         )

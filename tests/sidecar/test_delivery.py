@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import base64
 import socket
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 

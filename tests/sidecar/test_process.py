@@ -160,3 +160,17 @@ def test_sigterm_hands_back_work_the_grace_period_cannot_finish(
     start_sidecar()
     wait_for(lambda: states(tmp_path / "jobs.sqlite3")[job_id] == "delivered", 15, "the job delivered")
     assert [delivery.webhook_id for delivery in receiver.acknowledged()] == [job_id]
+
+
+def test_a_second_sidecar_on_the_same_sqlite_file_refuses_to_start_and_says_why(
+    start_sidecar: Callable[..., SidecarProcess], fake_model: FakeModel, receiver: Receiver, tmp_path: Path
+) -> None:
+    first = start_sidecar()
+    job_id = submit(first.url, job_body(receiver, "Mine alone."))
+    with pytest.raises(RuntimeError, match=r"sidecar exited with") as refused:
+        start_sidecar()
+    assert f"{tmp_path / 'jobs.sqlite3'} is in use by pid {first.process.pid}" in str(refused.value)  # type: ignore[union-attr]
+    assert "use the PostgreSQL store to share jobs between replicas" in str(refused.value)
+    wait_for(lambda: states(tmp_path / "jobs.sqlite3").get(job_id) == "delivered", 15, "the first sidecar's job")
+    first.kill()  # the kernel drops the lock with the process: a restart may open the file again
+    start_sidecar()

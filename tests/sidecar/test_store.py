@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,12 +12,13 @@ import pytest
 
 from tests.sidecar.store_checks import (
     check_a_handed_back_run_its_caller_cancelled_ends_cancelled,
+    check_a_retried_write_finds_its_own_change,
     check_cancelling_follows_the_state,
     check_progress_follows_the_run,
     claim,
 )
 from webhook_sidecar.jobs import NewJob
-from webhook_sidecar.store import STATES, JobStore, StaleJob
+from webhook_sidecar.store import STATES, JobStore, StaleJob, StoreLocked
 
 
 class Clock:
@@ -201,5 +204,45 @@ def test_a_file_from_before_cancelling_gains_its_column(tmp_path: Path) -> None:
         assert job is not None and job.state == "queued" and job.cancel_requested_at is None
         cancelled = store.cancel("old")
         assert cancelled is not None and cancelled.state == "cancelled"
+    finally:
+        store.close()
+
+
+def test_a_retried_write_finds_its_own_change(store: JobStore) -> None:
+    check_a_retried_write_finds_its_own_change(store, lambda job_id: add(store, job_id))
+
+
+def test_a_second_store_on_the_file_is_refused_until_the_first_closes(store: JobStore) -> None:
+    second = JobStore(store.path)
+    with pytest.raises(StoreLocked, match=r"is in use by pid \d+ on .*: a SQLite job store belongs to one sidecar"):
+        second.open()
+    store.close()
+    second.open()
+    second.close()
+
+
+def test_a_file_with_base64_results_keeps_them_as_audio_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # the columns of a file from before #22, with a delivered-to-be result
+        db.execute(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE, request_hash TEXT NOT NULL, "
+            "model_input TEXT NOT NULL, webhook_endpoint TEXT NOT NULL, public_base TEXT NOT NULL, state TEXT NOT NULL, "
+            "outcome TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, delivery_attempts INTEGER NOT NULL DEFAULT 0, "
+            "in_flight INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL, started_at REAL, "
+            "finished_at REAL, delivered_at REAL, next_attempt_at REAL NOT NULL, last_error TEXT, "
+            "last_status_code INTEGER, result TEXT, download_token TEXT UNIQUE, download_expires_at REAL)"
+        )
+        db.execute(
+            "INSERT INTO jobs (id, request_hash, model_input, webhook_endpoint, public_base, state, outcome, "
+            "created_at, updated_at, next_attempt_at, result) VALUES ('old', 'h', '{}', 'http://x/', 'http://s', "
+            "'succeeded', 'succeeded', 1, 1, 1, ?)",
+            (json.dumps({"audio": base64.b64encode(b"RIFF-old").decode(), "format": "wav"}),),
+        )
+    store = JobStore(path)
+    store.open()
+    try:
+        job = store.claim_delivery()
+        assert job is not None and job.result == {"format": "wav"} and job.audio_bytes == 8
+        assert b"".join(store.read_audio("old")) == b"RIFF-old"
     finally:
         store.close()

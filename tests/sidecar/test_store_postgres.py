@@ -5,6 +5,8 @@ Several `PostgresJobStore`s on one database stand for several sidecars (each has
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections import Counter
@@ -15,6 +17,7 @@ import pytest
 
 from tests.sidecar.store_checks import (
     check_a_handed_back_run_its_caller_cancelled_ends_cancelled,
+    check_a_retried_write_finds_its_own_change,
     check_cancelling_follows_the_state,
     check_progress_follows_the_run,
     chunks,
@@ -151,7 +154,9 @@ def test_a_lapsed_lease_is_taken_over_and_the_old_holder_changes_nothing(make_st
         a.mark_delivered("deliver", 200)
     again = b.claim_delivery()
     assert again is not None and again.id == "deliver" and again.delivery_attempts == 2
-    assert again.result == {"format": "wav"} and b"".join(b.read_audio("deliver")) == b"AAAA", "delivered again, unchanged"
+    assert again.result == {"format": "wav"} and b"".join(b.read_audio("deliver")) == b"AAAA", (
+        "delivered again, unchanged"
+    )
 
 
 def test_renewing_keeps_a_lease_alive(make_store: StoreFactory) -> None:
@@ -301,3 +306,25 @@ def test_a_database_from_before_cancelling_is_migrated_and_keeps_its_jobs(
     assert cancelled is not None and cancelled.state == "cancelled"
     time.sleep(0.01)
     assert store.purge(retention_s=0) == 1
+
+
+def test_a_retried_write_finds_its_own_change(make_store: StoreFactory) -> None:
+    store = make_store()
+    check_a_retried_write_finds_its_own_change(store, lambda job_id: add(store, job_id))
+
+
+def test_a_database_with_base64_results_keeps_them_as_audio_bytes(
+    pg_url: str, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new = NewJob("old", {"prompt": "old"}, "http://127.0.0.1/hook", "http://sidecar", "hash")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        with monkeypatch.context() as patch:
+            patch.setattr("webhook_sidecar.migrations.MIGRATIONS", MIGRATIONS[:3])
+            assert migrate(conn) == [1, 2, 3]
+        insert_before_owners(conn, new)
+        result = json.dumps({"audio": base64.b64encode(b"RIFF-old").decode(), "format": "wav"})
+        conn.execute(f"UPDATE {TABLE} SET state = 'succeeded', outcome = 'succeeded', result = %s", (result,))
+    store = make_store()  # opening applies version 4
+    job = store.claim_delivery()
+    assert job is not None and job.result == {"format": "wav"} and job.audio_bytes == 8 and job.owner is None
+    assert b"".join(store.read_audio("old")) == b"RIFF-old"
