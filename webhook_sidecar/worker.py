@@ -220,15 +220,13 @@ class JobRunner:
         await asyncio.sleep(max(0.0, min(delay_s, deadline - time.monotonic())))
 
     async def _finish_succeeded(self, job: Job, answer: ModelAnswer) -> None:
-        body, answer.body = answer.body, b""
         try:
-            prediction, audio = await asyncio.to_thread(split_prediction, body)
+            prediction, audio = await asyncio.to_thread(split_prediction, answer.body)
         except (ValueError, KeyError, IndexError, TypeError) as error:
             await self._finish_failed(
                 job, f"the model answered 200 without a prediction ({error!r})", 200, counted=True
             )
             return
-        del body
         chunks = prediction.get("chunks")
         if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 0:
             chunks = None  # an older model server, or garbage: keep the last progress read

@@ -226,9 +226,10 @@ def test_a_file_with_base64_results_keeps_them_as_audio_bytes(tmp_path: Path) ->
     with sqlite3.connect(path) as db:  # the columns of a file from before #22, with a delivered-to-be result
         db.execute(
             "CREATE TABLE jobs (id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE, request_hash TEXT NOT NULL, "
-            "model_input TEXT NOT NULL, webhook_endpoint TEXT NOT NULL, public_base TEXT NOT NULL, state TEXT NOT NULL, "
-            "outcome TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, delivery_attempts INTEGER NOT NULL DEFAULT 0, "
-            "in_flight INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL, started_at REAL, "
+            "model_input TEXT NOT NULL, webhook_endpoint TEXT NOT NULL, public_base TEXT NOT NULL, "
+            "state TEXT NOT NULL, outcome TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, "
+            "delivery_attempts INTEGER NOT NULL DEFAULT 0, in_flight INTEGER NOT NULL DEFAULT 0, "
+            "created_at REAL NOT NULL, updated_at REAL NOT NULL, started_at REAL, "
             "finished_at REAL, delivered_at REAL, next_attempt_at REAL NOT NULL, last_error TEXT, "
             "last_status_code INTEGER, result TEXT, download_token TEXT UNIQUE, download_expires_at REAL)"
         )
