@@ -77,10 +77,11 @@ class Settings(BaseSettings):
     )
     download_ttl_s: int = Field(default=86_400, ge=1)
     max_result_bytes: int = Field(
-        default=64 * 1024 * 1024,
+        default=48 * 1024 * 1024,
         ge=1024,
-        description="largest audio a job may produce (encoded bytes; 64 MiB is 23 min of 24 kHz WAV): a larger "
-        "answer fails the job while it streams in, so it can never exhaust the sidecar's memory",
+        description="largest audio one job may produce (encoded bytes; 48 MiB is 17 min of 24 kHz WAV, hours of "
+        "mp3/opus): a larger answer fails the job while it streams in, so it can never exhaust the sidecar's "
+        "memory (parsing one answer peaks at about 4x its audio)",
     )
     max_queued_per_key: int = Field(
         default=100, ge=0, description="unfinished (queued or running) jobs one API key may have; 0: no cap"

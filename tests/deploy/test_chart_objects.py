@@ -42,7 +42,15 @@ def named(objects: Objects, kind: str, name: str) -> dict[str, Any]:
 
 
 def test_defaults_render_the_service_its_secret_the_jobs_service_and_postgres(default: Objects) -> None:
-    assert kinds(default) == ["InferenceService", "Secret", "Service", "Service", "StatefulSet"]
+    assert kinds(default) == [
+        "InferenceService",
+        "NetworkPolicy",
+        "NetworkPolicy",
+        "Secret",
+        "Service",
+        "Service",
+        "StatefulSet",
+    ]
     isvc = only(default, "InferenceService")
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     assert isvc["metadata"]["name"] == "bark-tts"

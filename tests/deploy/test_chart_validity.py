@@ -13,7 +13,7 @@ from deploy_helpers import CHART, CRD_PATH, VARIANTS, Helm, require_executable, 
 
 # Kubernetes version the core kinds are checked against (kubernetes-validate bundles its schemas).
 KUBERNETES_VERSION = "1.32.0"
-CORE_KINDS = {"Secret", "ConfigMap", "Service", "PersistentVolumeClaim", "StatefulSet"}
+CORE_KINDS = {"Secret", "ConfigMap", "Service", "PersistentVolumeClaim", "StatefulSet", "NetworkPolicy"}
 # Custom kinds: InferenceService is checked against KServe's CRD; the others (no CRD offline)
 # by the assertions in test_chart_objects.py.
 CUSTOM_KINDS = {"InferenceService", "ServiceMonitor", "PodMonitor", "PrometheusRule", "Trigger"}

@@ -43,7 +43,7 @@ def test_check_fails_with_a_diff_when_the_chart_changed(helm: Helm, tmp_path: Pa
 def test_manifests_hold_no_generated_secret_and_reference_the_users_one() -> None:
     objects = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
     # The model, the job API Service, and the bundled PostgreSQL for the sidecars' shared job store.
-    assert kinds(objects) == ["InferenceService", "Service", "Service", "StatefulSet"]
+    assert kinds(objects) == ["InferenceService", "NetworkPolicy", "NetworkPolicy", "Service", "Service", "StatefulSet"]
     env = env_of(container(objects, "kserve-container"))
     assert env["HF_TOKEN"]["secretKeyRef"]["name"] == "bark-tts-secrets"
     sidecar_env = env_of(container(objects, "webhook-sidecar"))
