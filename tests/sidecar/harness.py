@@ -454,3 +454,35 @@ class SidecarProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def process_env(model_url: str, **env: str) -> dict[str, str]:
+    """The environment of a test sidecar process: the test secret, loopback allowed, fast retries and polls."""
+    return {
+        "SIDECAR_MODEL_URL": model_url,
+        "SIDECAR_WEBHOOK_SECRET": SECRET,
+        "SIDECAR_WEBHOOK_ALLOWLIST": "127.0.0.1",
+        "SIDECAR_RETRY_BASE_S": "0.05",
+        "SIDECAR_RETRY_MAX_S": "0.2",
+        "SIDECAR_POLL_INTERVAL_S": "0.05",
+        "SIDECAR_MAX_ATTEMPTS": "50",
+        **env,
+    }
+
+
+@contextmanager
+def sidecar_processes(folder: Path, base_env: dict[str, str]) -> Iterator[Callable[..., SidecarProcess]]:
+    """`start(name="sidecar", **env)` starts a sidecar process on `base_env` + `env`, logging to
+    `<folder>/<name>.log`; all are stopped when the block ends."""
+    started: list[SidecarProcess] = []
+
+    def start(name: str = "sidecar", **env: str) -> SidecarProcess:
+        process = SidecarProcess({**base_env, **env}, folder / f"{name}.log")
+        started.append(process)
+        return process.start()
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()

@@ -22,12 +22,13 @@ import pytest
 
 from tests.serving import free_port
 from tests.sidecar.harness import (
-    SECRET,
     FakeModel,
     Receiver,
     SidecarProcess,
     ThreadedUvicorn,
     job_body,
+    process_env,
+    sidecar_processes,
     submit,
     wait_for,
 )
@@ -63,32 +64,23 @@ def start_sidecar(
     tmp_path: Path, fake_model: FakeModel, database: PostgresServer
 ) -> Iterator[Callable[..., SidecarProcess]]:
     pg_url = database.new_database()
-    started: list[SidecarProcess] = []
+    env = process_env(
+        fake_model.predict_url,
+        SIDECAR_DATABASE_URL=pg_url,
+        SIDECAR_LEASE_S=str(LEASE_S),
+        SIDECAR_DB_WAIT_S="0.5",
+        SIDECAR_RETRY_MAX_S="0.5",
+        SIDECAR_CONCURRENCY="3",
+        SIDECAR_DELIVERY_CONCURRENCY="3",
+    )
+    with sidecar_processes(tmp_path, env) as start:
 
-    def start(name: str, **env: str) -> SidecarProcess:
-        environment = {
-            "SIDECAR_DATABASE_URL": pg_url,
-            "SIDECAR_LEASE_S": str(LEASE_S),
-            "SIDECAR_DB_WAIT_S": "0.5",
-            "SIDECAR_MODEL_URL": fake_model.predict_url,
-            "SIDECAR_WEBHOOK_SECRET": SECRET,
-            "SIDECAR_WEBHOOK_ALLOWLIST": "127.0.0.1",
-            "SIDECAR_RETRY_BASE_S": "0.05",
-            "SIDECAR_RETRY_MAX_S": "0.5",
-            "SIDECAR_POLL_INTERVAL_S": "0.05",
-            "SIDECAR_MAX_ATTEMPTS": "50",
-            "SIDECAR_CONCURRENCY": "3",
-            "SIDECAR_DELIVERY_CONCURRENCY": "3",
-            **env,
-        }
-        process = SidecarProcess(environment, tmp_path / f"sidecar-{name}.log")
-        process.pg_url = pg_url  # type: ignore[attr-defined]
-        started.append(process)
-        return process.start()
+        def started(name: str, **overrides: str) -> SidecarProcess:
+            process = start(name, **overrides)
+            process.pg_url = pg_url  # type: ignore[attr-defined]
+            return process
 
-    yield start
-    for process in started:
-        process.stop()
+        yield started
 
 
 def states(pg_url: str) -> dict[str, str]:

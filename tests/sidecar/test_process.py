@@ -25,7 +25,9 @@ from tests.sidecar.harness import (
     SidecarProcess,
     decode_wav,
     job_body,
+    process_env,
     samples_for,
+    sidecar_processes,
     submit,
     wait_for,
 )
@@ -34,27 +36,9 @@ from webhook_sidecar.signing import verify
 
 @pytest.fixture
 def start_sidecar(tmp_path: Path, fake_model: FakeModel) -> Iterator[Callable[..., SidecarProcess]]:
-    started: list[SidecarProcess] = []
-
-    def start(**env: str) -> SidecarProcess:
-        environment = {
-            "SIDECAR_DB_PATH": str(tmp_path / "jobs.sqlite3"),
-            "SIDECAR_MODEL_URL": fake_model.predict_url,
-            "SIDECAR_WEBHOOK_SECRET": SECRET,
-            "SIDECAR_WEBHOOK_ALLOWLIST": "127.0.0.1",
-            "SIDECAR_RETRY_BASE_S": "0.05",
-            "SIDECAR_RETRY_MAX_S": "0.2",
-            "SIDECAR_POLL_INTERVAL_S": "0.05",
-            "SIDECAR_MAX_ATTEMPTS": "50",
-            **env,
-        }
-        process = SidecarProcess(environment, tmp_path / "sidecar.log")
-        started.append(process)
-        return process.start()
-
-    yield start
-    for process in started:
-        process.stop()
+    env = process_env(fake_model.predict_url, SIDECAR_DB_PATH=str(tmp_path / "jobs.sqlite3"))
+    with sidecar_processes(tmp_path, env) as start:
+        yield lambda **overrides: start("sidecar", **overrides)
 
 
 def states(db_path: Path) -> dict[str, str]:

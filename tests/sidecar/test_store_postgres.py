@@ -58,12 +58,19 @@ def finish_and_claim_delivery(store: PostgresJobStore, job_id: str) -> None:
     assert delivery is not None and delivery.id == job_id
 
 
-def insert_before_owners(conn: psycopg.Connection[tuple[object, ...]], new: NewJob) -> None:
-    """A job as a sidecar from before migration 4 wrote it (no owner column)."""
+def database_at(pg_url: str, version: int, monkeypatch: pytest.MonkeyPatch, *updates: str) -> None:
+    """A database as sidecars of `version` left it, holding one queued job "old" (then `updates`)."""
+    new = NewJob("old", {"prompt": "old"}, "http://127.0.0.1/hook", "http://sidecar", "hash")
     values = list(new.insert_values(time.time()))
-    del values[6]  # owner
+    del values[6]  # owner: a column of version 4
     columns = NEW_JOB_COLUMNS.replace(" owner,", "")
-    conn.execute(f"INSERT INTO {TABLE} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s)", values)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        with monkeypatch.context() as patch:
+            patch.setattr("webhook_sidecar.migrations.MIGRATIONS", MIGRATIONS[:version])
+            assert migrate(conn) == list(range(1, version + 1))
+        conn.execute(f"INSERT INTO {TABLE} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s)", values)
+        for update in updates:
+            conn.execute(update)
 
 
 def test_migrations_are_idempotent_and_safe_when_sidecars_start_together(pg_url: str) -> None:
@@ -244,12 +251,7 @@ def test_progress_is_written_only_under_this_sidecars_lease_and_keeps_it(make_st
 def test_a_database_from_before_progress_is_migrated_and_keeps_its_jobs(
     pg_url: str, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    new = NewJob("old", {"prompt": "old"}, "http://127.0.0.1/hook", "http://sidecar", "hash")
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        with monkeypatch.context() as patch:
-            patch.setattr("webhook_sidecar.migrations.MIGRATIONS", MIGRATIONS[:1])
-            assert migrate(conn) == [1]
-        insert_before_owners(conn, new)
+    database_at(pg_url, 1, monkeypatch)
     store = make_store()  # opening migrates to the latest version
     job = store.get("old")
     assert job is not None and job.state == "queued" and (job.chunks_done, job.chunks_total) == (None, None)
@@ -293,12 +295,7 @@ def test_a_lapsed_run_its_caller_cancelled_from_another_replica_ends_cancelled(m
 def test_a_database_from_before_cancelling_is_migrated_and_keeps_its_jobs(
     pg_url: str, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    new = NewJob("old", {"prompt": "old"}, "http://127.0.0.1/hook", "http://sidecar", "hash")
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        with monkeypatch.context() as patch:
-            patch.setattr("webhook_sidecar.migrations.MIGRATIONS", MIGRATIONS[:2])
-            assert migrate(conn) == [1, 2]
-        insert_before_owners(conn, new)
+    database_at(pg_url, 2, monkeypatch)
     store = make_store()  # opening applies version 3
     job = store.get("old")
     assert job is not None and job.state == "queued" and job.cancel_requested_at is None
@@ -316,14 +313,10 @@ def test_a_retried_write_finds_its_own_change(make_store: StoreFactory) -> None:
 def test_a_database_with_base64_results_keeps_them_as_audio_bytes(
     pg_url: str, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    new = NewJob("old", {"prompt": "old"}, "http://127.0.0.1/hook", "http://sidecar", "hash")
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        with monkeypatch.context() as patch:
-            patch.setattr("webhook_sidecar.migrations.MIGRATIONS", MIGRATIONS[:3])
-            assert migrate(conn) == [1, 2, 3]
-        insert_before_owners(conn, new)
-        result = json.dumps({"audio": base64.b64encode(b"RIFF-old").decode(), "format": "wav"})
-        conn.execute(f"UPDATE {TABLE} SET state = 'succeeded', outcome = 'succeeded', result = %s", (result,))
+    result = json.dumps({"audio": base64.b64encode(b"RIFF-old").decode(), "format": "wav"})
+    database_at(
+        pg_url, 3, monkeypatch, f"UPDATE {TABLE} SET state = 'succeeded', outcome = 'succeeded', result = '{result}'"
+    )
     store = make_store()  # opening applies version 4
     job = store.claim_delivery()
     assert job is not None and job.result == {"format": "wav"} and job.audio_bytes == 8 and job.owner is None
