@@ -74,6 +74,7 @@ BY_STATUS = {
         CONFLICT,
         GONE,
         BODY_TOO_LARGE,
+        TOO_MANY_REQUESTS,
         CANCELLED,
         GENERATION_ERROR,
         UNAVAILABLE,
