@@ -28,6 +28,7 @@ __all__ = [
     "Overloaded",
     "RequestTimedOut",
     "ServingError",
+    "TooManyRequests",
     "Unauthorized",
     "Unavailable",
     "describe_error",
@@ -54,6 +55,7 @@ NOT_FOUND = ErrorDescription(404, "not_found", "invalid_request_error", None)
 CONFLICT = ErrorDescription(409, "conflict", "invalid_request_error", "conflict")
 GONE = ErrorDescription(410, "gone", "invalid_request_error", "gone")
 BODY_TOO_LARGE = ErrorDescription(413, "body_too_large", "invalid_request_error", None)
+TOO_MANY_REQUESTS = ErrorDescription(429, "too_many_requests", "requests", "rate_limit_exceeded")
 CANCELLED = ErrorDescription(499, "cancelled", "server_error", None)
 GENERATION_ERROR = ErrorDescription(500, "generation_error", "server_error", "generation_error")
 UNAVAILABLE = ErrorDescription(503, "unavailable", "server_error", None)
@@ -72,6 +74,7 @@ BY_STATUS = {
         CONFLICT,
         GONE,
         BODY_TOO_LARGE,
+        TOO_MANY_REQUESTS,
         CANCELLED,
         GENERATION_ERROR,
         UNAVAILABLE,
@@ -136,6 +139,16 @@ class BodyTooLarge(ServingError):
     """The body is over the configured limit (HTTP 413)."""
 
     description = BODY_TOO_LARGE
+
+
+class TooManyRequests(ServingError):
+    """The caller is over a cap (the job sidecar's unfinished jobs): retry after `retry_after_s` (HTTP 429)."""
+
+    description = TOO_MANY_REQUESTS
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(ServingError, RuntimeError):

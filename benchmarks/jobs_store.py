@@ -7,6 +7,9 @@ Two layers, each on SQLite (one file, one sidecar) and on PostgreSQL (shared by 
   http    real `python -m webhook_sidecar` processes (1 on SQLite; 1 and 2 on PostgreSQL) behind a
           stub model that answers at once, and a receiver that acknowledges at once:
           `POST /async_predict` per second with concurrent clients, and jobs delivered per second.
+  memory  one sidecar process per job length (SQLite) behind a stub model answering 1 or 10 minutes of
+          24 kHz WAV: the sidecar's peak RSS (VmHWM) idle, and after the job is delivered (a download
+          link) and its audio downloaded; the ratio to idle (issue 22: results are stored as bytes).
 No `--postgres-url`: a throwaway PostgreSQL server is started for the run (tests/sidecar/postgres.py)
 with its default durability (fsync on), as SQLite runs with synchronous=FULL. SQLite is measured as
 the sidecar uses it: one store (one connection) shared by the process's threads.
@@ -15,6 +18,7 @@ Usage:
   python benchmarks/jobs_store.py                     # both layers, both stores
   python benchmarks/jobs_store.py --jobs 2000 --clients 16
   python benchmarks/jobs_store.py --postgres-url postgresql://user:pass@host/db
+  python benchmarks/jobs_store.py --layers memory      # only the sidecar's RSS for long jobs
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.sidecar.harness import SECRET, FakeModel, Receiver, SidecarProcess, ThreadedUvicorn, wait_for  # noqa: E402
-from webhook_sidecar.jobs import NewJob, Store  # noqa: E402
+from webhook_sidecar.jobs import NewJob  # noqa: E402
 from webhook_sidecar.store import JobStore  # noqa: E402
+from webhook_sidecar.store_base import Store  # noqa: E402
 from webhook_sidecar.store_postgres import PostgresJobStore  # noqa: E402
 
 
@@ -164,6 +169,44 @@ def bench_http(env: dict[str, str], sidecars: int, jobs: int, clients: int, fold
     }
 
 
+def bench_memory(minutes: int, folder: Path) -> dict[str, Any]:
+    """Peak RSS of one sidecar process through a job of `minutes` of WAV and its download."""
+    from tests.sidecar.test_memory import long_prediction, peak_rss_mib
+
+    with ExitStack() as stack, stub_model_and_receiver() as (model, receiver):
+        model.answer = long_prediction(minutes * 60)
+        process = SidecarProcess(
+            {
+                "SIDECAR_DB_PATH": str(folder / f"memory-{minutes}.sqlite3"),
+                "SIDECAR_INLINE_AUDIO_MAX_BYTES": "0",  # a download link for both lengths
+                "SIDECAR_MODEL_URL": model.predict_url,
+                "SIDECAR_WEBHOOK_SECRET": SECRET,
+                "SIDECAR_WEBHOOK_ALLOWLIST": "127.0.0.1",
+            },
+            folder / f"memory-{minutes}.log",
+        )
+        stack.callback(process.stop)
+        process.start()
+        assert process.process is not None
+        idle = peak_rss_mib(process.process.pid)
+        body = {"model_input": {"prompt": "Long."}, "webhook_endpoint": receiver.url}
+        httpx.post(f"{process.url}/async_predict", json=body, timeout=30).raise_for_status()
+        wait_for(lambda: receiver.acknowledged(), 600, "the long job delivered")
+        after_job = peak_rss_mib(process.process.pid)
+        link = receiver.acknowledged()[0].event()["data"]["audio_url"]
+        with httpx.stream("GET", link, timeout=120) as response:
+            size = sum(len(piece) for piece in response.iter_bytes())
+        after_download = peak_rss_mib(process.process.pid)
+    return {
+        "audio_minutes": minutes,
+        "audio_mb": round(size / 1e6, 1),
+        "idle_rss_mib": round(idle),
+        "peak_rss_after_job_mib": round(after_job),
+        "peak_rss_after_download_mib": round(after_download),
+        "peak_over_idle": round(after_download / idle, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1000, help="jobs per store measurement")
@@ -171,11 +214,19 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients / store writers")
     parser.add_argument("--claimers", type=int, default=4)
     parser.add_argument("--postgres-url", default="", help="an existing (empty) database; default: start one")
+    parser.add_argument("--layers", default="store,http,memory", help="comma-separated: store, http, memory")
     args = parser.parse_args()
+    layers = set(args.layers.split(","))
 
     results: dict[str, Any] = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
     with ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jobs-bench-")))
+        if "memory" in layers:
+            for minutes in (1, 10):
+                results[f"memory_{minutes}_min"] = bench_memory(minutes, folder)
+        if not layers & {"store", "http"}:
+            print(json.dumps(results, indent=2))
+            return
         if args.postgres_url:
             new_database: Callable[[], str] = lambda: args.postgres_url  # noqa: E731
         else:
@@ -183,17 +234,21 @@ def main() -> None:
 
             server = stack.enter_context(postgres_server(durable=True))
             new_database = server.new_database
-        sqlite_path = folder / "store.sqlite3"
-        results["store_sqlite"] = bench_store(lambda: JobStore(sqlite_path), args.jobs, args.clients, args.claimers)
-        pg_url = new_database()
-        results["store_postgres"] = bench_store(
-            lambda: PostgresJobStore(pg_url, pool_size=args.clients), args.jobs, args.clients, args.claimers
-        )
-        sqlite_env = {"SIDECAR_DB_PATH": str(folder / "http.sqlite3")}
-        results["http_sqlite_1"] = bench_http(sqlite_env, 1, args.http_jobs, args.clients, folder)
-        for sidecars in (1, 2):
-            pg_env = {"SIDECAR_DATABASE_URL": new_database()}
-            results[f"http_postgres_{sidecars}"] = bench_http(pg_env, sidecars, args.http_jobs, args.clients, folder)
+        if "store" in layers:
+            sqlite_path = folder / "store.sqlite3"
+            results["store_sqlite"] = bench_store(lambda: JobStore(sqlite_path), args.jobs, args.clients, args.claimers)
+            pg_url = new_database()
+            results["store_postgres"] = bench_store(
+                lambda: PostgresJobStore(pg_url, pool_size=args.clients), args.jobs, args.clients, args.claimers
+            )
+        if "http" in layers:
+            sqlite_env = {"SIDECAR_DB_PATH": str(folder / "http.sqlite3")}
+            results["http_sqlite_1"] = bench_http(sqlite_env, 1, args.http_jobs, args.clients, folder)
+            for sidecars in (1, 2):
+                pg_env = {"SIDECAR_DATABASE_URL": new_database()}
+                results[f"http_postgres_{sidecars}"] = bench_http(
+                    pg_env, sidecars, args.http_jobs, args.clients, folder
+                )
     print(json.dumps(results, indent=2))
 
 

@@ -5,13 +5,15 @@ mode, as a Knative Trigger sends it), `GET /jobs/{id}`, `DELETE /jobs/{id}` (can
 `GET /downloads/{token}`, and the open
 `/healthz`, `/readyz`, `/metrics`. Every error is one of the error table's types
 (`bark_common.errors`), answered in one place as `{"error": "..."}` with the row's status.
+
+A job belongs to the key that created it (auth.py): another key gets 404 on every route, as for an
+unknown job. Intake applies the model server's limits (limits.py) and the caps on unfinished jobs
+(429 with Retry-After).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -25,24 +27,36 @@ from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException as CloudEventError
 from cloudevents.http import CloudEvent, from_http
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from bark_common.errors import BodyTooLarge, Conflict, Gone, InvalidInput, NotFound, ServingError, Unavailable
+from bark_common.api_keys import presented_key
+from bark_common.errors import (
+    BodyTooLarge,
+    Conflict,
+    Gone,
+    InvalidInput,
+    NotFound,
+    ServingError,
+    TooManyRequests,
+    Unavailable,
+)
 from bark_common.formats import content_type
 from bark_common.schema import invalid_input_from
 
-from .auth import authenticated_key, principal
+from .auth import Caller, authenticated_key, principal
 from .config import Settings
 from .delivery import DEFAULT_EVENT_SOURCE, iso_time
-from .jobs import DELIVERABLE, Job, StoreUnavailable
+from .jobs import DELIVERABLE, Job, QueueFull, StoreUnavailable
 from .protocol import EVENT_ACCEPTED, AsyncPredictRequest, JobAccepted, JobProgress, JobStatus
 from .service import JobService, request_hash
 from .urls import UnsafeUrl, check_webhook_url_async
 
 logger = logging.getLogger("webhook_sidecar")
 IDEMPOTENCY_HEADER = "idempotency-key"
+#: The owner of jobs that keyless CloudEvents created (a Trigger sends no key): only admin keys read them.
+CLOUDEVENTS_OWNER = "cloudevents"
 _MAX_IDEMPOTENCY_KEY_CHARS = 255
 _RETRY_AFTER_S = 5
 
@@ -77,6 +91,11 @@ def create_app(settings: Settings) -> FastAPI:
         logger.warning("answering 503: %s", error)
         return error_response(Unavailable("the job store is unavailable; retry shortly", _RETRY_AFTER_S))
 
+    @app.exception_handler(QueueFull)
+    async def _queue_full(_: Request, error: QueueFull) -> JSONResponse:
+        retry_after = service.settings.queue_full_retry_after_s
+        return error_response(TooManyRequests(f"too many unfinished jobs: {error}; retry later", retry_after))
+
     @app.post("/async_predict", status_code=202, tags=["jobs"])
     async def async_predict(request: Request) -> Response:
         """Queue a synthesis job; its result is POSTed to `webhook_endpoint` as a CloudEvent."""
@@ -90,7 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
                 f"Idempotency-Key: must be 1 to {_MAX_IDEMPOTENCY_KEY_CHARS} characters", param="Idempotency-Key"
             )
         scoped = _scoped_key(caller, "http", key) if key else None
-        job, created = await service.submit(job_request, _public_base(service, request), scoped)
+        job, created = await service.submit(job_request, _public_base(service, request), scoped, service.owner(caller))
         if not created and job.request_hash != request_hash(job_request):
             raise Conflict("Idempotency-Key: already used for a different request body")
         accepted = _accepted(job)
@@ -107,7 +126,8 @@ def create_app(settings: Settings) -> FastAPI:
         is itself a binary-mode CloudEvent (`com.barkkserve.tts.accepted`): Knative rejects non-empty
         replies that are not CloudEvents.
         """
-        caller = _authenticate(service, request) if service.settings.cloudevents_require_key else None
+        keyless = not service.settings.cloudevents_require_key
+        caller = None if keyless else _authenticate(service, request)
         _refuse_when_draining(service)
         raw = await _read_body(request, service.settings.max_body_bytes)
         try:
@@ -121,7 +141,8 @@ def create_app(settings: Settings) -> FastAPI:
             )
         job_request = await _validate(_event_data(event), service)
         scoped = _scoped_key(caller, "cloudevent", f"{event['source']}\n{event['id']}")
-        job, _created = await service.submit(job_request, _public_base(service, request), scoped)
+        owner = CLOUDEVENTS_OWNER if keyless and service.api_keys else service.owner(caller)
+        job, _created = await service.submit(job_request, _public_base(service, request), scoped, owner)
         accepted = _accepted(job)
         reply = CloudEvent(
             {
@@ -140,8 +161,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/jobs/{job_id}", response_model=JobStatus, tags=["jobs"])
     async def job_status(job_id: str, request: Request) -> JobStatus:
         """State, attempts, timestamps and the last error of one job (never its audio)."""
-        _authenticate(service, request)
-        job = await _get_job(service, job_id)
+        job = await _get_job(service, job_id, _caller(service, request))
         return _status(job)
 
     @app.delete(
@@ -154,7 +174,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Cancel a job: queued (or already cancelled) -> `cancelled`, 200; running (on any replica) -> 202,
         `cancel_requested` set, and it ends `cancelled` once its sidecar stopped the model call. A cancelled
         job is never delivered. A finished job cannot be cancelled: 409."""
-        _authenticate(service, request)
+        await _get_job(service, job_id, _caller(service, request))  # 404 unless it is the caller's
         job = await service.cancel(job_id)
         if job is None:
             raise NotFound("no job with this id")
@@ -165,25 +185,23 @@ def create_app(settings: Settings) -> FastAPI:
         raise _not_cancellable(job)
 
     @app.get("/downloads/{token}", tags=["jobs"])
-    async def download(token: str) -> Response:
-        """Audio too large to deliver inline. The unguessable, expiring token is the credential
-        (receivers hold no API key), like a presigned URL."""
+    async def download(token: str, request: Request) -> Response:
+        """Audio too large to deliver inline, streamed from the store a chunk at a time. The unguessable,
+        expiring token is the credential (receivers hold no API key), like a presigned URL; a request
+        that presents an API key must present the job's own (or an admin key), else 404."""
         if not service.started:
             raise Unavailable("starting", _RETRY_AFTER_S)
         job = await asyncio.to_thread(service.store.get_by_download_token, token)
-        if job is None:
+        if job is None or (presents_key(request) and not _caller(service, request).may_see(job.owner)):
             raise NotFound("no download with this token")
-        if (job.download_expires_at or 0) < time.time() or job.result is None:
+        if (job.download_expires_at or 0) < time.time() or job.result is None or job.audio_bytes is None:
             raise Gone("this download link has expired")
-        try:
-            audio = base64.b64decode(job.result["audio"], validate=True)
-        except (KeyError, binascii.Error):
-            raise Gone("this download has no audio") from None
         audio_format = str(job.result.get("format", "wav"))
-        return Response(
-            audio,
+        return StreamingResponse(
+            service.store.read_audio(job.id),  # a sync iterator: Starlette reads it in a thread
             media_type=content_type(audio_format),
             headers={
+                "content-length": str(job.audio_bytes),
                 "content-disposition": f'attachment; filename="{job.id}.{audio_format}"',
                 "cache-control": "private, no-store",
             },
@@ -213,7 +231,16 @@ def create_app(settings: Settings) -> FastAPI:
 
 def _authenticate(service: JobService, request: Request) -> str | None:
     """The matching key (None when auth is off); Unauthorized (401) naming both accepted headers otherwise."""
-    return authenticated_key(request.headers, service.api_keys)
+    return authenticated_key(request.headers, service.api_keys + service.admin_keys)
+
+
+def _caller(service: JobService, request: Request) -> Caller:
+    key = _authenticate(service, request)
+    return Caller(owner=service.owner(key), admin=key is not None and key in service.admin_keys)
+
+
+def presents_key(request: Request) -> bool:
+    return presented_key(dict(request.headers)) is not None
 
 
 def _refuse_when_draining(service: JobService) -> None:
@@ -284,9 +311,10 @@ def _accepted(job: Job) -> JobAccepted:
     return JobAccepted(job_id=job.id, status_url=f"{job.public_base}/jobs/{job.id}")
 
 
-async def _get_job(service: JobService, job_id: str) -> Job:
+async def _get_job(service: JobService, job_id: str, caller: Caller) -> Job:
+    """The job, if this caller may see it: another key's job is a 404 like an unknown one."""
     job = await asyncio.to_thread(service.store.get, job_id)
-    if job is None:
+    if job is None or not caller.may_see(job.owner):
         raise NotFound("no job with this id")
     return job
 

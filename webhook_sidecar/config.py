@@ -1,7 +1,8 @@
 """All sidecar settings in one typed place, read once at start (env prefix `SIDECAR_`).
 
-Secrets (`WEBHOOK_SECRET`, `API_KEYS`, `MODEL_API_KEY`) are `SecretStr`, so neither logs nor a
-printed `Settings` show them.
+Secrets (`WEBHOOK_SECRET`, `API_KEYS`, `ADMIN_API_KEYS`, `MODEL_API_KEY`) are `SecretStr`, so neither
+logs nor a printed `Settings` show them. The model's own request limits are not here: the sidecar reads
+the model server's settings (`BARK_*`, limits.py), so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bark_common.api_keys import load_api_keys
 
-from .signing import generate_secret
+from .readiness import ready_url
+from .signing import generate_secret, split_secrets
 
 logger = logging.getLogger("webhook_sidecar")
 _STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
@@ -38,8 +40,14 @@ class Settings(BaseSettings):
         description="sqlite:///abs/path (one sidecar) or postgresql://user:pass@host:5432/db (shared by "
         "any number of sidecars); empty: SQLite at db_path",
     )
+    model_ready_url: str = Field(
+        default="", description="the model server's readiness route; empty: model_url without `:predict`"
+    )
     lease_s: float = Field(
-        default=60.0, ge=1, description="PostgreSQL store: a claimed job's lease, renewed every lease_s/3"
+        default=60.0,
+        ge=1,
+        description="PostgreSQL store: a claimed job's lease, renewed every lease_s/6; work whose lease "
+        "could not be renewed for lease_s stops",
     )
     db_pool_size: int = Field(default=10, ge=1, description="PostgreSQL store: connections per sidecar")
     db_wait_s: float = Field(
@@ -48,7 +56,8 @@ class Settings(BaseSettings):
 
     webhook_secret: SecretStr = Field(
         default=SecretStr(""),
-        description="HMAC key, `whsec_<base64>` or a raw string; empty: random per start",
+        description="HMAC keys, `whsec_<base64>` or raw strings, separated by spaces or commas: every delivery "
+        "is signed with each (rotation); empty: random per start",
     )
     concurrency: int = Field(default=2, ge=1, description="model calls in flight at once")
     delivery_concurrency: int = Field(default=4, ge=1, description="webhook POSTs in flight at once")
@@ -58,6 +67,7 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(default=300.0, gt=0)
     delivery_timeout_s: float = Field(default=30.0, gt=0)
     webhook_allowlist: str = Field(default="", description="comma-separated hosts or CIDRs allowed although private")
+    webhook_ports: str = Field(default="", description="comma-separated ports webhooks may use; empty: any")
     webhook_ca_file: Path | None = Field(
         default=None, description="PEM bundle that verifies https receivers instead of the public CAs (a private CA)"
     )
@@ -66,8 +76,23 @@ class Settings(BaseSettings):
         default=4 * 1024 * 1024, ge=0, description="larger audio is delivered as a download URL instead"
     )
     download_ttl_s: int = Field(default=86_400, ge=1)
+    max_result_bytes: int = Field(
+        default=48 * 1024 * 1024,
+        ge=1024,
+        description="largest audio one job may produce (encoded bytes; 48 MiB is 17 min of 24 kHz WAV, hours of "
+        "mp3/opus): a larger answer fails the job while it streams in, so it can never exhaust the sidecar's "
+        "memory (parsing one answer peaks at about 4x its audio)",
+    )
+    max_queued_per_key: int = Field(
+        default=100, ge=0, description="unfinished (queued or running) jobs one API key may have; 0: no cap"
+    )
+    max_queued_total: int = Field(default=10_000, ge=0, description="unfinished jobs in the store; 0: no cap")
+    queue_full_retry_after_s: int = Field(default=30, ge=1, description="Retry-After of a 429 at a cap")
     api_keys: SecretStr = Field(default=SecretStr(""), description="comma-separated keys for the job routes")
     api_keys_file: Path | None = Field(default=None, description="one key per line (a mounted Secret)")
+    admin_api_keys: SecretStr = Field(
+        default=SecretStr(""), description="comma-separated keys that may read and cancel every caller's jobs"
+    )
     cloudevents_require_key: bool = Field(
         default=True,
         description="false: `POST /` accepts CloudEvents without a key (Knative Triggers send none)",
@@ -118,6 +143,17 @@ class Settings(BaseSettings):
     def load_api_keys(self) -> tuple[str, ...]:
         """Keys from `API_KEYS` then `API_KEYS_FILE`, in order, once each; none means auth is off."""
         return load_api_keys(self.api_keys.get_secret_value(), self.api_keys_file)
+
+    def load_admin_keys(self) -> tuple[str, ...]:
+        return load_api_keys(self.admin_api_keys.get_secret_value(), None)
+
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """Every signing secret, in order (the first is the current one)."""
+        return split_secrets(self.webhook_secret.get_secret_value())
+
+    @property
+    def readiness_url(self) -> str:
+        return self.model_ready_url or ready_url(self.model_url)
 
     def model_key(self, api_keys: tuple[str, ...]) -> str:
         """The key for the model server: its own setting, else ours (the chart mounts one Secret)."""

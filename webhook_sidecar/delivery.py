@@ -7,13 +7,19 @@
 - 2xx: delivered. Network errors, timeouts, 408, 429 and 5xx: retried with exponential back-off and
   jitter (Retry-After honoured) up to `max_attempts`, then `dead`. Any other status (3xx: redirects
   are not followed; 4xx): final, `dead`.
-- The address is checked again and the connection pinned to it (see urls.py).
+- The address is checked again and the connection pinned to it (see urls.py). Connections are kept
+  per hostname (connections.py): a TLS session verified for one receiver's name never carries another
+  receiver's payload, even when both names resolve to one address.
+- One signature per configured secret (`webhook-signature: v1,<a> v1,<b>`): rotating the secret is
+  adding the new one beside the old, then dropping the old once receivers verify with the new one.
+- The audio comes from the store only when it is delivered inline (at most `inline_audio_max_bytes`);
+  larger audio is a download link, and a delivery never loads it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
 import logging
 import time
 from datetime import datetime, timezone
@@ -24,11 +30,14 @@ from cloudevents.conversion import to_structured
 from cloudevents.http import CloudEvent
 
 from .config import Settings
-from .jobs import Job, StaleJob, Store
+from .connections import WebhookClients
+from .jobs import Job
+from .leases import until_landed
 from .metrics import SidecarMetrics
 from .protocol import EVENT_COMPLETED, EVENT_FAILED
 from .retry import backoff_s, parse_retry_after
 from .signing import signature_headers
+from .store_base import Store
 from .urls import Allowlist, UnresolvableHost, UnsafeUrl, check_webhook_url_async
 
 logger = logging.getLogger("webhook_sidecar.delivery")
@@ -43,19 +52,27 @@ def iso_time(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def event_data(job: Job) -> dict[str, Any]:
-    """The prediction (or the failure); large audio replaced by a link to `/downloads/{token}`."""
+def event_data(job: Job, audio: bytes | None) -> dict[str, Any]:
+    """The prediction (or the failure): `audio` inline as base64, or a link to `/downloads/{token}`."""
     assert job.result is not None, "deliverable jobs carry a result"
     data = dict(job.result)
     if job.outcome == "succeeded" and job.download_token is not None:
-        audio = data.pop("audio")
         data["audio_url"] = f"{job.public_base}/downloads/{job.download_token}"
         data["audio_url_expires_at"] = iso_time(job.download_expires_at or 0.0)
-        data["audio_bytes"] = len(audio) * 3 // 4 - audio[-2:].count("=")
+        data["audio_bytes"] = job.audio_bytes
+    elif audio is not None:
+        data = {"audio": base64.b64encode(audio).decode(), **data}
     return data
 
 
-def build_event(job: Job, source: str = DEFAULT_EVENT_SOURCE) -> CloudEvent:
+def inline_audio(store: Store, job: Job) -> bytes | None:
+    """The audio a delivery carries inline (bounded by inline_audio_max_bytes); None for a link or a failure."""
+    if job.outcome != "succeeded" or job.download_token is not None or job.audio_bytes is None:
+        return None
+    return b"".join(store.read_audio(job.id))
+
+
+def build_event(job: Job, audio: bytes | None, source: str = DEFAULT_EVENT_SOURCE) -> CloudEvent:
     attributes = {
         "type": EVENT_COMPLETED if job.outcome == "succeeded" else EVENT_FAILED,
         "source": source,
@@ -64,13 +81,15 @@ def build_event(job: Job, source: str = DEFAULT_EVENT_SOURCE) -> CloudEvent:
         "time": iso_time(job.finished_at or job.updated_at),
         "datacontenttype": "application/json",
     }
-    return CloudEvent(attributes, event_data(job))
+    return CloudEvent(attributes, event_data(job, audio))
 
 
-def encode_delivery(job: Job, secret: str, source: str, timestamp: int | None = None) -> tuple[dict[str, str], bytes]:
+def encode_delivery(
+    job: Job, audio: bytes | None, secrets: tuple[str, ...], source: str, timestamp: int | None = None
+) -> tuple[dict[str, str], bytes]:
     """Headers and body of one delivery attempt: the structured CloudEvent plus signature headers."""
-    headers, body = to_structured(build_event(job, source))
-    headers.update(signature_headers(secret, job.id, body, timestamp))
+    headers, body = to_structured(build_event(job, audio, source))
+    headers.update(signature_headers(secrets, job.id, body, timestamp))
     headers["user-agent"] = USER_AGENT
     return headers, body
 
@@ -83,28 +102,22 @@ class Deliverer:
         store: Store,
         settings: Settings,
         metrics: SidecarMetrics,
-        client: httpx.AsyncClient,
+        clients: WebhookClients,
         allowlist: Allowlist,
     ) -> None:
         self.store = store
         self.settings = settings
         self.metrics = metrics
-        self.client = client
+        self.clients = clients
         self.allowlist = allowlist
-        self.secret = settings.webhook_secret.get_secret_value()
+        self.secrets = settings.webhook_secrets()
         self.source = settings.event_source or DEFAULT_EVENT_SOURCE
 
     async def deliver(self, job: Job) -> None:
-        try:
-            await self._attempt(job)
-        except asyncio.CancelledError:
-            with contextlib.suppress(StaleJob):
-                self.store.release(job.id)
-            raise
-
-    async def _attempt(self, job: Job) -> None:
+        """One attempt. Cancelled (shutdown, a lost lease), it writes nothing: `release_all` or the
+        lapsed lease hands the job back, and the redelivery is the same message."""
         if job.delivery_attempts > self.settings.max_attempts:  # only after repeated internal errors
-            await asyncio.to_thread(self.store.mark_dead, job.id, "gave up: too many attempts", None)
+            await until_landed(self.store.mark_dead, job.id, "gave up: too many attempts", None)
             return
         try:
             target = await check_webhook_url_async(job.webhook_endpoint, self.allowlist)
@@ -113,11 +126,11 @@ class Deliverer:
             return
         except UnsafeUrl as error:
             self.metrics.delivery_attempts.labels("blocked").inc()
-            await asyncio.to_thread(self.store.mark_dead, job.id, f"refused at delivery: {error}", None)
+            await until_landed(self.store.mark_dead, job.id, f"refused at delivery: {error}", None)
             logger.warning("job %s: webhook refused at delivery: %s", job.id, error)
             return
 
-        headers, body = await asyncio.to_thread(encode_delivery, job, self.secret, self.source)
+        headers, body = await asyncio.to_thread(self._encode, job)
         original = httpx.URL(job.webhook_endpoint)
         # Connect to the address we checked; the server still sees its name (Host, TLS SNI).
         address = target.addresses[(job.delivery_attempts - 1) % len(target.addresses)]
@@ -126,7 +139,9 @@ class Deliverer:
         try:
             # httpx's timeout is per read; wait_for bounds the whole exchange (a receiver trickling bytes).
             status, retry_after, snippet = await asyncio.wait_for(
-                self._post(original.copy_with(host=str(address)), headers, body, extensions),
+                self._post(
+                    self.clients.for_target(target), original.copy_with(host=str(address)), headers, body, extensions
+                ),
                 self.settings.delivery_timeout_s,
             )
         except (httpx.TimeoutException, asyncio.TimeoutError):
@@ -138,7 +153,7 @@ class Deliverer:
             return
 
         if 200 <= status < 300:
-            await asyncio.to_thread(self.store.mark_delivered, job.id, status)
+            await until_landed(self.store.mark_delivered, job.id, status)
             self.metrics.delivery_attempts.labels("delivered").inc()
             self.metrics.delivery_latency.observe(max(0.0, time.time() - (job.finished_at or time.time())))
             logger.info("job %s delivered (%d, attempt %d)", job.id, status, job.delivery_attempts)
@@ -150,14 +165,22 @@ class Deliverer:
             await self._retry(job, problem, status, parse_retry_after(retry_after))
             return
         self.metrics.delivery_attempts.labels("rejected").inc()
-        await asyncio.to_thread(self.store.mark_dead, job.id, f"{problem} (final: not retried)", status)
+        await until_landed(self.store.mark_dead, job.id, f"{problem} (final: not retried)", status)
         logger.warning("job %s: %s; final", job.id, problem)
 
+    def _encode(self, job: Job) -> tuple[dict[str, str], bytes]:
+        return encode_delivery(job, inline_audio(self.store, job), self.secrets, self.source)
+
     async def _post(
-        self, url: httpx.URL, headers: dict[str, str], body: bytes, extensions: dict[str, str]
+        self,
+        client: httpx.AsyncClient,
+        url: httpx.URL,
+        headers: dict[str, str],
+        body: bytes,
+        extensions: dict[str, str],
     ) -> tuple[int, str | None, str]:
         """POST; the status, Retry-After and the start of the answer (the rest is never read)."""
-        async with self.client.stream(
+        async with client.stream(
             "POST",
             url,
             content=body,
@@ -173,14 +196,14 @@ class Deliverer:
         if job.delivery_attempts >= settings.max_attempts:
             self.metrics.delivery_attempts.labels("gave_up").inc()
             final = f"{error} (gave up after {job.delivery_attempts} attempts)"
-            await asyncio.to_thread(self.store.mark_dead, job.id, final, status)
+            await until_landed(self.store.mark_dead, job.id, final, status)
             logger.warning("job %s: %s", job.id, final)
             return
         delay = backoff_s(job.delivery_attempts, settings.retry_base_s, settings.retry_max_s)
         if retry_after is not None:
             delay = max(delay, min(retry_after, settings.retry_max_s))
         self.metrics.delivery_attempts.labels("retry").inc()
-        await asyncio.to_thread(self.store.schedule_retry, job.id, delay, error, status)
+        await until_landed(self.store.schedule_retry, job.id, delay, error, status)
         logger.info("job %s: %s; retry in %.2f s", job.id, error, delay)
 
 

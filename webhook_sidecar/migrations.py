@@ -67,6 +67,26 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             f"CREATE INDEX {TABLE}_ended ON {TABLE} (updated_at) WHERE state IN ('delivered', 'dead', 'cancelled')",
         ),
     ),
+    # Issue #22: who created a job (a keyed hash of its key), hand-backs of a model that could not take
+    # it, the op token that makes a retried transition idempotent, and the audio as bytes in chunks of
+    # a table of its own (results were base64 inside `result`: moved, the rest of `result` kept).
+    (
+        4,
+        (
+            f"ALTER TABLE {TABLE} ADD COLUMN owner text, ADD COLUMN handbacks integer NOT NULL DEFAULT 0, "
+            "ADD COLUMN audio_bytes bigint, ADD COLUMN op_token text",
+            f"CREATE TABLE {TABLE}_audio (job_id text NOT NULL REFERENCES {TABLE} (id) ON DELETE CASCADE, "
+            "seq integer NOT NULL, data bytea NOT NULL, PRIMARY KEY (job_id, seq))",
+            # Encoded audio barely compresses: store it as is instead of trying pglz on every chunk.
+            f"ALTER TABLE {TABLE}_audio ALTER COLUMN data SET STORAGE EXTERNAL",
+            f"INSERT INTO {TABLE}_audio (job_id, seq, data) SELECT id, 0, decode(result::jsonb->>'audio', 'base64') "
+            f"FROM {TABLE} WHERE result IS NOT NULL AND result::jsonb ? 'audio'",
+            f"UPDATE {TABLE} SET audio_bytes = octet_length(decode(result::jsonb->>'audio', 'base64')), "
+            "result = (result::jsonb - 'audio')::text WHERE result IS NOT NULL AND result::jsonb ? 'audio'",
+            f"CREATE INDEX {TABLE}_unfinished_owner ON {TABLE} (owner) WHERE state IN ('queued', 'running')",
+            f"CREATE TABLE {TABLE}_meta (name text PRIMARY KEY, value text NOT NULL)",
+        ),
+    ),
 )
 
 

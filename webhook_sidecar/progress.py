@@ -19,8 +19,9 @@ from urllib.parse import quote
 import httpx
 import pydantic
 
-from .jobs import StaleJob, Store, StoreUnavailable
+from .jobs import StaleJob, StoreUnavailable
 from .protocol import JobProgress
+from .store_base import Store
 
 logger = logging.getLogger("webhook_sidecar.progress")
 

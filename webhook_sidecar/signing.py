@@ -1,8 +1,9 @@
 """Standard Webhooks signatures: `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
 
 The same scheme as https://www.standardwebhooks.com, so receivers may use the `standardwebhooks`
-library instead of `verify` below. `verify` uses only the standard library on purpose: receivers copy
-it (docs/WEBHOOKS.md shows it).
+library instead of `verify` below. With several secrets configured (rotation), each delivery carries one
+signature per secret, space-separated, and a receiver holding any one of them verifies it. `verify` uses
+only the standard library on purpose: receivers copy it (docs/WEBHOOKS.md shows it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 SECRET_PREFIX = "whsec_"
 #: Receivers refuse timestamps further than this from their clock (replay protection).
@@ -42,14 +43,23 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def signature_headers(secret: str, msg_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-    """The three Standard Webhooks headers for one delivery attempt (the timestamp is per attempt)."""
+def signature_headers(
+    secret: str | Sequence[str], msg_id: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
+    """The three Standard Webhooks headers for one delivery attempt (the timestamp is per attempt); one
+    signature per secret."""
     timestamp = int(time.time()) if timestamp is None else timestamp
+    keys = [secret] if isinstance(secret, str) else list(secret)
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, msg_id, timestamp, body),
+        "webhook-signature": " ".join(sign(key, msg_id, timestamp, body) for key in keys),
     }
+
+
+def split_secrets(text: str) -> tuple[str, ...]:
+    """Secrets from one setting: separated by white space or commas (a `whsec_` secret holds neither)."""
+    return tuple(dict.fromkeys(part for part in text.replace(",", " ").split() if part))
 
 
 def verify(

@@ -4,70 +4,44 @@ States and transitions are in jobs.py. `in_flight` marks a row some task of this
 only one process owns a store (one pod, one volume), so at start `recover` hands every in-flight row
 back: `running` -> `queued`, and `delivering` due at once. `synchronous=FULL` makes a commit survive a
 power cut, not only a killed process. Several sidecars need the PostgreSQL store (store_postgres.py).
+
+"One process" is enforced, not assumed (sqlite_file.py): a second sidecar on the same file refuses to
+start with the reason.
 """
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from .jobs import COLUMNS as _COLUMNS
 from .jobs import (
+    AUDIO_CHUNK_BYTES,
     ENDED,
     FRESH_RUN,
     HAND_BACK_RUN,
     INTERRUPTED_RUN,
     NEW_JOB_COLUMNS,
+    NO_CAPS,
     STATES,
+    Caps,
     Job,
     NewJob,
     StaleJob,
-    Store,
     StoreUnavailable,
     TransitionHook,
 )
+from .jobs import COLUMNS as _COLUMNS
 from .protocol import JobState
+from .sqlite_file import StoreLocked, migrate, take_file_lock
+from .store_base import Store, assignments, split_chunks
 
-__all__ = ["STATES", "Job", "JobStore", "StaleJob"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    idempotency_key TEXT UNIQUE,
-    request_hash TEXT NOT NULL,
-    model_input TEXT NOT NULL,
-    webhook_endpoint TEXT NOT NULL,
-    public_base TEXT NOT NULL,
-    state TEXT NOT NULL,
-    outcome TEXT,
-    error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    delivery_attempts INTEGER NOT NULL DEFAULT 0,
-    in_flight INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    delivered_at REAL,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT,
-    last_status_code INTEGER,
-    result TEXT,
-    download_token TEXT UNIQUE,
-    download_expires_at REAL,
-    chunks_done INTEGER,
-    chunks_total INTEGER,
-    cancel_requested_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, in_flight, next_attempt_at);
-"""
-#: Columns added after the first release: `CREATE TABLE IF NOT EXISTS` leaves an older file without them.
-_ADDED_COLUMNS = {"chunks_done": "INTEGER", "chunks_total": "INTEGER", "cancel_requested_at": "REAL"}
+__all__ = ["STATES", "Job", "JobStore", "StaleJob", "StoreLocked"]
 
 
 class JobStore(Store):
@@ -87,32 +61,30 @@ class JobStore(Store):
         self._on_transition = on_transition or (lambda _state: None)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._file_lock: IO[str] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file_lock = take_file_lock(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
+        db.execute("PRAGMA foreign_keys=ON")
         self._db = db
-        self._add_missing_columns()
-
-    def _add_missing_columns(self) -> None:
-        """Upgrade a file an older sidecar created (nullable columns: its rows stay valid)."""
-        with self._transaction() as db:
-            present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
-            for name, kind in _ADDED_COLUMNS.items():
-                if name not in present:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        with self._transaction() as conn:
+            migrate(conn, self._write_audio)
 
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            if self._file_lock is not None:
+                self._file_lock.close()  # releases the flock
+                self._file_lock = None
 
     def describe(self) -> str:
         return f"sqlite:///{self.path}"
@@ -138,6 +110,14 @@ class JobStore(Store):
                 raise
             db.execute("COMMIT")
 
+    def owner_key(self) -> bytes:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO store_meta (name, value) VALUES ('owner_key', ?)", (secrets.token_hex(32),)
+            )
+            value = db.execute("SELECT value FROM store_meta WHERE name = 'owner_key'").fetchone()[0]
+        return bytes.fromhex(value)
+
     def _update(
         self,
         job_id: str,
@@ -145,20 +125,52 @@ class JobStore(Store):
         changes: Mapping[str, Any],
         held: bool,
         where: str = "",
+        op: str | None = None,
+        audio: bytes | None = None,
     ) -> bool:
         # `held` needs no check: only this process works on the file.
-        assignments = ", ".join(f"{name} = :{name}" for name in changes)
+        values = {**changes, "op_token": op} if op else dict(changes)
+        setting, params = assignments(values, lambda name: f":{name}")
         marks = ", ".join(f":from{index}" for index in range(len(allowed_from)))
-        params = {**changes, "id": job_id, **{f"from{i}": state for i, state in enumerate(allowed_from)}}
+        params.update({"id": job_id, **{f"from{i}": state for i, state in enumerate(allowed_from)}})
         extra = f" AND ({where})" if where else ""
         with self._transaction() as db:
-            cursor = db.execute(f"UPDATE jobs SET {assignments} WHERE id = :id AND state IN ({marks}){extra}", params)
-            return cursor.rowcount == 1
+            cursor = db.execute(f"UPDATE jobs SET {setting} WHERE id = :id AND state IN ({marks}){extra}", params)
+            if cursor.rowcount == 1:
+                if audio is not None:
+                    self._write_audio(db, job_id, audio)
+                return True
+            return op is not None and self._landed(db, job_id, op)
+
+    @staticmethod
+    def _landed(db: sqlite3.Connection, job_id: str, op: str) -> bool:
+        return db.execute("SELECT 1 FROM jobs WHERE id = ? AND op_token = ?", (job_id, op)).fetchone() is not None
+
+    @staticmethod
+    def _write_audio(db: sqlite3.Connection, job_id: str, audio: bytes) -> None:
+        db.execute("DELETE FROM job_audio WHERE job_id = ?", (job_id,))
+        db.executemany(
+            "INSERT INTO job_audio (job_id, seq, data) VALUES (?, ?, ?)",
+            ((job_id, seq, bytes(piece)) for seq, piece in split_chunks(audio, AUDIO_CHUNK_BYTES)),
+        )
+
+    def _add_attempts(self, job_id: str, delta: int, error: str | None, op: str) -> int | None:
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE jobs SET attempts = attempts + ?, last_error = COALESCE(?, last_error), updated_at = ?, "
+                "op_token = ? WHERE id = ? AND state = 'running' AND in_flight = 1 "
+                "AND op_token IS NOT ? RETURNING attempts",
+                (delta, error, self._clock(), op, job_id, op),
+            ).fetchone()
+            if row is None:
+                row = db.execute(
+                    "SELECT attempts FROM jobs WHERE id = ? AND op_token = ? AND state = 'running'", (job_id, op)
+                ).fetchone()
+        return int(row[0]) if row is not None else None
 
     # -- intake ----------------------------------------------------------------------------------
 
-    def create(self, new: NewJob) -> tuple[Job, bool]:
-        """Store a queued job and commit; with a known idempotency key return that job instead."""
+    def create(self, new: NewJob, caps: Caps = NO_CAPS) -> tuple[Job, bool]:
         with self._transaction() as db:
             if new.idempotency_key is not None:
                 row = db.execute(
@@ -166,8 +178,14 @@ class JobStore(Store):
                 ).fetchone()
                 if row is not None:
                     return Job.from_row(row), False
+            if caps.per_caller or caps.total:
+                mine, total = db.execute(
+                    "SELECT COALESCE(SUM(owner IS ?), 0), COUNT(*) FROM jobs WHERE state IN ('queued', 'running')",
+                    (new.owner,),
+                ).fetchone()
+                caps.check(int(mine), int(total))
             db.execute(
-                f"INSERT INTO jobs ({NEW_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                f"INSERT INTO jobs ({NEW_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
                 new.insert_values(self._clock()),
             )
             row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (new.id,)).fetchone()
@@ -191,6 +209,20 @@ class JobStore(Store):
             )
         return Job.from_row(row) if row is not None else None
 
+    def read_audio(self, job_id: str) -> Iterator[bytes]:
+        seq = 0
+        while True:
+            with self._lock:
+                row = (
+                    self._open_db()
+                    .execute("SELECT data FROM job_audio WHERE job_id = ? AND seq = ?", (job_id, seq))
+                    .fetchone()
+                )
+            if row is None:
+                return
+            yield bytes(row[0])
+            seq += 1
+
     def counts(self) -> dict[str, int]:
         """Jobs per state, every state present (a gauge should read 0, not vanish)."""
         with self._lock:
@@ -204,39 +236,38 @@ class JobStore(Store):
             value = self._open_db().execute(f"SELECT MIN(next_attempt_at) FROM jobs WHERE {where}").fetchone()[0]
         return float(value) if value is not None else None
 
-    # -- running ---------------------------------------------------------------------------------
+    # -- claims ----------------------------------------------------------------------------------
 
-    def claim_run(self) -> Job | None:
-        """Take the oldest due queued job: it becomes `running` and ours."""
+    def claim_run(self, op: str | None = None) -> Job | None:
         now = self._clock()
+        op = op or secrets.token_hex(8)
         with self._transaction() as db:
-            row = db.execute(
-                f"UPDATE jobs SET state = 'running', in_flight = 1, started_at = ?, updated_at = ?, {FRESH_RUN} "
-                "WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND next_attempt_at <= ? "
-                f"ORDER BY next_attempt_at, created_at LIMIT 1) RETURNING {_COLUMNS}",
-                (now, now, now),
-            ).fetchone()
+            row = (
+                db.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE op_token = ? AND state = 'running' AND in_flight = 1", (op,)
+                ).fetchone()
+                or db.execute(
+                    f"UPDATE jobs SET state = 'running', in_flight = 1, started_at = ?, updated_at = ?, op_token = ?, "
+                    f"{FRESH_RUN} WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND next_attempt_at <= ? "
+                    f"ORDER BY next_attempt_at, created_at LIMIT 1) RETURNING {_COLUMNS}",
+                    (now, now, op, now),
+                ).fetchone()
+            )
         if row is None:
             return None
         self._on_transition("running")
         return Job.from_row(row)
 
-    def count_attempt(self, job_id: str, delta: int = 1, error: str | None = None) -> int:
-        """Count `delta` model calls (0: only note the error); returns the new count."""
-        with self._transaction() as db:
-            row = db.execute(
-                "UPDATE jobs SET attempts = attempts + ?, last_error = COALESCE(?, last_error), "
-                "updated_at = ? WHERE id = ? RETURNING attempts",
-                (delta, error, self._clock(), job_id),
-            ).fetchone()
-        return int(row[0]) if row is not None else 0
-
-    # -- delivering ------------------------------------------------------------------------------
-
-    def claim_delivery(self) -> Job | None:
-        """Take the most overdue deliverable job, counting the attempt before it is made."""
+    def claim_delivery(self, op: str | None = None) -> Job | None:
         now = self._clock()
+        op = op or secrets.token_hex(8)
         with self._transaction() as db:
+            again = db.execute(
+                f"SELECT {_COLUMNS}, result FROM jobs WHERE op_token = ? AND state = 'delivering' AND in_flight = 1",
+                (op,),
+            ).fetchone()
+            if again is not None:
+                return Job.from_row(again)
             due = db.execute(
                 "SELECT id, state FROM jobs WHERE state IN ('succeeded', 'failed', 'delivering') "
                 "AND in_flight = 0 AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT 1",
@@ -245,43 +276,20 @@ class JobStore(Store):
             if due is None:
                 return None
             row = db.execute(
-                "UPDATE jobs SET state = 'delivering', in_flight = 1, "
+                "UPDATE jobs SET state = 'delivering', in_flight = 1, op_token = ?, "
                 "delivery_attempts = delivery_attempts + 1, updated_at = ? "
                 f"WHERE id = ? RETURNING {_COLUMNS}, result",
-                (now, due["id"]),
+                (op, now, due["id"]),
             ).fetchone()
         if due["state"] != "delivering":  # a retry is no state change
             self._on_transition("delivering")
         return Job.from_row(row)
 
-    def mark_delivered(self, job_id: str, status_code: int) -> None:
-        """Done. The audio is dropped unless a download link still needs it."""
-        with self._transaction() as db:
-            cursor = db.execute(
-                "UPDATE jobs SET state = 'delivered', in_flight = 0, delivered_at = :now, updated_at = :now, "
-                "last_status_code = :code, last_error = NULL, "
-                "result = CASE WHEN download_token IS NULL THEN NULL ELSE result END "
-                "WHERE id = :id AND state = 'delivering'",
-                {"now": self._clock(), "code": status_code, "id": job_id},
-            )
-            if cursor.rowcount != 1:
-                raise StaleJob(f"job {job_id} is not delivering")
-        self._on_transition("delivered")
-
-    def release(self, job_id: str) -> None:
-        """A delivery cut short (shutdown): due again at once, the attempt stays counted."""
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE jobs SET in_flight = 0, next_attempt_at = ?, updated_at = ? "
-                "WHERE id = ? AND state = 'delivering'",
-                (self._clock(), self._clock(), job_id),
-            )
-
     # -- housekeeping ----------------------------------------------------------------------------
 
-    def renew(self) -> int:
-        """No leases here: the file has one owner."""
-        return 0
+    def renew(self, job_ids: list[str]) -> set[str]:
+        """No leases here: the file has one owner, so every job it works on stays its own."""
+        return set(job_ids)
 
     def release_all(self) -> tuple[int, int]:
         """Shutdown: whatever is still in flight goes back (the cut-short call is not counted)."""
@@ -311,12 +319,12 @@ class JobStore(Store):
         return len(ended), deliveries
 
     def purge(self, retention_s: float) -> int:
-        """Forget finished jobs past retention, and audio whose download link expired."""
+        """Forget finished jobs past retention, and audio no delivery or download link needs any more."""
         now = self._clock()
         with self._transaction() as db:
             db.execute(
-                "UPDATE jobs SET result = NULL WHERE state = 'delivered' AND download_expires_at < ? "
-                "AND result IS NOT NULL",
+                "DELETE FROM job_audio WHERE job_id IN (SELECT id FROM jobs WHERE state = 'delivered' "
+                "AND (download_token IS NULL OR download_expires_at < ?))",
                 (now,),
             )
             return db.execute(

@@ -2,7 +2,8 @@
 
 - Claims take the most overdue row with `FOR UPDATE SKIP LOCKED` (two sidecars never wait on or take
   the same row) and stamp it with this sidecar's `lease_owner` and a `lease_expires_at` that the
-  service renews every `lease_s / 3` while it works.
+  service renews (leases.py) for the ids it holds in memory, and only those: a row this sidecar lost
+  track of (a reply lost in a database restart) lapses and goes back.
 - Every later write of a claimed row names its owner: a sidecar whose lease lapsed (it hung, lost the
   network) finds its job taken over and changes nothing (`StaleJob`).
 - `recover` runs on every sidecar every few seconds: rows whose lease lapsed (a sidecar SIGKILLed, a
@@ -32,22 +33,26 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .jobs import (
+    AUDIO_CHUNK_BYTES,
     COLUMNS,
     ENDED,
     FRESH_RUN,
     HAND_BACK_RUN,
     INTERRUPTED_RUN,
     NEW_JOB_COLUMNS,
+    NO_CAPS,
     STATES,
+    UNFINISHED,
+    Caps,
     Job,
     NewJob,
     StaleJob,
-    Store,
     StoreUnavailable,
     TransitionHook,
 )
 from .migrations import TABLE, migrate
 from .protocol import JobState
+from .store_base import Store, assignments, new_op, split_chunks
 
 _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
 LEASE_LAPSED = "interrupted: the sidecar running it stopped (its lease lapsed)"
@@ -127,7 +132,7 @@ class PostgresJobStore(Store):
         try:
             with self._pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, PoolTimeout) as error:
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as error:
             raise StoreUnavailable(f"PostgreSQL unavailable: {error}") from error
 
     def _one(self, sql: str, params: dict[str, Any] | Sequence[Any] = ()) -> dict[str, Any] | None:
@@ -139,6 +144,16 @@ class PostgresJobStore(Store):
         with self._conn() as conn:
             return int(conn.execute(sql, params).rowcount)
 
+    def owner_key(self) -> bytes:
+        row = self._one(
+            f"WITH made AS (INSERT INTO {TABLE}_meta (name, value) VALUES ('owner_key', %s) "
+            "ON CONFLICT (name) DO NOTHING RETURNING value) "
+            f"SELECT value FROM made UNION ALL SELECT value FROM {TABLE}_meta WHERE name = 'owner_key'",
+            (secrets.token_hex(32),),
+        )
+        assert row is not None
+        return bytes.fromhex(row["value"])
+
     def _update(
         self,
         job_id: str,
@@ -146,32 +161,84 @@ class PostgresJobStore(Store):
         changes: Mapping[str, Any],
         held: bool,
         where: str = "",
+        op: str | None = None,
+        audio: bytes | None = None,
     ) -> bool:
-        assignments = ", ".join(f"{name} = %({name})s" for name in changes)
-        params = {**changes, "id": job_id, "allowed": list(allowed_from), "me": self.owner}
+        values = {**changes, "op_token": op} if op else dict(changes)
+        setting, params = assignments(values, lambda name: f"%({name})s")
+        params.update({"id": job_id, "allowed": list(allowed_from), "me": self.owner, "op": op})
         conditions = "id = %(id)s AND state = ANY(%(allowed)s)"
         if held:
             conditions += " AND lease_owner = %(me)s"
         if where:
             conditions += f" AND ({where})"
-        return self._rowcount(f"UPDATE {TABLE} SET {assignments} WHERE {conditions}", params) == 1
+        with self._conn() as conn, conn.transaction():
+            if conn.execute(f"UPDATE {TABLE} SET {setting} WHERE {conditions}", params).rowcount == 1:
+                if audio is not None:
+                    self._write_audio(conn, job_id, audio)
+                return True
+            if op is None:
+                return False
+            return (
+                conn.execute(f"SELECT 1 FROM {TABLE} WHERE id = %(id)s AND op_token = %(op)s", params).fetchone()
+                is not None
+            )
+
+    @staticmethod
+    def _write_audio(conn: psycopg.Connection[dict[str, Any]], job_id: str, audio: bytes) -> None:
+        conn.execute(f"DELETE FROM {TABLE}_audio WHERE job_id = %s", (job_id,))
+        with conn.cursor() as cursor:
+            for seq, piece in split_chunks(audio, AUDIO_CHUNK_BYTES):
+                cursor.execute(
+                    f"INSERT INTO {TABLE}_audio (job_id, seq, data) VALUES (%s, %s, %s)", (job_id, seq, piece)
+                )
+
+    def _add_attempts(self, job_id: str, delta: int, error: str | None, op: str) -> int | None:
+        params = {"delta": delta, "error": error, "now": self._clock(), "id": job_id, "me": self.owner, "op": op}
+        held = "id = %(id)s AND state = 'running' AND lease_owner = %(me)s"
+        with self._conn() as conn:
+            row = (
+                conn.execute(
+                    f"UPDATE {TABLE} SET attempts = attempts + %(delta)s, "
+                    "last_error = COALESCE(%(error)s, last_error), "
+                    f"updated_at = %(now)s, op_token = %(op)s WHERE {held} AND op_token IS DISTINCT FROM %(op)s "
+                    "RETURNING attempts",
+                    params,
+                ).fetchone()
+                or conn.execute(f"SELECT attempts FROM {TABLE} WHERE {held} AND op_token = %(op)s", params).fetchone()
+            )
+        return int(row["attempts"]) if row is not None else None
 
     # -- intake ----------------------------------------------------------------------------------
 
-    def create(self, new: NewJob) -> tuple[Job, bool]:
+    def create(self, new: NewJob, caps: Caps = NO_CAPS) -> tuple[Job, bool]:
         """Insert a queued job; a known idempotency key (from any replica) returns that job instead."""
+        if new.idempotency_key is not None and (known := self._by_idempotency_key(new.idempotency_key)) is not None:
+            return known, False
+        if caps.per_caller or caps.total:
+            counted = self._one(
+                f"SELECT count(*) FILTER (WHERE owner IS NOT DISTINCT FROM %s) AS mine, count(*) AS total "
+                f"FROM {TABLE} WHERE {UNFINISHED}",
+                (new.owner,),
+            )
+            assert counted is not None
+            caps.check(int(counted["mine"]), int(counted["total"]))
         row = self._one(
-            f"INSERT INTO {TABLE} ({NEW_JOB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s) "
+            f"INSERT INTO {TABLE} ({NEW_JOB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s) "
             f"ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}",
             new.insert_values(self._clock()),
         )
         if row is None:  # the key exists: committed by someone else, so it is visible now
-            existing = self._one(f"SELECT {COLUMNS} FROM {TABLE} WHERE idempotency_key = %s", (new.idempotency_key,))
+            existing = self._by_idempotency_key(new.idempotency_key or "")
             if existing is None:
                 raise StaleJob("idempotency key conflict on a job that vanished (purged?)")
-            return Job.from_row(existing), False
+            return existing, False
         self._on_transition("queued")
         return Job.from_row(row), True
+
+    def _by_idempotency_key(self, key: str) -> Job | None:
+        row = self._one(f"SELECT {COLUMNS} FROM {TABLE} WHERE idempotency_key = %s", (key,))
+        return Job.from_row(row) if row is not None else None
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -183,6 +250,14 @@ class PostgresJobStore(Store):
     def get_by_download_token(self, token: str) -> Job | None:
         row = self._one(f"SELECT {COLUMNS}, result FROM {TABLE} WHERE download_token = %s", (token,))
         return Job.from_row(row) if row is not None else None
+
+    def read_audio(self, job_id: str) -> Iterator[bytes]:
+        seq = 0
+        while (
+            row := self._one(f"SELECT data FROM {TABLE}_audio WHERE job_id = %s AND seq = %s", (job_id, seq))
+        ) is not None:
+            yield bytes(row["data"])
+            seq += 1
 
     def counts(self) -> dict[str, int]:
         """Jobs per state in the whole store (every replica reports the same numbers)."""
@@ -196,44 +271,35 @@ class PostgresJobStore(Store):
         row = self._one(f"SELECT MIN(next_attempt_at) AS due FROM {TABLE} WHERE {where}")
         return float(row["due"]) if row is not None and row["due"] is not None else None
 
-    # -- running ---------------------------------------------------------------------------------
+    # -- claims ----------------------------------------------------------------------------------
 
-    def claim_run(self) -> Job | None:
+    def claim_run(self, op: str | None = None) -> Job | None:
         """Take the oldest due queued job under a lease: it becomes `running` and ours."""
+        op = op or new_op()
         row = self._claim(
-            f"UPDATE {TABLE} SET state = 'running', in_flight = true, started_at = %(now)s, "
+            op,
+            "running",
+            f"UPDATE {TABLE} SET state = 'running', in_flight = true, started_at = %(now)s, op_token = %(op)s, "
             f"updated_at = %(now)s, lease_owner = %(me)s, lease_expires_at = {_DB_NOW} + %(lease)s, {FRESH_RUN} "
             f"WHERE id = (SELECT id FROM {TABLE} WHERE state = 'queued' AND next_attempt_at <= %(now)s "
             "ORDER BY next_attempt_at, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) "
-            f"RETURNING {COLUMNS}"
+            f"RETURNING {COLUMNS}",
         )
         if row is not None:
             self._on_transition("running")
         return Job.from_row(row) if row is not None else None
 
-    def _claim(self, sql: str) -> dict[str, Any] | None:
-        """Run a claim (`%(now)s`, `%(me)s`, `%(lease)s`: this sidecar's lease from now on)."""
-        return self._one(sql, {"now": self._clock(), "me": self.owner, "lease": self.lease_s})
-
-    def count_attempt(self, job_id: str, delta: int = 1, error: str | None = None) -> int:
-        row = self._one(
-            f"UPDATE {TABLE} SET attempts = attempts + %s, last_error = COALESCE(%s, last_error), "
-            "updated_at = %s WHERE id = %s RETURNING attempts",
-            (delta, error, self._clock(), job_id),
-        )
-        return int(row["attempts"]) if row is not None else 0
-
-    # -- delivering ------------------------------------------------------------------------------
-
-    def claim_delivery(self) -> Job | None:
+    def claim_delivery(self, op: str | None = None) -> Job | None:
         """Take the most overdue deliverable job under a lease, counting the attempt before it is made."""
         row = self._claim(
+            op or new_op(),
+            "delivering",
             f"WITH due AS (SELECT id, state AS prior FROM {TABLE} "
             "WHERE state IN ('succeeded', 'failed', 'delivering') AND NOT in_flight "
             "AND next_attempt_at <= %(now)s ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED) "
-            f"UPDATE {TABLE} AS j SET state = 'delivering', in_flight = true, "
+            f"UPDATE {TABLE} AS j SET state = 'delivering', in_flight = true, op_token = %(op)s, "
             "delivery_attempts = j.delivery_attempts + 1, updated_at = %(now)s, lease_owner = %(me)s, "
-            f"lease_expires_at = {_DB_NOW} + %(lease)s FROM due WHERE j.id = due.id RETURNING due.prior, j.*"
+            f"lease_expires_at = {_DB_NOW} + %(lease)s FROM due WHERE j.id = due.id RETURNING due.prior, j.*",
         )
         if row is None:
             return None
@@ -241,38 +307,31 @@ class PostgresJobStore(Store):
             self._on_transition("delivering")
         return Job.from_row(row)
 
-    def mark_delivered(self, job_id: str, status_code: int) -> None:
-        """Done. The audio is dropped unless a download link still needs it."""
-        now = self._clock()
-        count = self._rowcount(
-            f"UPDATE {TABLE} SET state = 'delivered', in_flight = false, lease_owner = NULL, "
-            "lease_expires_at = NULL, delivered_at = %(now)s, updated_at = %(now)s, "
-            "last_status_code = %(code)s, last_error = NULL, "
-            "result = CASE WHEN download_token IS NULL THEN NULL ELSE result END "
-            "WHERE id = %(id)s AND state = 'delivering' AND lease_owner = %(me)s",
-            {"now": now, "code": status_code, "id": job_id, "me": self.owner},
-        )
-        if count != 1:
-            raise StaleJob(f"job {job_id} is not delivering under this sidecar's lease")
-        self._on_transition("delivered")
-
-    def release(self, job_id: str) -> None:
-        """A delivery cut short (shutdown): due again at once for any sidecar; the attempt stays counted."""
-        self._rowcount(
-            f"UPDATE {TABLE} SET in_flight = false, lease_owner = NULL, lease_expires_at = NULL, "
-            "next_attempt_at = %(now)s, updated_at = %(now)s "
-            "WHERE id = %(id)s AND state = 'delivering' AND lease_owner = %(me)s",
-            {"now": self._clock(), "id": job_id, "me": self.owner},
-        )
+    def _claim(self, op: str, state: str, sql: str) -> dict[str, Any] | None:
+        """Run a claim (`%(now)s`, `%(me)s`, `%(lease)s`, `%(op)s`); a retry of one that landed while its
+        reply was lost finds its row by `op` (marked `prior = state`, so it is not reported twice)."""
+        params = {"now": self._clock(), "me": self.owner, "lease": self.lease_s, "op": op, "state": state}
+        with self._conn() as conn:
+            landed: dict[str, Any] | None = conn.execute(
+                f"SELECT *, state AS prior FROM {TABLE} WHERE op_token = %(op)s AND state = %(state)s "
+                "AND lease_owner = %(me)s",
+                params,
+            ).fetchone()
+            return landed or conn.execute(sql, params).fetchone()
 
     # -- leases and housekeeping ------------------------------------------------------------------
 
-    def renew(self) -> int:
-        """Push out the lease of every row this sidecar works on (the service calls it every lease/3)."""
-        return self._rowcount(
-            f"UPDATE {TABLE} SET lease_expires_at = {_DB_NOW} + %(lease)s WHERE lease_owner = %(me)s AND in_flight",
-            {"lease": self.lease_s, "me": self.owner},
-        )
+    def renew(self, job_ids: list[str]) -> set[str]:
+        """Push out the leases of these jobs, which this sidecar works on; the ids still its own."""
+        if not job_ids:
+            return set()
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"UPDATE {TABLE} SET lease_expires_at = {_DB_NOW} + %(lease)s "
+                "WHERE id = ANY(%(ids)s) AND lease_owner = %(me)s AND in_flight RETURNING id",
+                {"lease": self.lease_s, "me": self.owner, "ids": job_ids},
+            ).fetchall()
+        return {row["id"] for row in rows}
 
     def recover(self, count_interrupted: bool = True) -> tuple[int, int]:
         """Take over rows whose lease lapsed (their sidecar died): runs re-queued, deliveries due now."""
@@ -303,12 +362,12 @@ class PostgresJobStore(Store):
         return len(runs), int(deliveries)
 
     def purge(self, retention_s: float) -> int:
-        """Forget finished jobs past retention, and audio whose download link expired."""
+        """Forget finished jobs past retention, and audio no delivery or download link needs any more."""
         now = self._clock()
         with self._conn() as conn:
             conn.execute(
-                f"UPDATE {TABLE} SET result = NULL WHERE state = 'delivered' AND download_expires_at < %s "
-                "AND result IS NOT NULL",
+                f"DELETE FROM {TABLE}_audio WHERE job_id IN (SELECT id FROM {TABLE} WHERE state = 'delivered' "
+                "AND (download_token IS NULL OR download_expires_at < %s))",
                 (now,),
             )
             return int(

@@ -60,8 +60,12 @@ def require_executable(name: str) -> str:
     return str(path)
 
 
+#: Offline renders (no cluster for `lookup`) must opt in to generated secrets (see test_chart_jobs.py).
+OFFLINE = ["--set", "secrets.generateWithoutCluster=true"]
+
+
 def values_args(variant: str) -> list[str]:
-    return [] if variant == "default" else ["-f", str(CHART / "ci" / f"{variant}.yaml")]
+    return OFFLINE + ([] if variant == "default" else ["-f", str(CHART / "ci" / f"{variant}.yaml")])
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,9 @@ class Helm:
     def run(self, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
         return subprocess.run([self.binary, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
-    def template(self, *args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
-        return self.run("template", RELEASE, str(chart), "--namespace", NAMESPACE, *args)
+    def template(self, *args: str, chart: Path = CHART, offline: bool = True) -> subprocess.CompletedProcess[str]:
+        """`helm template`; `offline`: with secrets.generateWithoutCluster (most tests render without a cluster)."""
+        return self.run("template", RELEASE, str(chart), "--namespace", NAMESPACE, *(OFFLINE if offline else []), *args)
 
     def render(self, *args: str, chart: Path = CHART) -> list[dict[str, Any]]:
         """The rendered objects; asserts that helm succeeded."""

@@ -1,7 +1,8 @@
 """A read-only stand-in for the Kubernetes API on 127.0.0.1, enough for Helm's `lookup`.
 
-`helm template --dry-run=server` resolves `lookup` against a cluster; this answers discovery and
-GETs of the Secrets it is given, so tests can check what an upgrade renders without a cluster.
+`helm template --dry-run=server` resolves `lookup` against a cluster; this answers discovery, GETs of the
+Secrets it is given and the list of a namespace's Secrets (the chart's "is there a cluster" check), so
+tests can check what an install or upgrade renders without a cluster.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ NOT_FOUND = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason"
 def fake_apiserver(secrets: list[dict[str, Any]], folder: Path) -> Iterator[Path]:
     """Serve the given Secrets; yields a kubeconfig path pointing at the server."""
     routes = dict(DISCOVERY)
+    for namespace in {"default", *(s["metadata"]["namespace"] for s in secrets)}:
+        items = [s for s in secrets if s["metadata"]["namespace"] == namespace]
+        routes[f"/api/v1/namespaces/{namespace}/secrets"] = {
+            "kind": "SecretList",
+            "apiVersion": "v1",
+            "metadata": {},
+            "items": items,
+        }
     for s in secrets:
         routes[f"/api/v1/namespaces/{s['metadata']['namespace']}/secrets/{s['metadata']['name']}"] = s
 

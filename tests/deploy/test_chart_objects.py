@@ -43,7 +43,16 @@ def named(objects: Objects, kind: str, name: str) -> dict[str, Any]:
 
 def test_defaults_render_the_service_its_secret_the_jobs_service_and_postgres(default: Objects) -> None:
     # The PodDisruptionBudget: the default maxReplicas (2) allows more than one pod.
-    assert kinds(default) == ["InferenceService", "PodDisruptionBudget", "Secret", "Service", "Service", "StatefulSet"]
+    assert kinds(default) == [
+        "InferenceService",
+        "NetworkPolicy",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+        "Service",
+        "StatefulSet",
+    ]
     isvc = only(default, "InferenceService")
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     assert isvc["metadata"]["name"] == "bark-tts"

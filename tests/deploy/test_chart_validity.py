@@ -14,7 +14,15 @@ from deploy_helpers import CHART, CRD_PATH, KEDA_CRDS, VARIANTS, Helm, require_e
 
 # Kubernetes version the core kinds are checked against (kubernetes-validate bundles its schemas).
 KUBERNETES_VERSION = "1.32.0"
-CORE_KINDS = {"Secret", "ConfigMap", "Service", "PersistentVolumeClaim", "StatefulSet", "PodDisruptionBudget"}
+CORE_KINDS = {
+    "Secret",
+    "ConfigMap",
+    "Service",
+    "PersistentVolumeClaim",
+    "StatefulSet",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+}
 # Custom kinds: InferenceService is checked against KServe's CRD, ScaledObject and
 # TriggerAuthentication against KEDA's; the others (no CRD offline) by the assertions in
 # test_chart_objects.py.

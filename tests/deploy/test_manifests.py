@@ -42,9 +42,17 @@ def test_check_fails_with_a_diff_when_the_chart_changed(helm: Helm, tmp_path: Pa
 
 def test_manifests_hold_no_generated_secret_and_reference_the_users_one() -> None:
     objects = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
-    # The model, its PodDisruptionBudget, the job API Service, and the bundled PostgreSQL for the
-    # sidecars' shared job store.
-    assert kinds(objects) == ["InferenceService", "PodDisruptionBudget", "Service", "Service", "StatefulSet"]
+    # The model, its NetworkPolicies and PodDisruptionBudget, the job API Service, and the bundled
+    # PostgreSQL for the sidecars' shared job store.
+    assert kinds(objects) == [
+        "InferenceService",
+        "NetworkPolicy",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Service",
+        "Service",
+        "StatefulSet",
+    ]
     env = env_of(container(objects, "kserve-container"))
     assert env["HF_TOKEN"]["secretKeyRef"]["name"] == "bark-tts-secrets"
     sidecar_env = env_of(container(objects, "webhook-sidecar"))

@@ -151,6 +151,10 @@ class FakeModel:
     progress: tuple[int, dict[str, Any] | str] | None = None
     progress_reads: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     disconnects: list[str | None] = field(default_factory=list)
+    #: What `GET /v1/models/bark` (KServe's readiness) answers: 200 ready, 503 not.
+    ready_status: int = 200
+    #: A prediction to answer instead of `prediction_for(prompt)` (a long stub audio, extra fields).
+    answer: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -170,6 +174,8 @@ class FakeModel:
             self.progress = None
             self.progress_reads.clear()
             self.disconnects.clear()
+            self.ready_status = 200
+            self.answer = None
 
     @property
     def predict_url(self) -> str:
@@ -205,7 +211,12 @@ class FakeModel:
             if scripted is not None:
                 status, content, headers = scripted
                 return JSONResponse(content, status_code=status, headers=headers)
-            return JSONResponse({"predictions": [prediction_for(prompt)]})
+            return JSONResponse({"predictions": [self.answer or prediction_for(prompt)]})
+
+        @app.get("/v1/models/bark")
+        async def ready() -> JSONResponse:
+            ready = self.ready_status == 200
+            return JSONResponse({"name": "bark", "ready": ready}, status_code=self.ready_status)
 
         @app.get("/v1/requests/{request_id}/progress")
         async def progress(request_id: str, request: Request) -> Response:
@@ -240,6 +251,8 @@ class Delivery:
     headers: dict[str, str]
     body: bytes
     status: int
+    #: The sender's (address, port): one TCP connection each.
+    peer: tuple[str, int] = ("", 0)
 
     @property
     def webhook_id(self) -> str:
@@ -256,7 +269,8 @@ class Receiver:
     Close `gate` to hold requests open; `held` counts them. `down()`/`up()` stop and restart it.
     """
 
-    def __init__(self, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1", keep_alive: bool = False) -> None:
+        self.keep_alive = keep_alive
         self.port = free_port()
         self.tls = tls
         self.url = f"{'https' if tls else 'http'}://{host}:{self.port}/hook"
@@ -274,12 +288,15 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if receiver.keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 with receiver._lock:
                     answer = receiver.script.popleft() if receiver.script else 200
                     status = 599 if answer == "hang" else int(answer)
-                    receiver.deliveries.append(Delivery({k.lower(): v for k, v in self.headers.items()}, body, status))
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    receiver.deliveries.append(Delivery(headers, body, status, tuple(self.client_address)))
                     receiver.held += 1
                 try:
                     receiver.gate.wait(60)
@@ -366,9 +383,9 @@ class InProcessSidecar:
         assert response.status_code == 200, response.text
         return response.json()  # type: ignore[no-any-return]
 
-    def wait_state(self, job_id: str, *states: str, timeout_s: float = 15.0) -> dict[str, Any]:
+    def wait_state(self, job_id: str, *states: str, timeout_s: float = 15.0, **headers: str) -> dict[str, Any]:
         return wait_for(
-            lambda: (job := self.job(job_id))["state"] in states and job,
+            lambda: (job := self.job(job_id, **headers))["state"] in states and job,
             timeout_s,
             f"job {job_id} to reach {states}",
         )
@@ -437,3 +454,35 @@ class SidecarProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def process_env(model_url: str, **env: str) -> dict[str, str]:
+    """The environment of a test sidecar process: the test secret, loopback allowed, fast retries and polls."""
+    return {
+        "SIDECAR_MODEL_URL": model_url,
+        "SIDECAR_WEBHOOK_SECRET": SECRET,
+        "SIDECAR_WEBHOOK_ALLOWLIST": "127.0.0.1",
+        "SIDECAR_RETRY_BASE_S": "0.05",
+        "SIDECAR_RETRY_MAX_S": "0.2",
+        "SIDECAR_POLL_INTERVAL_S": "0.05",
+        "SIDECAR_MAX_ATTEMPTS": "50",
+        **env,
+    }
+
+
+@contextmanager
+def sidecar_processes(folder: Path, base_env: dict[str, str]) -> Iterator[Callable[..., SidecarProcess]]:
+    """`start(name="sidecar", **env)` starts a sidecar process on `base_env` + `env`, logging to
+    `<folder>/<name>.log`; all are stopped when the block ends."""
+    started: list[SidecarProcess] = []
+
+    def start(name: str = "sidecar", **env: str) -> SidecarProcess:
+        process = SidecarProcess({**base_env, **env}, folder / f"{name}.log")
+        started.append(process)
+        return process.start()
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()

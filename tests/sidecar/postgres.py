@@ -64,6 +64,29 @@ def _unprivileged_user() -> str | None:
 class PostgresServer:
     port: int
     folder: Path
+    #: How to run its commands (`runuser -u <user> --` as root) and where its binaries are.
+    prefix: tuple[str, ...] = ()
+    bin_dir: Path = Path()
+    options: str = ""
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    def _pg_ctl(self, *args: str) -> None:
+        command = [*self.prefix, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            log = (self.folder / "server.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"pg_ctl {args[-1]} failed:\n{result.stdout}{result.stderr}{log}")
+
+    def stop(self) -> None:
+        """`pg_ctl stop -m immediate`: every backend killed, no checkpoint (a crash, as far as clients see)."""
+        self._pg_ctl("-m", "immediate", "-w", "-t", "60", "stop")
+
+    def start(self) -> None:
+        """Start it again on the same port and data (crash recovery runs first)."""
+        self._pg_ctl("-o", self.options, "-l", str(self.folder / "server.log"), "-w", "-t", "60", "start")
 
     @property
     def admin_url(self) -> str:
@@ -108,7 +131,7 @@ def postgres_server(durable: bool = False) -> Iterator[PostgresServer]:
         options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start")
     try:
-        yield PostgresServer(port=port, folder=folder)
+        yield PostgresServer(port=port, folder=folder, prefix=tuple(prefix), bin_dir=bin_dir, options=options)
     finally:
         subprocess.run(
             [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],

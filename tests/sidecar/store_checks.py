@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from webhook_sidecar.jobs import Job, StaleJob, Store
+from webhook_sidecar.jobs import Job, StaleJob
+from webhook_sidecar.store_base import Store
 
 
 def chunks(store: Store, job_id: str) -> tuple[int | None, int | None]:
@@ -122,3 +123,29 @@ def check_a_handed_back_run_its_caller_cancelled_ends_cancelled(
     assert requeued is not None and requeued.state == "cancelled", "a shutdown hand-back honours the cancel"
     with pytest.raises(StaleJob):
         store.mark_cancelled("plain")
+
+
+def check_a_retried_write_finds_its_own_change(store: Store, add: Callable[[str], object]) -> None:
+    """A write retried with its `op` after a lost reply (the change landed, the answer did not) succeeds
+    and changes nothing twice; the same write with another op is refused as usual."""
+    add("r1")
+    job = store.claim_run(op="claim-1")
+    assert job is not None and job.id == "r1"
+    again = store.claim_run(op="claim-1")
+    assert again is not None and again.id == "r1", "a retried claim returns the job its first try took"
+    assert store.count_attempt("r1", 1, op="count-1") == 1
+    assert store.count_attempt("r1", 1, op="count-1") == 1, "one op counts once"
+    assert store.count_attempt("r1", 1) == 2
+    store.finish("r1", "succeeded", {"format": "wav"}, audio=b"RIFF", op="finish-1")
+    store.finish("r1", "succeeded", {"format": "wav"}, audio=b"RIFF", op="finish-1")
+    with pytest.raises(StaleJob):
+        store.finish("r1", "succeeded", {"format": "wav"}, audio=b"RIFF", op="finish-2")
+    delivery = store.claim_delivery(op="deliver-1")
+    redelivery = store.claim_delivery(op="deliver-1")
+    assert delivery is not None and redelivery is not None and redelivery.id == "r1"
+    assert redelivery.delivery_attempts == 1, "the retried claim counted no second attempt"
+    store.mark_delivered("r1", 200, op="done-1")
+    store.mark_delivered("r1", 200, op="done-1")
+    with pytest.raises(StaleJob):
+        store.count_attempt("r1", 1)  # a finished run is no one's to count
+    assert store.counts()["delivered"] == 1

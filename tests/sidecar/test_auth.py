@@ -29,7 +29,8 @@ def test_job_routes_need_a_key_when_keys_are_configured(
         assert bearer.status_code == header.status_code == 202
         job_id = bearer.json()["job_id"]
         assert client.get(f"/jobs/{job_id}").status_code == 401
-        assert client.get(f"/jobs/{job_id}", headers={"x-api-key": "other-key"}).status_code == 200
+        assert client.get(f"/jobs/{job_id}", headers={"x-api-key": "env-key"}).status_code == 200
+        assert client.get(f"/jobs/{job_id}", headers={"x-api-key": "other-key"}).status_code == 404, "not theirs"
 
         for open_path in ("/healthz", "/readyz", "/metrics"):
             assert client.get(open_path).status_code == 200, open_path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import socket
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -143,14 +144,16 @@ def test_a_model_400_is_delivered_as_a_failed_event_with_its_message(
     assert event["data"] == {"error": message, "status_code": 400}
 
 
-def test_model_503s_are_waited_out_without_counting_attempts(
+def test_model_503s_hand_the_job_back_without_counting_attempts(
     sidecar: InProcessSidecar, receiver: Receiver, fake_model: FakeModel
 ) -> None:
     busy = (503, {"error": "queue full"}, {"Retry-After": "0"})
     fake_model.script.extend([busy, busy, busy])
-    status = sidecar.wait_state(submit(sidecar, job_body(receiver)), "delivered")
+    job_id = submit(sidecar, job_body(receiver))
+    status = sidecar.wait_state(job_id, "delivered")
     assert status["outcome"] == "succeeded" and status["attempts"] == 1
     assert len(fake_model.prompts) == 4
+    assert sidecar.app.state.service.store.get(job_id).handbacks == 3, "each 503 handed the job back"
 
 
 def test_model_500s_are_retried_and_counted(
@@ -176,21 +179,22 @@ def test_a_model_that_does_not_answer_in_time_fails_the_job(
     assert receiver.deliveries[0].event()["type"] == "com.barkkserve.tts.failed"
 
 
-def test_a_model_that_is_not_up_yet_is_waited_for_without_counting_attempts(
+def test_a_model_that_is_not_up_yet_gets_no_job_until_it_is_ready(
     make_sidecar: Callable[..., InProcessSidecar], receiver: Receiver, fake_model: FakeModel
 ) -> None:
     port = free_port()
     sidecar = make_sidecar(model_url=f"http://127.0.0.1:{port}/v1/models/bark:predict")
     job_id = submit(sidecar, job_body(receiver, "Patience."))
-    waiting = wait_for(
-        lambda: (job := sidecar.job(job_id))["last_error"] and "unreachable" in job["last_error"] and job,
-        10,
-        "the model to be found unreachable",
-    )
-    assert waiting["state"] == "running" and waiting["attempts"] == 0
+    time.sleep(0.5)  # several claim rounds at the 0.05 s poll interval
+    waiting = sidecar.job(job_id)
+    assert waiting["state"] == "queued" and waiting["attempts"] == 0 and waiting["started_at"] is None
+    fake_model.ready_status = 503  # listening, still loading: no claims either
     late_model = ThreadedUvicorn(fake_model.app(), port)
     late_model.start()
     try:
+        time.sleep(0.5)
+        assert sidecar.job(job_id)["state"] == "queued" and fake_model.prompts == []
+        fake_model.ready_status = 200
         status = sidecar.wait_state(job_id, "delivered")
     finally:
         late_model.stop()

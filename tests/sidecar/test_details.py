@@ -169,3 +169,38 @@ def test_the_sidecar_imports_neither_kserve_nor_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_two_hostnames_on_one_address_never_share_a_connection(
+    make_sidecar: Callable[..., InProcessSidecar], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two receivers' names on one IP (a shared ingress): a connection verified for one name never carries
+    the other's delivery, while one name's deliveries do reuse their connection (keep-alive is on)."""
+    names = ("tenant-a.example.test", "tenant-b.example.test")
+    monkeypatch.setattr(urls, "resolve", lambda host, port: (ipaddress.ip_address("127.0.0.1"),))
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(*names).configure_cert(context)
+    seen_sni: list[str] = []
+    context.sni_callback = lambda _sock, name, _context: seen_sni.append(name or "")  # type: ignore[assignment,misc,func-returns-value]
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    receiver = Receiver(tls=context, host=names[0], keep_alive=True)
+    receiver.up()
+    try:
+        sidecar = make_sidecar(webhook_ca_file=ca_file, delivery_concurrency=1)
+        order = [names[0], names[0], names[1], names[0]]
+        with sidecar.client() as client:
+            for index, name in enumerate(order):
+                body = job_body(receiver, f"Tenant job {index}.")
+                body["webhook_endpoint"] = f"https://{name}:{receiver.port}/hook"
+                job_id = client.post("/async_predict", json=body).json()["job_id"]
+                sidecar.wait_state(job_id, "delivered")
+    finally:
+        receiver.down()
+    hosts = [delivery.headers["host"].split(":")[0] for delivery in receiver.deliveries]
+    assert hosts == order
+    connection = [delivery.peer for delivery in receiver.deliveries]
+    assert connection[0] == connection[1] == connection[3], "one name's deliveries reuse its connection"
+    assert connection[2] not in (connection[0],), "the other name got a connection (and a TLS handshake) of its own"
+    assert seen_sni == [names[0], names[1]]

@@ -25,7 +25,9 @@ from tests.sidecar.harness import (
     SidecarProcess,
     decode_wav,
     job_body,
+    process_env,
     samples_for,
+    sidecar_processes,
     submit,
     wait_for,
 )
@@ -34,27 +36,9 @@ from webhook_sidecar.signing import verify
 
 @pytest.fixture
 def start_sidecar(tmp_path: Path, fake_model: FakeModel) -> Iterator[Callable[..., SidecarProcess]]:
-    started: list[SidecarProcess] = []
-
-    def start(**env: str) -> SidecarProcess:
-        environment = {
-            "SIDECAR_DB_PATH": str(tmp_path / "jobs.sqlite3"),
-            "SIDECAR_MODEL_URL": fake_model.predict_url,
-            "SIDECAR_WEBHOOK_SECRET": SECRET,
-            "SIDECAR_WEBHOOK_ALLOWLIST": "127.0.0.1",
-            "SIDECAR_RETRY_BASE_S": "0.05",
-            "SIDECAR_RETRY_MAX_S": "0.2",
-            "SIDECAR_POLL_INTERVAL_S": "0.05",
-            "SIDECAR_MAX_ATTEMPTS": "50",
-            **env,
-        }
-        process = SidecarProcess(environment, tmp_path / "sidecar.log")
-        started.append(process)
-        return process.start()
-
-    yield start
-    for process in started:
-        process.stop()
+    env = process_env(fake_model.predict_url, SIDECAR_DB_PATH=str(tmp_path / "jobs.sqlite3"))
+    with sidecar_processes(tmp_path, env) as start:
+        yield lambda **overrides: start("sidecar", **overrides)
 
 
 def states(db_path: Path) -> dict[str, str]:
@@ -160,3 +144,17 @@ def test_sigterm_hands_back_work_the_grace_period_cannot_finish(
     start_sidecar()
     wait_for(lambda: states(tmp_path / "jobs.sqlite3")[job_id] == "delivered", 15, "the job delivered")
     assert [delivery.webhook_id for delivery in receiver.acknowledged()] == [job_id]
+
+
+def test_a_second_sidecar_on_the_same_sqlite_file_refuses_to_start_and_says_why(
+    start_sidecar: Callable[..., SidecarProcess], fake_model: FakeModel, receiver: Receiver, tmp_path: Path
+) -> None:
+    first = start_sidecar()
+    job_id = submit(first.url, job_body(receiver, "Mine alone."))
+    with pytest.raises(RuntimeError, match=r"sidecar exited with") as refused:
+        start_sidecar()
+    assert f"{tmp_path / 'jobs.sqlite3'} is in use by pid {first.process.pid}" in str(refused.value)  # type: ignore[union-attr]
+    assert "use the PostgreSQL store to share jobs between replicas" in str(refused.value)
+    wait_for(lambda: states(tmp_path / "jobs.sqlite3").get(job_id) == "delivered", 15, "the first sidecar's job")
+    first.kill()  # the kernel drops the lock with the process: a restart may open the file again
+    start_sidecar()

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from tests.sidecar.harness import FakeModel, InProcessSidecar, Receiver, job_body, prediction_for, submit, wait_for
-from webhook_sidecar.jobs import Store
 from webhook_sidecar.progress import progress_url, read_progress, watching_progress
+from webhook_sidecar.store_base import Store
 
 Progress = dict[str, int]
 

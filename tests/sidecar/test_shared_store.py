@@ -27,6 +27,8 @@ from tests.sidecar.harness import (
     SidecarProcess,
     job_body,
     prediction_for,
+    process_env,
+    sidecar_processes,
     submit,
     wait_for,
     wav_for,
@@ -39,28 +41,9 @@ LEASE_S = 2.0
 
 @pytest.fixture
 def start_sidecar(tmp_path: Path, fake_model: FakeModel, pg_url: str) -> Iterator[Callable[..., SidecarProcess]]:
-    started: list[SidecarProcess] = []
-
-    def start(name: str, **env: str) -> SidecarProcess:
-        environment = {
-            "SIDECAR_DATABASE_URL": pg_url,
-            "SIDECAR_LEASE_S": str(LEASE_S),
-            "SIDECAR_MODEL_URL": fake_model.predict_url,
-            "SIDECAR_WEBHOOK_SECRET": SECRET,
-            "SIDECAR_WEBHOOK_ALLOWLIST": "127.0.0.1",
-            "SIDECAR_RETRY_BASE_S": "0.05",
-            "SIDECAR_RETRY_MAX_S": "0.2",
-            "SIDECAR_POLL_INTERVAL_S": "0.05",
-            "SIDECAR_MAX_ATTEMPTS": "50",
-            **env,
-        }
-        process = SidecarProcess(environment, tmp_path / f"sidecar-{name}.log")
-        started.append(process)
-        return process.start()
-
-    yield start
-    for process in started:
-        process.stop()
+    env = process_env(fake_model.predict_url, SIDECAR_DATABASE_URL=pg_url, SIDECAR_LEASE_S=str(LEASE_S))
+    with sidecar_processes(tmp_path, env) as start:
+        yield start
 
 
 def states(pg_url: str) -> dict[str, str]:

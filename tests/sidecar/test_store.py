@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,12 +12,13 @@ import pytest
 
 from tests.sidecar.store_checks import (
     check_a_handed_back_run_its_caller_cancelled_ends_cancelled,
+    check_a_retried_write_finds_its_own_change,
     check_cancelling_follows_the_state,
     check_progress_follows_the_run,
     claim,
 )
 from webhook_sidecar.jobs import NewJob
-from webhook_sidecar.store import STATES, JobStore, StaleJob
+from webhook_sidecar.store import STATES, JobStore, StaleJob, StoreLocked
 
 
 class Clock:
@@ -55,14 +58,20 @@ def test_a_job_goes_through_every_state_to_delivered(store: JobStore) -> None:
     claimed = store.claim_run()
     assert claimed is not None and claimed.id == "j1" and claimed.state == "running"
     assert store.claim_run() is None, "a running job is not claimed twice"
-    store.finish("j1", "succeeded", {"audio": "AAAA"}, status_code=200)
+    audio = bytes(range(256)) * 9000  # over two of the store's chunks
+    store.finish("j1", "succeeded", {"format": "wav"}, audio=audio, status_code=200, counted=True)
     delivery = store.claim_delivery()
-    assert delivery is not None and delivery.result == {"audio": "AAAA"} and delivery.delivery_attempts == 1
+    assert delivery is not None and delivery.result == {"format": "wav"} and delivery.delivery_attempts == 1
+    assert delivery.audio_bytes == len(audio) and delivery.attempts == 1, "the result and its attempt together"
+    assert [len(piece) for piece in store.read_audio("j1")] == [1024 * 1024, 1024 * 1024, len(audio) - 2 * 1024 * 1024]
+    assert b"".join(store.read_audio("j1")) == audio
     assert store.claim_delivery() is None, "a delivery in flight is not claimed twice"
     store.mark_delivered("j1", 204)
     job = store.get("j1", with_result=True)
     assert job is not None and job.state == "delivered" and job.last_status_code == 204
-    assert job.result is None, "delivered audio is not kept without a download link"
+    assert job.result == {"format": "wav"}, "the prediction but its audio stays with the job"
+    store.purge(retention_s=3600)
+    assert list(store.read_audio("j1")) == [], "delivered audio is not kept without a download link"
 
 
 def test_transitions_from_the_wrong_state_change_nothing(store: JobStore) -> None:
@@ -126,13 +135,15 @@ def test_counts_cover_every_state(store: JobStore) -> None:
 def test_download_audio_is_kept_until_the_link_expires_then_jobs_are_purged(store: JobStore, clock: Clock) -> None:
     add(store)
     store.claim_run()
-    store.finish("j1", "succeeded", {"audio": "AAAA"}, download_token="tok", download_ttl_s=100)
+    store.finish("j1", "succeeded", {"format": "wav"}, audio=b"RIFF", download_token="tok", download_ttl_s=100)
     store.claim_delivery()
     store.mark_delivered("j1", 200)
-    assert store.get_by_download_token("tok").result == {"audio": "AAAA"}  # type: ignore[union-attr]
+    assert store.purge(retention_s=1000) == 0
+    assert store.get_by_download_token("tok").audio_bytes == 4  # type: ignore[union-attr]
+    assert list(store.read_audio("j1")) == [b"RIFF"]
     clock.now += 101
     assert store.purge(retention_s=1000) == 0
-    assert store.get_by_download_token("tok").result is None  # type: ignore[union-attr]
+    assert list(store.read_audio("j1")) == [], "the link expired: its audio is gone"
     clock.now += 1000
     assert store.purge(retention_s=1000) == 1
     assert store.get("j1") is None
@@ -193,5 +204,46 @@ def test_a_file_from_before_cancelling_gains_its_column(tmp_path: Path) -> None:
         assert job is not None and job.state == "queued" and job.cancel_requested_at is None
         cancelled = store.cancel("old")
         assert cancelled is not None and cancelled.state == "cancelled"
+    finally:
+        store.close()
+
+
+def test_a_retried_write_finds_its_own_change(store: JobStore) -> None:
+    check_a_retried_write_finds_its_own_change(store, lambda job_id: add(store, job_id))
+
+
+def test_a_second_store_on_the_file_is_refused_until_the_first_closes(store: JobStore) -> None:
+    second = JobStore(store.path)
+    with pytest.raises(StoreLocked, match=r"is in use by pid \d+ on .*: a SQLite job store belongs to one sidecar"):
+        second.open()
+    store.close()
+    second.open()
+    second.close()
+
+
+def test_a_file_with_base64_results_keeps_them_as_audio_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # the columns of a file from before #22, with a delivered-to-be result
+        db.execute(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE, request_hash TEXT NOT NULL, "
+            "model_input TEXT NOT NULL, webhook_endpoint TEXT NOT NULL, public_base TEXT NOT NULL, "
+            "state TEXT NOT NULL, outcome TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, "
+            "delivery_attempts INTEGER NOT NULL DEFAULT 0, in_flight INTEGER NOT NULL DEFAULT 0, "
+            "created_at REAL NOT NULL, updated_at REAL NOT NULL, started_at REAL, "
+            "finished_at REAL, delivered_at REAL, next_attempt_at REAL NOT NULL, last_error TEXT, "
+            "last_status_code INTEGER, result TEXT, download_token TEXT UNIQUE, download_expires_at REAL)"
+        )
+        db.execute(
+            "INSERT INTO jobs (id, request_hash, model_input, webhook_endpoint, public_base, state, outcome, "
+            "created_at, updated_at, next_attempt_at, result) VALUES ('old', 'h', '{}', 'http://x/', 'http://s', "
+            "'succeeded', 'succeeded', 1, 1, 1, ?)",
+            (json.dumps({"audio": base64.b64encode(b"RIFF-old").decode(), "format": "wav"}),),
+        )
+    store = JobStore(path)
+    store.open()
+    try:
+        job = store.claim_delivery()
+        assert job is not None and job.result == {"format": "wav"} and job.audio_bytes == 8
+        assert b"".join(store.read_audio("old")) == b"RIFF-old"
     finally:
         store.close()

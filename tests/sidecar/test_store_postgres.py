@@ -5,6 +5,8 @@ Several `PostgresJobStore`s on one database stand for several sidecars (each has
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections import Counter
@@ -15,6 +17,7 @@ import pytest
 
 from tests.sidecar.store_checks import (
     check_a_handed_back_run_its_caller_cancelled_ends_cancelled,
+    check_a_retried_write_finds_its_own_change,
     check_cancelling_follows_the_state,
     check_progress_follows_the_run,
     chunks,
@@ -50,9 +53,24 @@ def add(store: PostgresJobStore, job_id: str, key: str | None = None) -> bool:
 def finish_and_claim_delivery(store: PostgresJobStore, job_id: str) -> None:
     claimed = store.claim_run()
     assert claimed is not None and claimed.id == job_id
-    store.finish(job_id, "succeeded", {"audio": "AAAA"}, status_code=200)
+    store.finish(job_id, "succeeded", {"format": "wav"}, audio=b"AAAA", status_code=200)
     delivery = store.claim_delivery()
     assert delivery is not None and delivery.id == job_id
+
+
+def database_at(pg_url: str, version: int, monkeypatch: pytest.MonkeyPatch, *updates: str) -> None:
+    """A database as sidecars of `version` left it, holding one queued job "old" (then `updates`)."""
+    new = NewJob("old", {"prompt": "old"}, "http://127.0.0.1/hook", "http://sidecar", "hash")
+    values = list(new.insert_values(time.time()))
+    del values[6]  # owner: a column of version 4
+    columns = NEW_JOB_COLUMNS.replace(" owner,", "")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        with monkeypatch.context() as patch:
+            patch.setattr("webhook_sidecar.migrations.MIGRATIONS", MIGRATIONS[:version])
+            assert migrate(conn) == list(range(1, version + 1))
+        conn.execute(f"INSERT INTO {TABLE} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s)", values)
+        for update in updates:
+            conn.execute(update)
 
 
 def test_migrations_are_idempotent_and_safe_when_sidecars_start_together(pg_url: str) -> None:
@@ -86,7 +104,8 @@ def test_a_job_goes_through_every_state_and_another_replica_reads_it(make_store:
     finish_and_claim_delivery(a, "j1")
     a.mark_delivered("j1", 204)
     job = b.get("j1", with_result=True)
-    assert job is not None and job.state == "delivered" and job.last_status_code == 204 and job.result is None
+    assert job is not None and job.state == "delivered" and job.last_status_code == 204
+    assert job.result == {"format": "wav"} and job.audio_bytes == 4
     assert b.counts()["delivered"] == 1 and set(b.counts()) == set(STATES)
 
 
@@ -142,7 +161,9 @@ def test_a_lapsed_lease_is_taken_over_and_the_old_holder_changes_nothing(make_st
         a.mark_delivered("deliver", 200)
     again = b.claim_delivery()
     assert again is not None and again.id == "deliver" and again.delivery_attempts == 2
-    assert again.result == {"audio": "AAAA"}, "the stored result is delivered again, unchanged"
+    assert again.result == {"format": "wav"} and b"".join(b.read_audio("deliver")) == b"AAAA", (
+        "delivered again, unchanged"
+    )
 
 
 def test_renewing_keeps_a_lease_alive(make_store: StoreFactory) -> None:
@@ -151,8 +172,9 @@ def test_renewing_keeps_a_lease_alive(make_store: StoreFactory) -> None:
     assert a.claim_run() is not None
     for _ in range(3):
         time.sleep(0.5)
-        assert a.renew() == 1
+        assert a.renew(["j1", "not-held"]) == {"j1"}
         assert b.recover() == (0, 0)
+    assert b.renew(["j1"]) == set(), "another sidecar's lease is not its to renew"
 
 
 def test_release_all_hands_everything_back_at_once(make_store: StoreFactory) -> None:
@@ -196,14 +218,16 @@ def test_download_audio_is_kept_until_the_link_expires(make_store: StoreFactory)
     a, b = make_store(), make_store()
     add(a, "j1")
     assert a.claim_run() is not None
-    a.finish("j1", "succeeded", {"audio": "AAAA"}, download_token="tok", download_ttl_s=0.2)
-    assert b.get_by_download_token("tok").result == {"audio": "AAAA"}  # type: ignore[union-attr]
+    a.finish("j1", "succeeded", {"format": "wav"}, audio=b"RIFF", download_token="tok", download_ttl_s=0.2)
+    assert b.get_by_download_token("tok").audio_bytes == 4  # type: ignore[union-attr]
     delivery = b.claim_delivery()
     assert delivery is not None
     b.mark_delivered("j1", 200)
+    assert b.purge(retention_s=3600) == 0
+    assert list(a.read_audio("j1")) == [b"RIFF"], "kept while the link lives"
     time.sleep(0.3)
     assert b.purge(retention_s=3600) == 0
-    assert a.get_by_download_token("tok").result is None  # type: ignore[union-attr]
+    assert list(a.read_audio("j1")) == []
 
 
 def test_progress_follows_the_run(make_store: StoreFactory) -> None:
@@ -219,7 +243,7 @@ def test_progress_is_written_only_under_this_sidecars_lease_and_keeps_it(make_st
         b.note_progress("j1", 9, 10)
     a.note_progress("j1", 3, 10)
     assert chunks(b, "j1") == (3, 10)
-    assert a.renew() == 1, "the lease is still held and the job still in flight"
+    assert a.renew(["j1"]) == {"j1"}, "the lease is still held and the job still in flight"
     a.finish("j1", "succeeded", {"audio": "AAAA"}, chunks=10)
     assert chunks(b, "j1") == (10, 10)
 
@@ -227,15 +251,7 @@ def test_progress_is_written_only_under_this_sidecars_lease_and_keeps_it(make_st
 def test_a_database_from_before_progress_is_migrated_and_keeps_its_jobs(
     pg_url: str, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    new = NewJob("old", {"prompt": "old"}, "http://127.0.0.1/hook", "http://sidecar", "hash")
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        with monkeypatch.context() as patch:
-            patch.setattr("webhook_sidecar.migrations.MIGRATIONS", MIGRATIONS[:1])
-            assert migrate(conn) == [1]
-        conn.execute(
-            f"INSERT INTO {TABLE} ({NEW_JOB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s)",
-            new.insert_values(time.time()),
-        )
+    database_at(pg_url, 1, monkeypatch)
     store = make_store()  # opening migrates to the latest version
     job = store.get("old")
     assert job is not None and job.state == "queued" and (job.chunks_done, job.chunks_total) == (None, None)
@@ -279,15 +295,7 @@ def test_a_lapsed_run_its_caller_cancelled_from_another_replica_ends_cancelled(m
 def test_a_database_from_before_cancelling_is_migrated_and_keeps_its_jobs(
     pg_url: str, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    new = NewJob("old", {"prompt": "old"}, "http://127.0.0.1/hook", "http://sidecar", "hash")
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        with monkeypatch.context() as patch:
-            patch.setattr("webhook_sidecar.migrations.MIGRATIONS", MIGRATIONS[:2])
-            assert migrate(conn) == [1, 2]
-        conn.execute(
-            f"INSERT INTO {TABLE} ({NEW_JOB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s)",
-            new.insert_values(time.time()),
-        )
+    database_at(pg_url, 2, monkeypatch)
     store = make_store()  # opening applies version 3
     job = store.get("old")
     assert job is not None and job.state == "queued" and job.cancel_requested_at is None
@@ -295,3 +303,21 @@ def test_a_database_from_before_cancelling_is_migrated_and_keeps_its_jobs(
     assert cancelled is not None and cancelled.state == "cancelled"
     time.sleep(0.01)
     assert store.purge(retention_s=0) == 1
+
+
+def test_a_retried_write_finds_its_own_change(make_store: StoreFactory) -> None:
+    store = make_store()
+    check_a_retried_write_finds_its_own_change(store, lambda job_id: add(store, job_id))
+
+
+def test_a_database_with_base64_results_keeps_them_as_audio_bytes(
+    pg_url: str, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = json.dumps({"audio": base64.b64encode(b"RIFF-old").decode(), "format": "wav"})
+    database_at(
+        pg_url, 3, monkeypatch, f"UPDATE {TABLE} SET state = 'succeeded', outcome = 'succeeded', result = '{result}'"
+    )
+    store = make_store()  # opening applies version 4
+    job = store.claim_delivery()
+    assert job is not None and job.result == {"format": "wav"} and job.audio_bytes == 8 and job.owner is None
+    assert b"".join(store.read_audio("old")) == b"RIFF-old"

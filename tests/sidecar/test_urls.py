@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from typing import Any
 
@@ -99,3 +100,41 @@ def test_unresolvable_hosts_are_refused_with_their_own_error() -> None:
 @given(st.ip_addresses(v=4, network="10.0.0.0/8") | st.ip_addresses(v=4, network="127.0.0.0/8"))
 def test_every_private_or_loopback_ipv4_is_blocked(address: ipaddress.IPv4Address) -> None:
     assert blocked_reason(address) is not None
+
+
+@pytest.mark.parametrize(
+    ("address", "form", "inner"),
+    [
+        ("2002:0a00:0001::1", "6to4", "10.0.0.1"),
+        ("2002:7f00:0001::", "6to4", "127.0.0.1"),
+        ("2002:a9fe:a9fe::1", "6to4", "169.254.169.254"),
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "Teredo", "10.0.0.1"),  # client 10.0.0.1, obfuscated
+        ("64:ff9b::a00:1", "NAT64", "10.0.0.1"),
+        ("64:ff9b::c0a8:101", "NAT64", "192.168.1.1"),
+        ("64:ff9b:1::7f00:1", "NAT64", "127.0.0.1"),
+    ],
+)
+def test_ipv6_forms_that_embed_a_private_ipv4_are_refused(address: str, form: str, inner: str) -> None:
+    with pytest.raises(UnsafeUrl, match=rf"a {form} address embedding {re.escape(inner)}"):
+        check_webhook_url(f"http://[{address}]:8080/hook", NOTHING)
+
+
+def test_an_embedded_metadata_address_stays_refused_even_when_allowlisted() -> None:
+    allow_all = Allowlist.parse("::/0")
+    with pytest.raises(UnsafeUrl, match="metadata"):
+        check_webhook_url("http://[2002:a9fe:a9fe::1]/hook", allow_all)
+
+
+def test_embedding_a_public_ipv4_is_judged_like_any_ipv6_address() -> None:
+    assert check_webhook_url("http://[2002:0808:0808::1]/hook", NOTHING).addresses == (
+        ipaddress.ip_address("2002:808:808::1"),
+    )
+
+
+def test_ports_outside_the_allow_list_are_refused_and_any_port_is_the_default() -> None:
+    only_tls = Allowlist.parse("", "443, 8443")
+    assert check_webhook_url("https://93.184.216.34/hook", only_tls).port == 443
+    assert check_webhook_url("https://93.184.216.34:8443/hook", only_tls).port == 8443
+    with pytest.raises(UnsafeUrl, match=r"port 6379 is not allowed \(SIDECAR_WEBHOOK_PORTS: 443, 8443\)"):
+        check_webhook_url("http://93.184.216.34:6379/hook", only_tls)
+    assert check_webhook_url("http://93.184.216.34:6379/hook", NOTHING).port == 6379

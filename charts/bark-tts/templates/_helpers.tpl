@@ -161,12 +161,14 @@ once per render and memoised, so the pod checksum matches the Secret actually re
 {{- $old := (lookup "v1" "Secret" .Release.Namespace $name).data | default dict }}
 {{- $s := .Values.secrets }}
 {{- $data := dict }}
+{{- $random := list }}
 {{- if $s.apiKeys }}
 {{- $_ := set $data "api-keys" (join "\n" $s.apiKeys | b64enc) }}
 {{- else if hasKey $old "api-keys" }}
 {{- $_ := set $data "api-keys" (index $old "api-keys") }}
 {{- else if .Values.auth.enabled }}
 {{- $_ := set $data "api-keys" (randAlphaNum 40 | b64enc) }}
+{{- $random = append $random "api-keys (secrets.apiKeys)" }}
 {{- end }}
 {{- if $s.webhookSecret }}
 {{- $_ := set $data "webhook-secret" ($s.webhookSecret | b64enc) }}
@@ -174,6 +176,7 @@ once per render and memoised, so the pod checksum matches the Secret actually re
 {{- $_ := set $data "webhook-secret" (index $old "webhook-secret") }}
 {{- else if .Values.sidecar.enabled }}
 {{- $_ := set $data "webhook-secret" (randAlphaNum 48 | b64enc) }}
+{{- $random = append $random "webhook-secret (secrets.webhookSecret)" }}
 {{- end }}
 {{- $pg := .Values.jobs.postgres.bundled }}
 {{- if and $pg.password (include "bark-tts.bundledPostgres" .) }}
@@ -183,12 +186,17 @@ once per render and memoised, so the pod checksum matches the Secret actually re
 {{- $_ := set $data "postgres-password" (index $old "postgres-password") }}
 {{- else if include "bark-tts.bundledPostgres" . }}
 {{- $_ := set $data "postgres-password" (randAlphaNum 32 | b64enc) }}
+{{- $random = append $random "postgres-password (jobs.postgres.bundled.password)" }}
 {{- end }}
 {{- if $s.hfToken }}
 {{- $_ := set $data "hf-token" ($s.hfToken | b64enc) }}
 {{- else if hasKey $old "hf-token" }}
 {{- $_ := set $data "hf-token" (index $old "hf-token") }}
 {{- end }}
+{{- if $s.adminApiKeys }}
+{{- $_ := set $data "admin-api-keys" (join "\n" $s.adminApiKeys | b64enc) }}
+{{- end }}
+{{- include "bark-tts.secretsKeptOrFail" (list . $random) }}
 {{- $_ := set .Release "barkSecretData" $data }}
 {{- end }}
 {{- toYaml (get .Release "barkSecretData") }}
