@@ -46,6 +46,7 @@ from bark_common.formats import content_type
 from bark_common.schema import invalid_input_from
 
 from .auth import Caller, authenticated_key, principal
+from .captions import job_captions
 from .config import Settings
 from .delivery import DEFAULT_EVENT_SOURCE, iso_time
 from .jobs import DELIVERABLE, Job, QueueFull, StoreUnavailable
@@ -183,6 +184,17 @@ def create_app(settings: Settings) -> FastAPI:
         if job.state == "cancelled":
             return JSONResponse(_status(job).model_dump(), status_code=200)
         raise _not_cancellable(job)
+
+    @app.get("/jobs/{job_id}/captions", tags=["jobs"], response_class=Response)
+    async def captions(job_id: str, request: Request) -> Response:
+        """A finished job's captions as an SRT or WebVTT file, when its model_input asked for them."""
+        await _get_job(service, job_id, _caller(service, request))  # 404 unless it is the caller's
+        job = await asyncio.to_thread(service.store.get, job_id, True)
+        if job is None:
+            raise NotFound("no job with this id")
+        file = job_captions(job)
+        disposition = f'inline; filename="{file.filename}"'
+        return Response(file.text, media_type=file.media_type, headers={"content-disposition": disposition})
 
     @app.get("/downloads/{token}", tags=["jobs"])
     async def download(token: str, request: Request) -> Response:
