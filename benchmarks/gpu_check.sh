@@ -44,12 +44,15 @@ fi
 if [ -n "$WHEELHOUSE" ]; then
   VENV=${TMPDIR:-/tmp}/bark-gpu-check-venv
   ${PYTHON:-python3} -m venv --system-site-packages "$VENV" || exit 1
-  PIP=("$VENV/bin/python" -m pip install -q --no-index --find-links "$WHEELHOUSE" --no-build-isolation)
+  VERSION=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  WHEELS=$WHEELHOUSE/py$VERSION  # scripts/wheelhouse.sh keeps one folder per Python
+  [ -d "$WHEELS" ] || WHEELS=$WHEELHOUSE
+  PIP=("$VENV/bin/python" -m pip install -q --no-index --find-links "$WHEELS" --no-build-isolation)
   if ! "${PIP[@]}" -e . pytest pytest-timeout hypothesis 2>"$VENV.log"; then
     # A wheelhouse cut to what this machine lacks (--exclude; e.g. without av, which only the mp3/opus
     # encoders load) cannot satisfy pip's resolver: install its wheels as they are, then say what is unmet.
     echo "gpu_check.sh: a full install from $WHEELHOUSE failed ($(tail -n 1 "$VENV.log")); installing its wheels as they are" >&2
-    "${PIP[@]}" --no-deps -e . && "${PIP[@]}" --no-deps "$WHEELHOUSE"/*.whl \
+    "${PIP[@]}" --no-deps -e . && "${PIP[@]}" --no-deps "$WHEELS"/*.whl \
       || { echo "gpu_check.sh: installing from $WHEELHOUSE failed" >&2; exit 1; }
   fi
   UNMET=$("$VENV/bin/python" -m pip check 2>&1 | grep -v "^No broken" || true)

@@ -89,6 +89,4 @@ for version in $PYTHONS; do
   fi
   echo "Python $version: $(find "$target" -name '*.whl' | wc -l) wheels, $(du -sh "$target" | cut -f1)"
 done
-# One folder pip can use for any of the versions (--find-links DIR): wheels hard-linked up a level.
-find "$DIR" -mindepth 2 -name '*.whl' -exec ln -f {} "$DIR/" \; 2>/dev/null || true
-echo "total: $(find "$DIR" -maxdepth 1 -name '*.whl' | wc -l) distinct wheels, $(du -sh --apparent-size "$DIR" | cut -f1) on disk (hard links counted once: $(du -sh "$DIR" | cut -f1))"
+echo "total: $(find "$DIR" -name '*.whl' | wc -l) wheels, $(du -sh "$DIR" | cut -f1) (one folder per Python: DIR/pyX.Y)"

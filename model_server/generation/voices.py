@@ -19,6 +19,7 @@ class VoiceLibrary:
         self._processor = processor
         self._device = device
         self._cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._host: dict[str, dict[str, torch.Tensor]] = {}
         self._lock = threading.Lock()
         self.names: tuple[str, ...] = tuple(sorted(processor.available_voice_presets))
         # Aliases pointing at presets this model lacks are dropped rather than failing later.
@@ -57,12 +58,26 @@ class VoiceLibrary:
             self.prompt(name)
 
     def prompt(self, voice: str) -> dict[str, torch.Tensor]:
-        """The history prompt tensors for `voice`, read from disk once per process."""
+        """The history prompt tensors for `voice` on the model's device, read from disk once per process."""
         with self._lock:
             cached = self._cache.get(voice)
             if cached is None:
-                self.check(voice)
-                encoded = self._processor("", voice_preset=voice, return_tensors="pt")
-                cached = {key: value.to(self._device) for key, value in encoded["history_prompt"].items()}
+                host = self._load(voice)
+                cached = {key: value.to(self._device) for key, value in host.items()}
                 self._cache[voice] = cached
             return cached
+
+    def host_prompt(self, voice: str) -> dict[str, torch.Tensor]:
+        """The same prompt on the host (the decoding loop plans coarse windows from it, without a device read)."""
+        with self._lock:
+            return self._load(voice)
+
+    def _load(self, voice: str) -> dict[str, torch.Tensor]:
+        """Under the lock: the prompt as CPU tensors, read from disk once."""
+        host = self._host.get(voice)
+        if host is None:
+            self.check(voice)
+            encoded = self._processor("", voice_preset=voice, return_tensors="pt")
+            host = {key: value.cpu() for key, value in encoded["history_prompt"].items()}
+            self._host[voice] = host
+        return host

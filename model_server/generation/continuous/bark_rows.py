@@ -197,7 +197,9 @@ class BarkRowEngine:
             )
         semantic, coarse, fine = self.engine._configs(sampling, budget)
         history = self.engine.voices.prompt(voice) if voice else None
-        return Row(job, text, voice, sampling, budget, job.seed, Configs(semantic, coarse, fine), history)
+        history_host = self.engine.voices.host_prompt(voice) if voice else None
+        configs = Configs(semantic, coarse, fine)
+        return Row(job, text, voice, sampling, budget, job.seed, configs, history, history_host=history_host)
 
     def _join(self, stage_name: str, slots: list[int], rows: list[Row], prompts: list[torch.Tensor]) -> None:
         """Prefill `rows` into `slots` (one call for all) and write their state there."""

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from model_server.generation.bark_blocks import _StageWeights, attention_inputs, block_tail, head
+from model_server.generation.continuous.slots import upload
 from model_server.generation.cuda_graphs import GraphCache
 from model_server.generation.step_runner import batch_bucket
 
@@ -53,7 +54,7 @@ def prefill_rows(
         by_length.setdefault(int(prompt.shape[0]), []).append(index)
     for length, members in by_length.items():
         embeds = torch.stack([prompts[index] for index in members])
-        slot_index = torch.tensor([slots[member] for member in members], dtype=torch.long, device=embeds.device)
+        slot_index = upload([slots[member] for member in members], torch.long, embeds.device)
         last = torch.full((len(members),), length - 1, dtype=torch.long, device=embeds.device)
         group = run_prefill(weights, keys, values, slot_index, embeds, last, dtype)
         for position, member in enumerate(members):
@@ -121,8 +122,8 @@ class PaddedPrefill:
         embeds.zero_()
         for target, source in enumerate(order):
             embeds[target, : prompts[source].shape[0]].copy_(prompts[source])
-        slot_index.copy_(torch.tensor([slots[source] for source in order], dtype=torch.long))
-        last.copy_(torch.tensor([int(prompts[source].shape[0]) - 1 for source in order], dtype=torch.long))
+        slot_index.copy_(upload([slots[source] for source in order], torch.long, slot_index.device))
+        last.copy_(upload([int(prompts[source].shape[0]) - 1 for source in order], torch.long, last.device))
 
         def step() -> torch.Tensor:
             return run_prefill(weights, keys, values, slot_index, embeds, last, dtype)

@@ -22,6 +22,7 @@ from transformers.models.bark.generation_configuration_bark import (
 )
 
 from model_server.generation.continuous.fine import FineRow
+from model_server.generation.continuous.slots import upload
 from model_server.generation.engine import Sampling, tokenize_chunks
 
 #: Mixed into a row's seed for the fine stage's own random stream.
@@ -63,8 +64,8 @@ class CoarsePlan:
         window = F.pad(
             window, (0, config.max_coarse_input_length - window.shape[0]), value=config.coarse_semantic_pad_token
         )
-        infer = torch.tensor([config.coarse_infer_token], dtype=torch.long, device=device)
-        history = torch.tensor(self.tokens[-config.max_coarse_history :], dtype=torch.long, device=device)
+        infer = torch.full((1,), config.coarse_infer_token, dtype=torch.long, device=device)
+        history = upload(self.tokens[-config.max_coarse_history :], torch.long, device)
         self.window_new = min(config.sliding_window_len, self.output_length - total)
         self.window_step = 0
         return torch.cat([window, infer, history])
@@ -82,6 +83,8 @@ class Row:
     seed: int  # 32 bits: the row's noise stream (drawn at first admission when the request has none)
     configs: Configs
     history: dict[str, torch.Tensor] | None
+    #: The same voice prompt on the host: the coarse plan is made from it without reading the device.
+    history_host: dict[str, torch.Tensor] | None = None
     stage: str = "semantic"
     #: The host's mirror of the row's device position (where its next token is written): advanced
     #: at each launch, so the loop picks key-range buckets without reading the device. It may run one
@@ -108,25 +111,31 @@ def coarse_plan(row: Row, coarse_model: Any, codebook_size: int, device: torch.d
     # In torch, as `generate` computes it (a float32 product: float64 could round differently).
     frames = torch.floor(torch.tensor([len(row.semantic)]) * ratio / codebooks)
     output_length = int(torch.round(frames * codebooks).int().item())
-    semantic_history, coarse_history = coarse_model.preprocess_histories(
-        history_prompt=row.history,
-        max_coarse_history=coarse_config.max_coarse_history,
-        semantic_to_coarse_ratio=ratio,
-        batch_size=1,
-        semantic_generation_config=semantic_config,
-        codebook_size=codebook_size,
-    )
-    own = torch.tensor(row.semantic, dtype=torch.long, device=device)
-    semantic = torch.cat([semantic_history.to(device).long().reshape(-1), own])
-    history = [int(token) for token in coarse_history.reshape(-1).tolist()]
+    history = row.history_host
+    if history is None and row.history is not None:  # a prompt only on the device: one read at a stage move
+        history = {name: tensor.cpu() for name, tensor in row.history.items()}
+    # On host tensors: shape arithmetic only, and the coarse history must become a list anyway.
+    semantic_history, coarse_history = torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0, dtype=torch.long)
+    if history is not None:  # without a voice transformers would make its empty histories on the device
+        semantic_history, coarse_history = coarse_model.preprocess_histories(
+            history_prompt=history,
+            max_coarse_history=coarse_config.max_coarse_history,
+            semantic_to_coarse_ratio=ratio,
+            batch_size=1,
+            semantic_generation_config=semantic_config,
+            codebook_size=codebook_size,
+        )
+    semantic_host = torch.cat([semantic_history.cpu().long().reshape(-1), torch.tensor(row.semantic, dtype=torch.long)])
+    semantic = semantic_host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else semantic_host
+    coarse_tokens = [int(token) for token in coarse_history.cpu().reshape(-1).tolist()]
     return CoarsePlan(
         semantic=semantic,
         base_index=int(semantic_history.shape[1]),
         ratio=ratio,
         max_semantic_history=max_semantic_history,
         output_length=output_length,
-        tokens=history,
-        history_length=len(history),
+        tokens=coarse_tokens,
+        history_length=len(coarse_tokens),
     )
 
 
@@ -135,10 +144,12 @@ def semantic_prompts(rows: list[Row], tokenizer: Any, table: torch.Tensor, devic
     256 positions (summed), then the infer token."""
     config = rows[0].configs.semantic
     length = int(config.max_input_semantic_length)
-    encoded = tokenize_chunks(tokenizer, [row.text for row in rows], length, device)
+    # Tokenised on the host, then queued to the device (pinned, non_blocking): no wait for the running steps.
+    encoded = tokenize_chunks(tokenizer, [row.text for row in rows], length, torch.device("cpu"))
     ids = encoded["input_ids"].long() + config.text_encoding_offset
     ids = ids.masked_fill(~encoded["attention_mask"].bool(), config.text_pad_token)[:, :length]
     ids = F.pad(ids, (0, length - ids.shape[1]), value=config.text_pad_token)
+    ids = ids.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else ids
     histories = torch.stack([_semantic_history(row, length, device) for row in rows])
     infer = torch.full((len(rows), 1), config.semantic_infer_token, dtype=torch.long, device=device)
     return torch.cat([F.embedding(ids, table) + F.embedding(histories, table), F.embedding(infer, table)], dim=1)

@@ -35,6 +35,17 @@ DONE = 1  # semantic: EOS or budget reached; coarse: all of the row's coarse tok
 WINDOW_FULL = 2  # coarse: the window is full; the host re-prefills the next one
 
 
+def upload(values: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host data on the device without making the host wait for the GPU.
+
+    `torch.tensor(data, device=cuda)` copies from pageable memory and then synchronises the stream:
+    the host waits for every step already queued. Through pinned memory with `non_blocking` the copy
+    is queued behind them instead (the caching host allocator keeps the buffer until it is done).
+    """
+    cuda = device.type == "cuda"
+    return torch.tensor(values, dtype=dtype, pin_memory=cuda).to(device, non_blocking=cuda)
+
+
 @dataclass
 class StageSlots:
     tokens: torch.Tensor
@@ -86,18 +97,18 @@ class StageSlots:
         """Rows prefilled into `slots`: their first token comes from `logits` at the next step.
 
         `values` name the other fields (seeds, draws, temperature, do_sample, budget, last_window);
-        one host-to-device copy per field, at a join only.
+        one host-to-device copy per field, at a join only, queued behind the running steps.
         """
         device = self.tokens.device
-        index = torch.tensor(list(slots), dtype=torch.long, device=device)
+        index = upload(list(slots), torch.long, device)
         self.pending.index_copy_(0, index, logits.to(self.pending.dtype))
-        self.positions.index_copy_(0, index, torch.tensor(list(positions), dtype=torch.long, device=device))
+        self.positions.index_copy_(0, index, upload(list(positions), torch.long, device))
         self.active.index_fill_(0, index, True)
         self.fresh.index_fill_(0, index, True)
         self.generated.index_fill_(0, index, 0)
         for name, column in values.items():
             target: torch.Tensor = getattr(self, name)
-            target.index_copy_(0, index, torch.tensor(list(column), dtype=target.dtype, device=device))
+            target.index_copy_(0, index, upload(list(column), target.dtype, device))
 
     def move(self, source: int, target: int) -> None:
         """Slot `source`'s row now lives in `target` (compaction after a row left); `source` is freed."""
