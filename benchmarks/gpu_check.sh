@@ -7,11 +7,11 @@
 #   benchmarks/gpu_check.sh [--wheelhouse DIR] [--report FILE] [--budget SECONDS] [--device cuda|cpu] [--quick]
 #
 #   --wheelhouse DIR  wheels made by `scripts/wheelhouse.sh DIR` (no network needed): installed into a
-#                     virtual environment that sees the machine's own packages (--system-site-packages),
-#                     so pip resolves against the CUDA torch already there and installs only what is
-#                     missing or too old. (`pip install --target` would reinstall every dependency
-#                     beside it, shadowing the machine's CUDA-matched stack.) Without it: $PYTHON, else
-#                     .venv/bin/python, else python3.
+#                     virtual environment that sees the machine's own packages behind its own, so pip
+#                     resolves against the CUDA torch already there and installs only what is missing or
+#                     too old. (`pip install --target` would reinstall every dependency beside it,
+#                     shadowing the machine's CUDA-matched stack.) The machine's python: $PYTHON, else
+#                     python3. Without --wheelhouse: $PYTHON, else .venv/bin/python, else python3.
 #   --report FILE     default benchmarks/gpu-check-<UTC time>.md
 #   --budget SECONDS  wall time for everything (default 420). Each section gets its share of what is left
 #                     (so a section that finishes early leaves more to the next), sizes its run from that
@@ -43,16 +43,22 @@ fi
 # -- Python: the machine's torch, plus our wheels where asked ----------------------------------------
 if [ -n "$WHEELHOUSE" ]; then
   VENV=${TMPDIR:-/tmp}/bark-gpu-check-venv
-  ${PYTHON:-python3} -m venv --system-site-packages "$VENV" || exit 1
+  BASE=${PYTHON:-python3}
+  # A venv that sees the machine interpreter's packages (its CUDA torch) behind its own: a .pth file
+  # names them (--system-site-packages would not, when the machine's python is itself a venv).
+  $BASE -m venv "$VENV" || exit 1
+  $BASE -c 'import site; print("\n".join(site.getsitepackages()))' \
+    >"$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/machine-packages.pth"
   VERSION=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   WHEELS=$WHEELHOUSE/py$VERSION  # scripts/wheelhouse.sh keeps one folder per Python
   [ -d "$WHEELS" ] || WHEELS=$WHEELHOUSE
   PIP=("$VENV/bin/python" -m pip install -q --no-index --find-links "$WHEELS" --no-build-isolation)
-  if ! "${PIP[@]}" -e . pytest pytest-timeout hypothesis 2>"$VENV.log"; then
+  # The project runs from this clone (its scripts and pytest put it on sys.path): only its pins go in.
+  if ! "${PIP[@]}" -r "$WHEELHOUSE/requirements.txt" 2>"$VENV.log"; then
     # A wheelhouse cut to what this machine lacks (--exclude; e.g. without av, which only the mp3/opus
     # encoders load) cannot satisfy pip's resolver: install its wheels as they are, then say what is unmet.
     echo "gpu_check.sh: a full install from $WHEELHOUSE failed ($(tail -n 1 "$VENV.log")); installing its wheels as they are" >&2
-    "${PIP[@]}" --no-deps -e . && "${PIP[@]}" --no-deps "$WHEELS"/*.whl \
+    "${PIP[@]}" --no-deps "$WHEELS"/*.whl \
       || { echo "gpu_check.sh: installing from $WHEELHOUSE failed" >&2; exit 1; }
   fi
   UNMET=$("$VENV/bin/python" -m pip check 2>&1 | grep -v "^No broken" || true)
@@ -64,7 +70,7 @@ elif [ -x .venv/bin/python ]; then
 else
   PY=python3
 fi
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 {
   echo "# GPU check, $(date -u +%Y-%m-%dT%H:%MZ)"

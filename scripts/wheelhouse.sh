@@ -74,6 +74,8 @@ for line in open("requirements.lock"):
     print(line)
 EOF
 
+cp "$LIST" "$DIR/requirements.txt"  # what gpu_check.sh asks pip for (the project itself runs from the clone)
+
 platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
 for version in $PYTHONS; do
