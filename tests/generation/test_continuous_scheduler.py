@@ -424,3 +424,18 @@ def test_the_instances_of_one_request_share_as_one_request():
     assert names(asyncio.run(scenario())) == ["b1"]
     # Seen as two requests, the second instance (none of its chunks running) would have gone first.
     assert rows.admitted.index("b1") < rows.admitted.index("a4"), rows.admitted
+
+
+def test_one_scheduler_serves_requests_from_successive_event_loops():
+    """Its worker thread outlives the event loop that started it (tests and benchmarks run several):
+    each request's result goes back to the loop that waits for it, never to a closed one."""
+    rows = FakeRows()
+    scheduler = make(rows)
+
+    async def one(name: str) -> list[str]:
+        return await asyncio.wait_for(scheduler.submit("k", [(name, 2)]), timeout=10)
+
+    first = asyncio.run(one("first"))
+    second = asyncio.run(one("second"))
+    asyncio.run(scheduler.close())
+    assert names(first) == ["first"] and names(second) == ["second"]

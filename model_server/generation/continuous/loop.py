@@ -116,7 +116,6 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         #: Called once (from the worker thread) after a sticky device error (faults.is_fatal_device_error).
         self._on_fatal = on_fatal or (lambda error: None)
         self.fatal_error: BaseException | None = None
@@ -161,7 +160,7 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
                 else:
                     self._waiting.append(job)
             metrics.QUEUE_DEPTH.set(len(self._waiting))
-            self._ensure_worker(loop)
+            self._ensure_worker()
             self._cond.notify()
         return [job.future for job in jobs]
 
@@ -173,9 +172,8 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
             self._purge_waiting()
             self._cond.notify()
 
-    def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _ensure_worker(self) -> None:
         if self._thread is None or not self._thread.is_alive():
-            self._loop = loop
             self._stopping = False
             self._thread = threading.Thread(target=self._work, name="bark-rows", daemon=True)
             self._thread.start()
@@ -359,6 +357,7 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
             else:
                 job.future.set_result(outcome)
 
-        assert self._loop is not None
+        # The loop the request waits on: its future's own (a scheduler outlives an event loop in tests and
+        # benchmarks that run several, and the worker thread is started by the first).
         with contextlib.suppress(RuntimeError):  # the event loop is closed (shutdown): nobody waits any more
-            self._loop.call_soon_threadsafe(settle)
+            job.future.get_loop().call_soon_threadsafe(settle)
