@@ -149,10 +149,22 @@ limit=$(limit_for 20)
 # shellcheck disable=SC2086
 section "CUDA tests: graph capture and replay, the continuous loop in fp16 replayed vs eager" 20 "$limit" \
   $PY -m pytest -q -p no:cacheprovider $TESTS -k "$TEST_FILTER"
+# The loop with SDPA, then with flash-attn's flash_attn_with_kvcache where the package is installed.
+loop_profiles() {
+  # shellcheck disable=SC2086
+  $PY benchmarks/loop_profile.py --device "$DEVICE" --size "$SIZE" --rows $ROWS --iterations 40 --attention sdpa || return
+  if [ "$DEVICE" = cuda ] && $PY -c 'import flash_attn' 2>/dev/null; then
+    # shellcheck disable=SC2086
+    $PY benchmarks/loop_profile.py --device cuda --size "$SIZE" --rows $ROWS --iterations 40 --attention flash_attention_2
+  else
+    echo "flash-attn: not timed ($([ "$DEVICE" = cuda ] && echo 'the flash-attn package is not installed here' || echo 'CUDA only'))"
+  fi
+}
+export -f loop_profiles
+export PY DEVICE SIZE ROWS
 limit=$(limit_for 15)
-# shellcheck disable=SC2086
-section "One iteration of the real loop (semantic and coarse rows) vs the captured block steps" 15 "$limit" \
-  $PY benchmarks/loop_profile.py --device "$DEVICE" --size "$SIZE" --rows $ROWS --iterations 40
+section "One iteration of the real loop (semantic and coarse rows) vs the captured block steps; SDPA and flash-attn" 15 \
+  "$limit" bash -c loop_profiles
 limit=$(limit_for 20)
 section "One 1-minute request: ours (continuous loop) vs the original pipeline" 20 "$limit" \
   $PY benchmarks/original_vs_ours.py --mode pipeline --size "$SIZE" --device "$DEVICE" --repeats 1 \

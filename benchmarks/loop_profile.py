@@ -340,6 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--size", choices=["tiny", "small"], default="tiny")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--attention", choices=["auto", "sdpa", "flash_attention_2"], default="auto", help="flash-attn: CUDA only"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="one JSON object per --rows value instead of a table")
     args = parser.parse_args(argv)
@@ -348,7 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = build_checkpoint(Path(folder) / args.size, size=args.size)
         decoder = "static" if args.device == "cpu" else "auto"
-        engine = BarkEngine(Settings(model_dir=checkpoint, device=args.device, decoder=decoder, warmup=False))
+        settings = Settings(model_dir=checkpoint, device=args.device, decoder=decoder, attention=args.attention)
+        engine = BarkEngine(settings.model_copy(update={"warmup": False}))
+        print(f"# {args.size} shapes on {engine.device}, {engine.dtype}, attention {engine.attention}", flush=True)
         for rows in args.rows:
             results.append(profile_loop(engine, rows, args.iterations))
             if args.json:
