@@ -52,6 +52,7 @@ def test_the_quick_cpu_run_fills_every_section_within_its_budget(tmp_path: Path)
     assert re.search(r"^\| 8 \| 4 \+ 4 \| 0 \| 1 \|", loop, re.MULTILINE), (
         "8 rows, both stages, no host sync, 1 late read"
     )
+    assert "attention sdpa" in loop and "flash-attn: not timed (CUDA only)" in loop
     assert "ours (continuous)" in request and "ratio ours (continuous)/original" in request
     assert all(re.search(rf"^\| {clients} \| \d+ \|", concurrency, re.MULTILINE) for clients in (1, 2, 4))
     assert re.search(r"^\| static \|", poisson, re.MULTILINE) and re.search(r"^\| continuous \|", poisson, re.MULTILINE)
