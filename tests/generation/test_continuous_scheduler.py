@@ -41,6 +41,7 @@ class FakeRows:
         return len(self.rows)
 
     pending = 0  # no fine stage here: a row's outcome comes with the step that finishes it
+    finishing: set[int] = set()
 
     def set_wake(self, wake: Any) -> None:
         self.wake = wake
@@ -439,3 +440,53 @@ def test_one_scheduler_serves_requests_from_successive_event_loops():
     second = asyncio.run(one("second"))
     asyncio.run(scheduler.close())
     assert names(first) == ["first"] and names(second) == ["second"]
+
+
+class FinishingRows(FakeRows):
+    """A row engine with a fine stage: a row done stepping waits in `finishing` until the next call."""
+
+    def __init__(self) -> None:
+        super().__init__(step_s=0.001)
+        self.finishing: set[int] = set()
+        self._later: list[tuple[Any, Any]] = []
+
+    @property
+    def pending(self) -> int:  # type: ignore[override]
+        return len(self._later)
+
+    def step(self) -> list[tuple[Any, Any]]:
+        ready = self._take_ready()
+        for job, outcome in super().step():
+            self.finishing.add(id(job))
+            self._later.append((job, outcome))
+        if self._later:
+            self.wake()  # as the finisher's thread does once its rows are ready
+        return ready
+
+    def collect(self) -> list[tuple[Any, Any]]:
+        return self._take_ready()
+
+    def _take_ready(self) -> list[tuple[Any, Any]]:
+        ready, self._later = self._later, []
+        for job, _ in ready:
+            self.finishing.discard(id(job))
+        return ready
+
+
+def test_a_chunk_in_the_fine_stage_holds_no_row_for_fair_admission():
+    """With one row, a request's next chunk takes the row its previous chunk freed, even while that
+    chunk is still in the fine stage: only rows in the decoding stages count as the request's share.
+    (Counting it, a request queued later took every other row: a short request ran twice as long.)"""
+    rows = FinishingRows()
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=1)
+        first = scheduler.submit("a", [("a1", 3), ("a2", 3), ("a3", 3)])
+        second = scheduler.submit("b", [("b1", 3)])
+        results = await asyncio.wait_for(asyncio.gather(first, second), timeout=30)
+        await scheduler.close()
+        return results
+
+    first, second = asyncio.run(scenario())
+    assert names(first) == ["a1", "a2", "a3"] and names(second) == ["b1"]
+    assert rows.admitted == ["a1", "a2", "a3", "b1"], "a's chunks in the fine stage did not hand b the row"

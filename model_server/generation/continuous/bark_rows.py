@@ -109,6 +109,8 @@ class BarkRowEngine:
         self.reader = LateReader(self.stepper.out)
         #: Joins, leaves, stage moves and window prefills so far (benchmarks tell steady iterations by it).
         self.events = 0
+        #: id() of the jobs in the fine stage or codec: they hold no row, so fair admission does not count them.
+        self.finishing: set[int] = set()
 
     def _configure_stages(self, semantic: dict[str, Any], coarse: dict[str, Any]) -> None:
         vocab = self.stepper.stages["semantic"].vocab
@@ -243,12 +245,15 @@ class BarkRowEngine:
         outcomes: list[Outcome] = []
         if previous is not None:
             self._act(self.reader.read(previous), previous.rows, outcomes)
-        outcomes.extend(self.finisher.collect())
+        outcomes.extend(self.collect())
         return outcomes
 
     def collect(self) -> list[Outcome]:
         """Finished rows' outcomes, without stepping (the loop has no rows to step)."""
-        return self.finisher.collect()
+        outcomes = self.finisher.collect()
+        for job, _ in outcomes:
+            self.finishing.discard(id(job))
+        return outcomes
 
     def _act(self, outputs: np.ndarray, launched: dict[str, list[Row]], outcomes: list[Outcome]) -> None:
         """Take one iteration's tokens and statuses into the rows; move, re-window or finish rows."""
@@ -277,6 +282,7 @@ class BarkRowEngine:
                     finished.append(row)
         if finished:
             self._leave("coarse", finished)
+            self.finishing.update(id(row.job) for row in finished)
             self.finisher.submit(finished)
         entering: list[Row] = []
         if semantic_done:
@@ -370,6 +376,7 @@ class BarkRowEngine:
             if leaving:
                 self._compact(stage, leaving)
         self.finisher.drop(jobs)
+        self.finishing.difference_update(id(job) for job in jobs)
 
     def evict_all(self) -> list[Job]:
         """Remove every row of both stages (after an out-of-memory or a failed step); returns their jobs.
@@ -389,6 +396,7 @@ class BarkRowEngine:
 
     def fail_all(self) -> list[Job]:
         """Every job in the engine, the fine stage's included (a fatal device error: nothing will finish)."""
+        self.finishing.clear()
         return self.evict_all() + self.finisher.drain()
 
     def close(self) -> None:

@@ -69,6 +69,11 @@ class RowEngine(Protocol):
         """Rows past stepping (the fine stage and codec, on their own thread), not yet collected."""
         ...
 
+    @property
+    def finishing(self) -> set[int]:
+        """id() of the jobs past stepping, not yet collected (they hold no row)."""
+        ...
+
     def set_wake(self, wake: Callable[[], None]) -> None: ...
 
     def admit(self, jobs: Sequence[Any]) -> list[tuple[Any, BaseException]]: ...
@@ -246,7 +251,11 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
         wait until every chunk of the long one had been admitted; shared out by request, it takes the
         next row that frees up, and concurrent long texts split the rows between them.
         """
-        running = collections.Counter(job.request for job in self._running.values() if not job.future.done())
+        # Rows, not requests' chunks in flight: a chunk in the fine stage holds no row any more.
+        finishing = self._engine.finishing
+        running = collections.Counter(
+            job.request for job in self._running.values() if not job.future.done() and id(job) not in finishing
+        )
         admitted: list[RowJob] = []
         while len(admitted) < free:
             best: int | None = None
