@@ -187,10 +187,13 @@ def _cut_long(text: str, span: Span, language: str, limit: float) -> list[Span]:
             if pattern is _CLAUSE_END:
                 return _pack(text, pieces, language, limit)
             weights = [length_in_words(text[a:b], language) for a, b in pieces]
+            balanced = _balanced(pieces, weights, limit)
+            if balanced == [span]:  # no cut this way (one long word and a trailing space): a finer one
+                continue
             runs: list[Span] = []
-            for run in _balanced(pieces, weights, limit):
+            for run in balanced:  # each shorter than the span, so the recursion ends
                 too_long = length_in_words(text[run[0] : run[1]], language) > limit + _EPSILON
-                runs.extend(_cut_long(text, run, language, limit) if too_long and run != span else [run])
+                runs.extend(_cut_long(text, run, language, limit) if too_long else [run])
             return runs
     # One run of letters longer than the limit (a URL, an unspaced script): cut between graphemes,
     # each letter 1/LONG_WORD_CHARS of a word as length_in_words counts it.

@@ -154,3 +154,11 @@ def test_bark_chunking_picks_sentence_rows_on_cuda_under_auto(chunking, device, 
     service = stub_service(config, engine)
     request = SynthesisRequest(prompt="One sentence. Two sentences here. And three.")
     assert len(service.plan(request).chunks) == (3 if sentences else 1)
+
+
+def test_a_long_word_beside_another_is_still_cut_between_characters():
+    """Hypothesis found it: a 41-digit number then a word, one word a chunk in German: cutting between
+    words left the number whole (a piece twice the limit); it must be cut between characters."""
+    chunks = plan_chunks("0" * 41 + " 0", max_words=1, language="de")
+    assert "".join(chunk.text for chunk in chunks) == "0" * 42
+    assert all(text.length_in_words(chunk.text, "de") <= 1.0 + 1e-9 for chunk in chunks)
