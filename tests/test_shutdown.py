@@ -18,7 +18,9 @@ from tests.stub_engine import StubEngine, stub_model
 
 PREDICT = "/v1/models/bark:predict"
 SENTENCE = "Here is one more sentence with eight words."
-GRACE_S = 6
+#: A short request (3 chunks, one row at a time) takes about 2.5 s on an idle 2-core machine; the
+#: grace leaves it 4x that, for a loaded CI runner.
+GRACE_S = 10
 #: After the grace period: the batch running at that moment, then interpreter teardown (~3 s here).
 EXIT_SLACK_S = 12
 
@@ -58,7 +60,7 @@ def test_sigterm_drains_in_flight_requests_within_the_grace_period(tiny_checkpoi
     env = {"BARK_SHUTDOWN_GRACE_S": str(GRACE_S), "BARK_MAX_BATCH_SIZE": "1", "BARK_MAX_WAIT_MS": "0"}
     with running_server(tiny_checkpoint, tmp_path, env=env) as server, concurrent.futures.ThreadPoolExecutor(2) as pool:
         # The scheduler runs the longest-waiting chunks first: the short request's, queued first.
-        short = pool.submit(post, server.url, body(6, "v2/en_speaker_1"))
+        short = pool.submit(post, server.url, body(3, "v2/en_speaker_1"))
         wait_for_queue_depth(server.url, 1)
         long = pool.submit(post, server.url, body(80, "v2/en_speaker_2"))  # far more than the grace allows
         wait_for_queue_depth(server.url, 40)
