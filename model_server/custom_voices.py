@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bark_common.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
+from bark_common.schema import SaveVoice
 from model_server.callers import Caller
 from model_server.config import Settings
 from model_server.generation.languages import LANGUAGES, language_of
@@ -186,13 +187,13 @@ class CustomVoices:
         return self._store().get(caller.owner, name) or record
 
     def keeper(
-        self, caller: Caller, name: str, source: VoiceChoice, language: str | None
+        self, caller: Caller, save: SaveVoice, source: VoiceChoice, language: str | None
     ) -> Callable[[KeptChunk], Awaitable[None]]:
         """What `save_voice` runs when the first chunk is in: its tokens kept (off the event loop) as
-        `caller`'s voice `name`, generated in the voice `source`."""
+        `caller`'s voice, generated in the voice `source`."""
 
         async def keep(kept: KeptChunk) -> None:
-            await asyncio.to_thread(self.keep, caller, name, kept.prompt, source, language or source.language)
+            await asyncio.to_thread(self.keep, caller, save, kept.prompt, source, language or source.language)
 
         return keep
 
@@ -200,15 +201,17 @@ class CustomVoices:
         """The `voice` label of bark_voice_requests_total: a preset's name, `random`, or `custom`."""
         return voice if voice == RANDOM_VOICE or voice in self.presets.names else "custom"
 
-    def keep(self, caller: Caller, name: str, tokens: SpeakerPrompt, source: VoiceChoice, language: str | None) -> str:
-        """A generated chunk's tokens, cut to what Bark reads, stored as the caller's voice `name`."""
+    def keep(
+        self, caller: Caller, save: SaveVoice, tokens: SpeakerPrompt, source: VoiceChoice, language: str | None
+    ) -> None:
+        """A generated chunk's tokens, cut to what Bark reads, stored as the caller's voice `save.name`."""
         prompt = tokens.cut(self.limits).check(self.limits, "save_voice")
         consent = f"kept from a generation by this API key with voice {source.name!r}"
         if source.prompt is not None:
             record = self._find(source.name, caller)
             consent += f", itself uploaded with the statement: {record.consent}" if record else ""
-        self.add(caller, name, prompt, consent, language, f"kept from voice {source.name}", field="save_voice.name")
-        return name
+        description = save.description or f"kept from voice {source.name}"
+        self.add(caller, save.name, prompt, consent, language, description, field="save_voice.name")
 
     def check_new(self, caller: Caller, name: str, field: str = "name") -> None:
         """A name a new voice of `caller` may take: its pattern, no clash, room left (400/403/409)."""

@@ -311,7 +311,7 @@ class SynthesisService:
         on_first = None
         if plan.save_voice is not None:  # the first turn's tokens, kept under the caller's name
             language = request.spoken_turns()[0].language
-            on_first = self.voices.keeper(plan.caller, plan.save_voice.name, plan.turns[0].choice, language)
+            on_first = self.voices.keeper(plan.caller, plan.save_voice, plan.turns[0].choice, language)
         if plan.continuity:  # each voice's chunks in sequence, each with its predecessor's tokens
             links = [Link(chunk, turn.key, turn.voice) for turn in plan.turns for chunk in turn.chunks]
             chains = ChunkChains(
