@@ -28,7 +28,8 @@ from model_server.voice_store.records import StoreUnavailable, VoiceRecord, Voic
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
-#: Longest pause between tries while the store is unreachable.
+#: Pauses between tries while the store is unreachable: doubling from the first to the longest.
+MIN_BACKOFF_S = 0.25
 MAX_BACKOFF_S = 5.0
 
 
@@ -86,15 +87,18 @@ class VoiceCatalog:
         self._up()
 
     def _watch(self) -> None:
-        backoff = self.poll_s
+        backoff = MIN_BACKOFF_S
         while not self._stop.is_set():
             try:
-                self.store.wait_for_change(self.poll_s)
-                if self._stop.is_set():
-                    return
-                if not self.up or self.store.version() != self._version:
+                if self.up:  # wait for a change (or the poll), then look
+                    self.store.wait_for_change(self.poll_s)
+                    if self._stop.is_set():
+                        return
+                    if self.store.version() != self._version:
+                        self.reload()
+                else:  # degraded: try again after the backoff, not after a change nobody announces
                     self.reload()
-                backoff = self.poll_s
+                backoff = MIN_BACKOFF_S
             except StoreUnavailable as error:
                 self._down("watch", error)
                 self._stop.wait(backoff)

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from pathlib import Path
 from model_server.voice_store.records import StoreUnavailable, VoiceRecord
 
 _ANONYMOUS_DIR = "_"
+#: What an owner (a hex hash, or `_`) and a name (`[A-Za-z0-9_-]{1,64}`) may hold.
+_SAFE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _owner_dir(owner: str) -> str:
@@ -51,6 +54,10 @@ class DirectoryVoiceStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        # Made once, here: later calls never re-create it, so an unmounted volume is an outage, not
+        # a new empty store.
+        with contextlib.suppress(OSError):
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def describe(self) -> str:
         return str(self.root)
@@ -59,6 +66,7 @@ class DirectoryVoiceStore:
     def _guard(self) -> Iterator[None]:
         """OS errors (a missing or read-only volume, a full disk) are the store being unavailable."""
         try:
+            self.root.stat()  # the directory itself gone (a volume unmounted) is an outage
             yield
         except OSError as error:
             raise StoreUnavailable(f"voice directory {self.root}: {error}") from error
@@ -66,7 +74,7 @@ class DirectoryVoiceStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         with self._guard():
-            (self.root / "voices").mkdir(parents=True, exist_ok=True)
+            (self.root / "voices").mkdir(exist_ok=True)
             with open(self.root / ".lock", "a+b") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 try:
@@ -92,7 +100,6 @@ class DirectoryVoiceStore:
 
     def version(self) -> str:
         with self._guard():
-            self.root.stat()  # the directory itself gone (volume unmounted) is an outage, not version 0
             path = self.root / ".version"
             return path.read_text().strip() if path.exists() else "0"
 
@@ -107,6 +114,8 @@ class DirectoryVoiceStore:
         return found
 
     def _paths(self, owner: str, name: str) -> tuple[Path, Path]:
+        if not _SAFE.fullmatch(owner or _ANONYMOUS_DIR) or not _SAFE.fullmatch(name):  # never a path from a client
+            raise ValueError(f"not a voice's owner and name: {owner!r}, {name!r}")
         folder = self.root / "voices" / _owner_dir(owner)
         return folder / f"{name}.npz", folder / f"{name}.json"
 

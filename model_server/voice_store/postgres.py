@@ -7,8 +7,12 @@ Every change bumps the version and `NOTIFY`s channel `bark_voices` in the same t
 replica that `LISTEN`s hears of it when it commits; one that missed a notification (its listening
 connection was down) compares versions after every wait and reloads on a difference.
 
-Nothing here waits long: a connection attempt gives up after a few seconds and a pooled call after
-`wait_s`, raising StoreUnavailable; the server starts and serves presets with the database down.
+Nothing here waits long: a connection attempt gives up after `connect_timeout_s` and a statement
+after 5 s, raising StoreUnavailable; the server starts and serves presets with the database down.
+Each call opens its own short connection, no pool: calls are rare (an upload, a delete, a voice's
+first use on a replica, an index reload after a change), and a pool's reconnection backoff kept a
+replica degraded for tens of seconds after the database was back (measured in tests/voices).
+The listening connection checks the version at least every `listen_s` (5 s) besides notifications.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from model_server.voice_store.records import StoreUnavailable, VoiceRecord
 
@@ -61,26 +64,17 @@ def redact(url: str) -> str:
 
 
 class PostgresVoiceStore:
-    """The voice store on PostgreSQL: a pool for calls, one more connection that listens."""
+    """The voice store on PostgreSQL: a short connection per call, one long one that listens."""
 
     kind = "postgres"
 
-    def __init__(self, url: str, connect_timeout_s: int = 3, wait_s: float = 3.0):
+    def __init__(self, url: str, connect_timeout_s: int = 3, listen_s: float = 5.0):
         self.url = url
         self._connect_timeout_s = connect_timeout_s
-        self._pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=4,
-            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": connect_timeout_s},
-            check=ConnectionPool.check_connection,  # a restarted server leaves dead connections behind
-            timeout=wait_s,
-            open=False,
-            name="bark-voices",
-        )
-        self._pool.open(wait=False)  # the server starts with the database down: presets still work
+        self._listen_s = listen_s
         self._schema_ready = False
         self._listener: psycopg.Connection[Any] | None = None
+        self._listener_stale = False
 
     def describe(self) -> str:
         return redact(self.url)
@@ -88,11 +82,21 @@ class PostgresVoiceStore:
     @contextlib.contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         try:
-            with self._pool.connection() as conn:
+            with psycopg.connect(
+                self.url,
+                autocommit=True,
+                row_factory=dict_row,
+                connect_timeout=self._connect_timeout_s,
+                options="-c statement_timeout=5000",
+            ) as conn:
                 if not self._schema_ready:
                     self._create_schema(conn)
                 yield conn
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as error:
+        except psycopg.errors.UndefinedTable as error:  # dropped, or a database restored without them
+            self._schema_ready = False
+            raise StoreUnavailable(f"PostgreSQL {self.describe()}: the voice tables are missing: {error}") from error
+        except psycopg.Error as error:  # unreachable, or refusing (permissions, read-only, a timeout)
+            self._listener_stale = True  # it likely lost the server too: the watcher makes a new one
             raise StoreUnavailable(f"PostgreSQL {self.describe()} unavailable: {error}") from error
 
     def _create_schema(self, conn: psycopg.Connection[Any]) -> None:
@@ -175,10 +179,14 @@ class PostgresVoiceStore:
         """Block until a notification on `bark_voices` or `timeout_s`; StoreUnavailable if the
         listening connection cannot be (re)made, so the catalog knows it may have missed some."""
         try:
+            if self._listener_stale:
+                self._listener_stale = False
+                self._drop_listener()
             if self._listener is None or self._listener.closed:
                 self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout_s)
                 self._listener.execute(f"LISTEN {CHANNEL}")
-            for _ in self._listener.notifies(timeout=timeout_s, stop_after=1):
+                return  # listening anew: what changed before is not announced again, so look now
+            for _ in self._listener.notifies(timeout=max(timeout_s, self._listen_s), stop_after=1):
                 break
         except (psycopg.OperationalError, psycopg.InterfaceError) as error:
             self._drop_listener()
@@ -192,4 +200,3 @@ class PostgresVoiceStore:
 
     def close(self) -> None:
         self._drop_listener()
-        self._pool.close()
