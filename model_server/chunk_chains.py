@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from bark_common.errors import InvalidInput
 from model_server.generation.engine import Sampling
 from model_server.generation.scheduler import ChunkScheduler
 from model_server.generation.speaker_prompt import KeptChunk, PromptLimits, SpeakerPrompt
@@ -167,7 +168,10 @@ def _split(result: Any) -> tuple[Any, SpeakerPrompt | None]:
 
 def _kept(waveform: Any, tokens: SpeakerPrompt | None) -> KeptChunk:
     if tokens is None:
-        raise ValueError("the first chunk made no speech, so there are no tokens to keep as a voice")
+        raise InvalidInput(
+            "save_voice: the first chunk made no speech, so there is no voice to keep; start with a longer sentence",
+            param="save_voice",
+        )
     return KeptChunk(waveform, tokens)
 
 

@@ -29,6 +29,10 @@ from model_server.voice_store.catalog import VoiceCatalog
 from model_server.voice_store.records import VoiceRecord
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: The shortest generation kept as a voice: 0.4 s of speech. From 10 tokens on (checked for every
+#: length up to 768), a chunk's frames, floor(1.503 x tokens), keep Bark's 1.5 frames per token after
+#: the cut too, so every kept voice is a valid upload.
+MIN_KEPT_TOKENS = 20
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,12 @@ class CustomVoices:
         self, caller: Caller, save: SaveVoice, tokens: SpeakerPrompt, source: VoiceChoice, language: str | None
     ) -> None:
         """A generated chunk's tokens, cut to what Bark reads, stored as the caller's voice `save.name`."""
+        if tokens.semantic.shape[0] < MIN_KEPT_TOKENS:
+            raise InvalidInput(
+                f"save_voice: the first chunk made {tokens.semantic.shape[0]} semantic tokens, fewer than the "
+                f"{MIN_KEPT_TOKENS} (0.4 s of speech) a voice needs; start with a longer sentence",
+                param="save_voice",
+            )
         prompt = tokens.cut(self.limits).check(self.limits, "save_voice")
         consent = f"kept from a generation by this API key with voice {source.name!r}"
         if source.prompt is not None:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bark_common.errors import InvalidInput
 from model_server.callers import ANONYMOUS_CALLER
 from model_server.config import Settings
 from model_server.custom_voices import CustomVoices
@@ -62,20 +63,24 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
     yield seen
 
 
-def settings_for(engine: BarkEngine, store: Path | None = None) -> Settings:
+def settings_for(engine: BarkEngine, store: Path | None = None, **overrides: Any) -> Settings:
+    fields: dict[str, Any] = {
+        "semantic_tokens_per_word": 8,
+        "semantic_tokens_min": 40,  # 40 tokens: a chunk long enough to keep as a voice
+        **overrides,
+    }
     return Settings(
         model_dir=engine.settings.model_dir,
         device="cpu",
         warmup=False,
-        semantic_tokens_per_word=8,
-        semantic_tokens_min=40,  # 40 tokens: a chunk long enough to keep as a voice
         voice_store=str(store or "unused"),
         voice_store_poll_s=0.05,
+        **fields,
     )
 
 
-def service_over(engine: BarkEngine, store: Path | None = None) -> SynthesisService:
-    settings = settings_for(engine, store)
+def service_over(engine: BarkEngine, store: Path | None = None, **overrides: Any) -> SynthesisService:
+    settings = settings_for(engine, store, **overrides)
     voices = CustomVoices.open(settings, engine) if store is not None else None
     return SynthesisService(settings, engine, voices=voices)
 
@@ -185,3 +190,12 @@ def test_a_random_take_kept_twice_is_the_same_file_and_a_voice_that_lasts(engine
         assert restarted.voices.download(ANONYMOUS_CALLER, "kept-2") == npz, "the same take, the same file"
     finally:
         restarted.voices.close()
+
+
+def test_a_first_chunk_too_short_to_be_a_voice_is_a_400_naming_save_voice(engine, tmp_path):
+    service = service_over(engine, tmp_path, semantic_tokens_per_word=1, semantic_tokens_min=5)
+    request = SynthesisRequest(prompt="Hi.", voice="random", seed=1, save_voice={"name": "too-short"})
+    with pytest.raises(InvalidInput) as refused:
+        run(service, [request])
+    assert refused.value.param == "save_voice" and "fewer than the 20" in str(refused.value)
+    assert not service.voices.catalog.records()  # type: ignore[union-attr]

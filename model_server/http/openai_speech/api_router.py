@@ -178,6 +178,8 @@ def register_speech_route(app: FastAPI, synthesis: SynthesisService, is_ready: C
             },
             400: {"description": "invalid input (OpenAI error shape)", "content": error_body},
             401: {"description": "missing or invalid API key", "content": error_body},
+            403: {"description": "save_voice: this key keeps max_voices_per_key voices", "content": error_body},
+            409: {"description": "save_voice: this key already has a voice of that name", "content": error_body},
             413: {"description": "body over max_body_bytes"},
             500: {"description": "generation failed; the message names the request id", "content": error_body},
             503: {"description": "queue full or model not ready; see Retry-After", "content": error_body},
