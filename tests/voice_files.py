@@ -45,15 +45,20 @@ def _object_array() -> bytes:
     return buffer.getvalue()
 
 
-def _bomb() -> bytes:
-    """A member that inflates far past any prompt (a zip bomb's shape), compressed to almost nothing."""
+def zipped(arrays: dict[str, np.ndarray], change: Callable[[str, bytes], bytes] = lambda key, data: data) -> bytes:
+    """An .npz written member by member (deflated), each member's bytes passed through `change` first."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for key, array in bark_arrays().items():
+        for key, array in arrays.items():
             member = io.BytesIO()
-            np.lib.format.write_array(member, array if key != "fine_prompt" else np.zeros((8, 5_000_000), np.int8))
-            archive.writestr(f"{key}.npy", member.getvalue())
+            np.lib.format.write_array(member, array)
+            archive.writestr(f"{key}.npy", change(key, member.getvalue()))
     return buffer.getvalue()
+
+
+def _bomb() -> bytes:
+    """A member that inflates far past any prompt (a zip bomb's shape), compressed to almost nothing."""
+    return zipped({**bark_arrays(), "fine_prompt": np.zeros((8, 5_000_000), np.int8)})
 
 
 BAD: dict[str, tuple[Callable[[], bytes], str]] = {
@@ -117,11 +122,4 @@ def _npy() -> bytes:
 
 def _truncated_member() -> bytes:
     """A zip whose fine_prompt member holds half an array (its header promises more)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for key, array in bark_arrays().items():
-            member = io.BytesIO()
-            np.lib.format.write_array(member, array)
-            data = member.getvalue()
-            archive.writestr(f"{key}.npy", data[: len(data) // 2] if key == "fine_prompt" else data)
-    return buffer.getvalue()
+    return zipped(bark_arrays(), lambda key, data: data[: len(data) // 2] if key == "fine_prompt" else data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from model_server.generation.engine import BarkEngine
 from model_server.generation.speaker_prompt import KeptChunk, SpeakerPrompt, read_npz
 from model_server.schema import SynthesisRequest
 from model_server.synthesis import Synthesis, SynthesisService
+from tests.generation.test_dialogue import run
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -83,18 +84,6 @@ def service_over(engine: BarkEngine, store: Path | None = None, **overrides: Any
     settings = settings_for(engine, store, **overrides)
     voices = CustomVoices.open(settings, engine) if store is not None else None
     return SynthesisService(settings, engine, voices=voices)
-
-
-def run(service: SynthesisService, requests: Sequence[SynthesisRequest]) -> list[Synthesis]:
-    """Each request alone, in order, in one event loop (the scheduler's thread answers on it)."""
-
-    async def scenario() -> list[Synthesis]:
-        try:
-            return [await service.synthesize(request) for request in requests]
-        finally:
-            await service.close()
-
-    return asyncio.run(scenario())
 
 
 def arrays(prompt: SpeakerPrompt) -> dict[str, np.ndarray]:
