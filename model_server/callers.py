@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bark_common.api_keys import UNAUTHORIZED_MESSAGE, key_is_valid, load_api_keys, presented_key
-from bark_common.errors import Unauthorized
+from bark_common.errors import Unauthorized, Unavailable
 from model_server.config import Settings
 
 #: The one owner when the server runs without keys.
@@ -29,7 +29,8 @@ ANONYMOUS = ""
 class Caller:
     owner: str = ANONYMOUS
     admin: bool = False
-    #: False for a request without a key on an open route (it sees presets and published voices).
+    #: False for a request without a key on an open route, or while the voice store that holds the
+    #: owner hash's secret has not been reached yet: such a caller owns nothing and may add nothing.
     identified: bool = True
 
 
@@ -74,4 +75,9 @@ class Callers:
         if not key_is_valid(key, self.keys):
             raise Unauthorized(UNAUTHORIZED_MESSAGE)
         assert key is not None
-        return Caller(owner=owner_hash(self._secret(), key), admin=key_is_valid(key, self.admin_keys))
+        admin = key_is_valid(key, self.admin_keys)
+        try:
+            secret = self._secret()
+        except Unavailable:  # the voice store has been unreachable since the start: presets still work
+            return Caller(owner="-", admin=admin, identified=False)
+        return Caller(owner=owner_hash(secret, key), admin=admin)

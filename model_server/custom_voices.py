@@ -141,6 +141,8 @@ class CustomVoices:
         """The voice `name` that `caller` may read (its own, a published one) or change (its own; an
         admin's `owner` names another's); a 404 otherwise, the same as for a voice that does not exist."""
         store = self._store()
+        if write:
+            self._identified(caller)
         if owner is not None and owner != caller.owner and not caller.admin:
             raise Forbidden("owner: only an admin key may act on another key's voices")
         record = store.get(caller.owner if owner is None else owner, name)
@@ -233,10 +235,20 @@ class CustomVoices:
         if name == RANDOM_VOICE or name in aliases or name in self.presets.names:
             raise InvalidInput(f"{field}: {name!r} is a preset, an alias or 'random'; pick another name", param=field)
         store = self._store()
+        self._identified(caller)
         if store.get(caller.owner, name) is not None:
             raise Conflict(f"{field}: you already have a voice named {name!r}; delete it first or pick another name")
         if self.max_per_key and store.count(caller.owner) >= self.max_per_key:
             raise Forbidden(f"{field}: this API key keeps {self.max_per_key} voices already (max_voices_per_key)")
+
+    def _identified(self, caller: Caller) -> None:
+        """Changes need the caller's owner hash, whose secret lives in the store (503 until it answers)."""
+        if not caller.identified:
+            raise Unavailable(
+                "the voice store has not been reachable since this replica started, so voices cannot be changed "
+                "yet; presets work",
+                retry_after_s=5,
+            )
 
     def _store(self) -> VoiceCatalog:
         if self.catalog is None:

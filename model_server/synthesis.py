@@ -228,7 +228,8 @@ class SynthesisService:
             field = _field(where, text_field if request.turns is None else f"turns[{index}].text")
             voice_field = _field(where, "voice" if request.turns is None else f"turns[{index}].voice")
             choice = self.voices.choose(turn.voice, caller, voice_field)
-            language = resolve_language(turn.language or choice.language, turn.voice)
+            # A custom voice's language is its own (never read from its name, as a preset's is).
+            language = resolve_language(turn.language or choice.language, turn.voice if choice.prompt is None else "")
             first_alone = first_sentence_alone and not index
             chunks = self.plan_chunks(turn.text, language, request.batch_chunk_size, first_alone, field)
             if choice.prompt is not None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from model_server.config import Settings
+from model_server.generation.engine import BarkEngine
 from tests.sidecar.postgres import PostgresServer, _unprivileged_user, postgres_bin_dir, postgres_server
 
 
@@ -41,3 +44,9 @@ def pg_ctl(server: PostgresServer, action: str) -> None:
         command = [str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", log, "-w", "-t", "60", "start"]
     result = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint: Path) -> BarkEngine:
+    """The tiny checkpoint's engine (its presets and prompt limits), on the CPU, no warm-up."""
+    return BarkEngine(Settings(model_dir=tiny_checkpoint, device="cpu", decoder="static", warmup=False))

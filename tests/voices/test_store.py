@@ -17,12 +17,16 @@ import pytest
 from prometheus_client import REGISTRY
 
 from bark_common.errors import Unavailable
+from model_server.callers import Callers
+from model_server.custom_voices import CustomVoices
+from model_server.generation.engine import BarkEngine
 from model_server.generation.speaker_prompt import SpeakerPrompt
 from model_server.voice_store.catalog import VoiceCatalog
 from model_server.voice_store.directory import DirectoryVoiceStore
 from model_server.voice_store.postgres import PostgresVoiceStore
 from model_server.voice_store.records import VoiceRecord, VoiceStore
 from tests.generation.test_speaker_prompt import LIMITS
+from tests.serving import free_port
 from tests.sidecar.postgres import PostgresServer
 from tests.voice_files import bark_arrays
 from tests.voices.conftest import pg_ctl
@@ -159,3 +163,22 @@ def test_a_replica_without_its_store_serves_what_it_cached_and_recovers(replicas
     assert _store_up() == 1
     assert writer.add(record("after", seed=3), prompt(3))
     eventually(lambda: replica.get("owner-a", "after") is not None, within_s=2.0)
+
+
+def test_a_replica_that_never_reached_its_store_serves_presets_to_keyed_callers(engine: BarkEngine) -> None:
+    """The owner hash's secret lives in the store: until it answers, a keyed caller is unidentified,
+    owns nothing and may change nothing (503), and presets work as ever."""
+    catalog = VoiceCatalog(PostgresVoiceStore(f"postgresql://bark@127.0.0.1:{free_port()}/voices"), LIMITS)
+    catalog.start()
+    try:
+        assert not catalog.up and _store_up() == 0
+        voices = CustomVoices(engine.voices, LIMITS, catalog)
+        caller = Callers(("a-key",), (), voices.owner_secret).of({"authorization": "Bearer a-key"})
+        assert not caller.identified
+        assert voices.choose("v2/en_speaker_1", caller).key == "v2/en_speaker_1"
+        assert voices.choose("random", caller).key is None
+        with pytest.raises(Unavailable):
+            voices.check_new(caller, "new-voice")
+        assert [v for v in voices.describe(caller)["voices"] if v.get("custom")] == []
+    finally:
+        catalog.close()
