@@ -89,21 +89,16 @@ class CustomVoices:
             preset = self.presets.resolve(voice, field)
             return VoiceChoice(preset, preset, language=language_of(preset))
         record = self._find(voice, caller)
-        if record is None or self.catalog is None:
-            raise self._unknown(voice, field)
-        try:
-            prompt = self.catalog.prompt(record)
-        except LookupError:  # deleted between the index read and now
-            raise self._unknown(voice, field) from None
+        prompt = None
+        if record is not None and self.catalog is not None:
+            try:
+                prompt = self.catalog.prompt(record)
+            except LookupError:  # deleted between the index read and now
+                prompt = None
+        if record is None or prompt is None:
+            self.presets.check(voice, field)  # the preset library's 400, which names the list
+            return VoiceChoice(voice, voice, language=language_of(voice))
         return VoiceChoice(record.name, CUSTOM_KEY + prompt.digest, prompt, record.language)
-
-    def _unknown(self, voice: str, field: str) -> InvalidInput:
-        examples = ", ".join([*self.presets.names[:3], *list(getattr(self.presets, "aliases", {}))[:2]])
-        return InvalidInput(
-            f"{field}: unknown voice {voice!r}; GET {VOICES_PATH} lists the presets (e.g. {examples}), "
-            f"'{RANDOM_VOICE}' and your custom voices",
-            param=field,
-        )
 
     def resolve(self, voice: str, caller: Caller, field: str = "voice") -> str:
         """`voice` checked for `caller`, an alias replaced by its preset (a request keeps the others' names)."""
@@ -118,7 +113,7 @@ class CustomVoices:
     def describe(self, caller: Caller) -> dict[str, Any]:
         """Presets (with their language) and aliases; then the custom voices the caller may use
         (its own and the published ones; an admin sees every voice, with its owner)."""
-        voices: list[dict[str, Any]] = [{**preset, "custom": False} for preset in self.presets.describe()]
+        voices: list[dict[str, Any]] = list(self.presets.describe())
         for record in self._visible(caller):
             entry = record.describe()
             language = LANGUAGES.get(record.language or "")
@@ -140,7 +135,9 @@ class CustomVoices:
     def record_of(self, caller: Caller, name: str, owner: str | None = None, *, write: bool = False) -> VoiceRecord:
         """The voice `name` that `caller` may read (its own, a published one) or change (its own; an
         admin's `owner` names another's); a 404 otherwise, the same as for a voice that does not exist."""
-        store = self._store()
+        if self.catalog is None:  # no store, no custom voice of any name
+            raise NotFound(f"no custom voice {name!r}: this server keeps none (no BARK_VOICE_STORE)")
+        store = self.catalog
         if write:
             self._identified(caller)
         if owner is not None and owner != caller.owner and not caller.admin:
@@ -153,7 +150,8 @@ class CustomVoices:
         return record
 
     def download(self, caller: Caller, name: str, owner: str | None = None) -> bytes:
-        return self._store().npz(self.record_of(caller, name, owner))
+        record = self.record_of(caller, name, owner)
+        return self._store().npz(record)
 
     def delete(self, caller: Caller, name: str, owner: str | None = None) -> None:
         record = self.record_of(caller, name, owner, write=True)

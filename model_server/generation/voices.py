@@ -67,7 +67,7 @@ class VoiceLibrary:
             examples = ", ".join([*self.names[:3], *list(self.aliases)[:2]])
             raise InvalidInput(
                 f"{field}: unknown voice {voice!r}; GET {VOICES_PATH} lists the {len(self.names)} "
-                f"available voices (e.g. {examples})",
+                f"presets (e.g. {examples}), '{RANDOM_VOICE}' and your custom voices",
                 param=field,
             )
 
