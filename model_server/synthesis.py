@@ -170,9 +170,11 @@ class SynthesisService:
         voice, sampling = key
 
         def generate(part: list[ChunkPayload]) -> list[np.ndarray]:
-            # One key, one history: a custom voice's key names its prompt's digest.
+            # One key, one history (a custom voice's key names its prompt's digest); only a batch with
+            # one passes it, so an engine that knows no custom voices is called as ever.
             texts, budgets = [payload.text for payload in part], [payload.budget for payload in part]
-            output = engine.generate_batch(texts, voice, sampling, budgets, part[0].history)
+            extra = {"prompt": part[0].history} if part[0].history is not None else {}
+            output = engine.generate_batch(texts, voice, sampling, budgets, **extra)
             for stage, seconds in output.stage_seconds.items():
                 metrics.STAGE_LATENCY.labels(stage=stage).observe(seconds)
             return output.waveforms

@@ -31,6 +31,8 @@ KEY_A, KEY_B, ADMIN = "key-a-0123456789", "key-b-0123456789", "key-admin-0123456
 FILE_PRESET = "file/en_speaker_6"
 ARRAYS = bark_arrays()
 CONSENT = "The speaker agreed in writing on 2024-05-01 to this use of their voice."
+#: Long enough for a first chunk to be kept as a voice (at least 20 semantic tokens at 6 a word).
+SENTENCE = "Hello there, this sentence is long enough to keep as a voice."
 
 
 def with_preset(source: Path, target: Path, name: str, arrays: dict[str, np.ndarray]) -> Path:
@@ -148,9 +150,9 @@ def test_a_seeded_request_with_the_uploaded_voice_is_the_same_audio_as_the_prese
         keep = {"save_voice": {"name": f"{keep_as}-{route}"}}
         with keyed_server.client() as client:
             if route == "v1":
-                audio = audio_of(predict(keyed_server, KEY_A, voice=voice, seed=99, **keep))
+                audio = audio_of(predict(keyed_server, KEY_A, prompt=SENTENCE, voice=voice, seed=99, **keep))
             else:
-                body = {"input": "Hello there.", "voice": voice, "seed": 99, "response_format": "wav", **keep}
+                body = {"input": SENTENCE, "voice": voice, "seed": 99, "response_format": "wav", **keep}
                 response = client.post(SPEECH, headers=auth(KEY_A), json=body)
                 assert response.status_code == 200, response.text
                 audio = response.content
