@@ -27,6 +27,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/venv/bin:$PATH \
     NLTK_DATA=/usr/local/share/nltk_data \
     HF_HOME=/home/bark/.cache/huggingface \
+    BARK_VOICE_STORE=/var/lib/bark-voices \
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -62,8 +63,8 @@ RUN python -m nltk.downloader -d "$NLTK_DATA" punkt_tab punkt
 # uid 1000 (numeric USER so runAsNonRoot can verify it); Ubuntu 24.04 ships user "ubuntu" as 1000.
 RUN (userdel --remove ubuntu 2>/dev/null || true) \
  && useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin bark \
- && mkdir -p "$HF_HOME" /var/lib/bark-jobs \
- && chown -R 1000:1000 /home/bark /var/lib/bark-jobs
+ && mkdir -p "$HF_HOME" /var/lib/bark-jobs "$BARK_VOICE_STORE" \
+ && chown -R 1000:1000 /home/bark /var/lib/bark-jobs "$BARK_VOICE_STORE"
 USER 1000:1000
 # Model downloads (download mode) land here; mount a volume (the chart does).
 VOLUME ["/home/bark/.cache/huggingface"]

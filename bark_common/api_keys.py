@@ -14,8 +14,9 @@ UNAUTHORIZED_MESSAGE = "missing or invalid API key: send 'Authorization: Bearer 
 
 
 def load_api_keys(inline: str | None, file: Path | None) -> tuple[str, ...]:
-    """Keys from the comma-separated setting and the key file; blank lines and '#' comments skipped."""
-    keys = [key.strip() for key in (inline or "").split(",")]
+    """Keys from the setting (separated by commas or newlines: a Secret's lines in an env variable)
+    and the key file; blank lines and '#' comments skipped."""
+    keys = [key.strip() for key in (inline or "").replace("\n", ",").split(",")]
     if file is not None:
         keys += [line.strip() for line in file.read_text().splitlines() if not line.strip().startswith("#")]
     return tuple(dict.fromkeys(key for key in keys if key))

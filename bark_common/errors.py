@@ -21,6 +21,7 @@ __all__ = [
     "BodyTooLarge",
     "Conflict",
     "ErrorDescription",
+    "Forbidden",
     "GenerationFailed",
     "Gone",
     "InvalidInput",
@@ -51,6 +52,7 @@ class ErrorDescription:
 OK = ErrorDescription(200, "ok", "", None)
 INVALID_INPUT = ErrorDescription(400, "invalid_input", "invalid_request_error", None)
 UNAUTHORIZED = ErrorDescription(401, "unauthorized", "invalid_request_error", "invalid_api_key")
+FORBIDDEN = ErrorDescription(403, "forbidden", "invalid_request_error", "forbidden")
 NOT_FOUND = ErrorDescription(404, "not_found", "invalid_request_error", None)
 CONFLICT = ErrorDescription(409, "conflict", "invalid_request_error", "conflict")
 GONE = ErrorDescription(410, "gone", "invalid_request_error", "gone")
@@ -70,6 +72,7 @@ BY_STATUS = {
         OK,
         INVALID_INPUT,
         UNAUTHORIZED,
+        FORBIDDEN,
         NOT_FOUND,
         CONFLICT,
         GONE,
@@ -115,6 +118,12 @@ class Unauthorized(ServingError):
 
     def http_headers(self) -> dict[str, str]:
         return {"www-authenticate": "Bearer"}
+
+
+class Forbidden(ServingError):
+    """A valid key asking for what it may not do, e.g. publishing a voice without an admin key (HTTP 403)."""
+
+    description = FORBIDDEN
 
 
 class NotFound(ServingError, LookupError):

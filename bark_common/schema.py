@@ -82,7 +82,9 @@ class Turn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: StrictStr = Field(description="what this speaker says")
-    voice: StrictStr | None = Field(None, description="a voice preset or an OpenAI name; default: the request's")
+    voice: StrictStr | None = Field(
+        None, description="a voice preset, an OpenAI name, 'random' or a custom voice; default: the request's"
+    )
     language: Language | None = Field(
         None, description="the turn's language, one of Bark's 13; default: the request's, else the voice preset's"
     )
@@ -107,6 +109,36 @@ class Dialogue(BaseModel):
     captions: CaptionFormat | None = Field(None, description="also return the segments as SRT or WebVTT captions")
 
 
+#: A custom voice's name (`POST /v1/audio/voices`, `save_voice`): safe as a file name, no path in it.
+VOICE_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+Continuity = Literal["preset", "previous"]
+
+
+class SaveVoice(BaseModel):
+    """Keep the voice just heard: the first chunk's tokens, stored as a custom voice of the caller."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr = Field(
+        pattern=VOICE_NAME_PATTERN, description="the new voice's name: 1-64 letters, digits, '-', '_'"
+    )
+    description: StrictStr | None = Field(None, max_length=500, description="what it sounds like")
+
+
+class VoiceOptions(BaseModel):
+    """How a voice is held and kept (v1 instances and the OpenAI route's extensions)."""
+
+    continuity: Continuity = Field(
+        "preset",
+        description="'preset': every chunk starts from the voice's prompt; 'previous': each chunk's prompt is the "
+        "previous chunk's generated tokens, so the voice carries through a long text (its chunks then run in "
+        "sequence: slower, see docs/VOICES.md)",
+    )
+    save_voice: SaveVoice | None = Field(
+        None, description="store the first chunk's tokens as a custom voice of this API key (e.g. of voice 'random')"
+    )
+
+
 class Segment(BaseModel):
     """Where one sentence (or a piece of one cut over chunks) sits in the audio.
 
@@ -122,13 +154,17 @@ class Segment(BaseModel):
     exact: bool = Field(description="true when start and end are the chunk's own (measured, not estimated)")
 
 
-class SynthesisRequest(BarkSampling, Dialogue):
+class SynthesisRequest(BarkSampling, Dialogue, VoiceOptions):
     """One v1 instance: a text (or the turns of a dialogue) to speak, and how."""
 
     prompt: StrictStr | None = Field(
         None, description="text to speak, any length up to the server's limit; or give `turns` instead"
     )
-    voice: StrictStr = Field(DEFAULT_VOICE, description="a voice preset; GET /v1/voices lists them")
+    voice: StrictStr = Field(
+        DEFAULT_VOICE,
+        description="a voice preset, an OpenAI name, 'random' (no prompt: a new speaker) or one of your custom "
+        "voices; GET /v1/audio/voices lists them",
+    )
     language: Language | None = Field(
         None, description="the text's language, one of Bark's 13 (en, de, ..., zh); default: the voice preset's"
     )

@@ -211,15 +211,7 @@ class CapacityPoint:
 
 async def run(args: argparse.Namespace) -> None:
     checkpoint = checkpoint_for(args.size, args.cache_dir)
-    settings = Settings(
-        model_dir=checkpoint,
-        device=args.device,
-        warmup=False,
-        max_batch_size=args.max_batch_size,
-        semantic_tokens_per_word=args.tokens_per_word,
-        semantic_tokens_min=1,
-        max_queue_chunks=4096,
-    )
+    settings = engine_settings(args, checkpoint, max_queue_chunks=4096)
     model = BarkTTS(settings)
     model.load()
     engine = model.service.engine
@@ -290,6 +282,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="capacity: clients")
     parser.add_argument("--rounds", type=int, default=3, help="capacity: rounds over all levels (medians reported)")
     asyncio.run(run(parse_engine_args(parser, argv)))
+
+
+def engine_settings(args: argparse.Namespace, checkpoint: Path, **overrides: Any) -> Settings:
+    """The server's settings for a benchmark of the options `parse_engine_args` reads: no warm-up, and
+    every chunk capped by its words alone (random weights never emit EOS)."""
+    return Settings(
+        model_dir=checkpoint,
+        device=args.device,
+        warmup=False,
+        max_batch_size=args.max_batch_size,
+        semantic_tokens_per_word=args.tokens_per_word,
+        semantic_tokens_min=1,
+        **overrides,
+    )
 
 
 def parse_engine_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -34,11 +34,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from continuous_load import parse_engine_args  # noqa: E402  (this folder is on sys.path when run as a script)
+from continuous_load import engine_settings, parse_engine_args  # noqa: E402  (this folder is on sys.path when run as a script)
 from decode_steps import checkpoint_for  # noqa: E402
 
 from bark_common.schema import SynthesisRequest  # noqa: E402
-from model_server.config import Settings  # noqa: E402
 from model_server.synthesis import SynthesisService  # noqa: E402
 
 VOICES = ("v2/en_speaker_1", "v2/en_speaker_6")
@@ -88,15 +87,7 @@ async def measure(service: SynthesisService, named: dict[str, SynthesisRequest],
 
 
 async def run(args: argparse.Namespace) -> None:
-    settings = Settings(
-        model_dir=checkpoint_for(args.size, args.cache_dir),
-        device=args.device,
-        warmup=False,
-        max_batch_size=args.max_batch_size,
-        semantic_tokens_per_word=args.tokens_per_word,
-        semantic_tokens_min=1,
-        scheduler="continuous",
-    )
+    settings = engine_settings(args, checkpoint_for(args.size, args.cache_dir), scheduler="continuous")
     service = SynthesisService.load(settings)
     try:
         await service.synthesize(SynthesisRequest(prompt="Warm up.", do_sample=False))  # lazy initialisation

@@ -17,7 +17,6 @@ from fastapi import FastAPI
 from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 
-from bark_common.api_keys import load_api_keys
 from bark_common.logs import configure_logging
 from model_server.config import Settings
 from model_server.http.auth import ApiKeyAuth
@@ -134,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     register_error_handlers(app)
     app.add_middleware(CancelOnDisconnect)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # inside auth: a 401 comes first
-    keys = load_api_keys(settings.api_keys, settings.api_keys_file)
+    keys = model.service.callers.keys  # API keys and admin keys
     if keys:
         app.add_middleware(ApiKeyAuth, keys=keys, protect_metrics=settings.metrics_require_auth)
     app.add_middleware(CountOutcomes)  # outermost of ours: sees 401 and 413 too

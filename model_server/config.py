@@ -86,6 +86,22 @@ class Settings(BaseSettings):
     api_keys: str | None = Field(None, description="comma-separated API keys", repr=False)
     api_keys_file: Path | None = Field(None, description="file with one API key per line")
     metrics_require_auth: bool = False
+    # Admin keys are API keys too; they may also publish custom voices to every key (docs/VOICES.md).
+    admin_api_keys: str | None = Field(None, description="comma- or newline-separated admin API keys", repr=False)
+    admin_api_keys_file: Path | None = Field(None, description="file with one admin API key per line")
+
+    # Custom voices (docs/VOICES.md): uploaded or kept speaker prompts, owned by the key that made them.
+    voice_store: str = Field(
+        ".cache/bark-voices",
+        description="where custom voices live: a directory (one replica), or a postgresql:// URL shared by replicas",
+        repr=False,  # a URL may hold a password
+    )
+    voice_max_bytes: int = Field(512 * 1024, ge=1024, description="largest speaker prompt (.npz) upload, in bytes")
+    max_voices_per_key: int = Field(100, ge=0, description="custom voices one API key may keep (0: no limit)")
+    voice_cache_size: int = Field(64, ge=1, description="custom voices kept in memory and on the device per replica")
+    voice_store_poll_s: float = Field(
+        0.25, gt=0, le=10, description="how often a replica checks the store's version (PostgreSQL also notifies)"
+    )
     request_timeout_s: float = Field(1800.0, gt=0, description="a request running longer gets a 504")
 
     warmup: bool = True

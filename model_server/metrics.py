@@ -66,7 +66,37 @@ REQUESTS = Counter(
     "Synthesis requests by outcome; `reason` is one of a fixed set.",
     ["route", "code", "reason"],
 )
-VOICE_REQUESTS = Counter("bark_voice_requests_total", "Instances synthesised per voice preset.", ["voice"])
+VOICE_REQUESTS = Counter(
+    "bark_voice_requests_total",
+    "Instances synthesised per voice preset (`custom` for any custom voice, `random` for none).",
+    ["voice"],
+)
+# Custom voices (voice_store/): what this replica knows, whether it reaches the store, and its caches.
+CUSTOM_VOICES = Gauge(
+    "bark_custom_voices", "Custom voices in the voice store (all owners), as this replica last read it."
+)
+VOICE_STORE_UP = Gauge(
+    "bark_voice_store_up",
+    "1 while this replica reaches its voice store; 0 while it serves presets and cached voices only (degraded).",
+)
+VOICE_STORE_ERRORS = Counter(
+    "bark_voice_store_errors_total",
+    "Voice store operations that failed (the store unreachable or refusing), by operation.",
+    ["operation"],
+)
+#: The operations of VOICE_STORE_ERRORS (a fixed set).
+VOICE_STORE_OPERATIONS = ("connect", "watch", "read", "write")
+for _operation in VOICE_STORE_OPERATIONS:
+    VOICE_STORE_ERRORS.labels(operation=_operation)
+VOICE_CACHE = Counter(
+    "bark_voice_cache_lookups_total",
+    "Custom-voice lookups: `cache=host` the replica's memory (a miss reads the store), `cache=device` the "
+    "prompt tensors on the model's device (a miss copies them there).",
+    ["cache", "result"],
+)
+for _cache in ("host", "device"):
+    for _result in ("hit", "miss"):
+        VOICE_CACHE.labels(cache=_cache, result=_result)
 MODEL_LOAD_SECONDS = Gauge("bark_model_load_seconds", "Seconds the model took to load and warm up.")
 MODEL_INFO = Gauge(
     "bark_model_info",

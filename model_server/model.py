@@ -28,7 +28,7 @@ from bark_common.errors import (
     GenerationFailed,
     InvalidInput,
     RequestTimedOut,
-    Unavailable,
+    ServingError,
 )
 from model_server import metrics
 from model_server.config import Settings
@@ -123,7 +123,8 @@ class BarkTTS(Model):
                 raise InvalidInput(f"body is not valid JSON: {error}", param=None) from None
         instances = parse_predict_body(payload, self.settings)
         service = self.service
-        return [service.resolve_voices(instance, f"instances[{i}]") for i, instance in enumerate(instances)]
+        caller = service.callers.of(headers or {})
+        return [service.resolve_voices(instance, f"instances[{i}]", caller) for i, instance in enumerate(instances)]
 
     async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
         """One request id for logs and errors; a log line for every outcome (outcomes.py counts them)."""
@@ -143,7 +144,7 @@ class BarkTTS(Model):
             # KServe answers its own InvalidInput: the same 400 `{"error": message}` as ever.
             outcome = INVALID_INPUT
             raise V1InvalidInput(error) from error
-        except (Unavailable, RequestTimedOut) as error:  # Overloaded too
+        except ServingError as error:  # Overloaded, a timeout, a voice's 403/409, ...
             outcome = error.description  # http/errors.py answers them
             raise
         except asyncio.CancelledError:
@@ -173,9 +174,10 @@ class BarkTTS(Model):
         # in a worker thread, since splitting a long text takes a while (0.25 s for 20,000 characters)
         # and the event loop meanwhile serves every other request.
         service = self.service
+        caller = service.callers.of(headers or {})
 
         def plan_all() -> list[SynthesisPlan]:
-            plans = [service.plan(item, where=f"instances[{i}]") for i, item in enumerate(payload)]
+            plans = [service.plan(item, where=f"instances[{i}]", caller=caller) for i, item in enumerate(payload)]
             service.check_output(chunk for plan in plans for chunk in plan.chunks)
             return plans
 

@@ -39,6 +39,7 @@ class SynthesisResult(BaseModel):
         None, description="with `timestamps`: every sentence's turn, voice, text and times, in order"
     )
     captions: str | None = Field(None, description="with `captions`: the segments as SRT or WebVTT text")
+    saved_voice: str | None = Field(None, description="with `save_voice`: the name the voice was stored under")
 
 
 class PredictRequest(BaseModel):

@@ -15,15 +15,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from bark_common.errors import InvalidInput
-from bark_common.schema import Segment
+from bark_common.schema import SaveVoice, Segment
 from model_server import metrics
+from model_server.callers import ANONYMOUS_CALLER, Caller, Callers
+from model_server.chunk_chains import ChunkChains, Link, relay_first
 from model_server.config import Settings
+from model_server.custom_voices import CustomVoices, VoiceChoice
 from model_server.generation import audio
 from model_server.generation.audio import AudioFormat
 from model_server.generation.captions import captions
@@ -39,6 +42,7 @@ from model_server.generation.scheduler import (
     results_in_order,
 )
 from model_server.generation.scheduler_choice import FatalHandler, build_scheduler
+from model_server.generation.speaker_prompt import SpeakerPrompt
 from model_server.generation.text import TextChunk, plan_chunks, semantic_budget
 from model_server.generation.timeline import SpokenChunk, Timeline, join_chunks
 from model_server.progress import ProgressBoard
@@ -46,7 +50,7 @@ from model_server.schema import SynthesisRequest, SynthesisResult
 
 request_logger = logging.getLogger("bark.requests")
 
-BatchKey = tuple[str, Sampling]
+BatchKey = tuple[str | None, Sampling]
 #: Builds the scheduler over the service's batch runner (build_scheduler unless a test picks one);
 #: its last argument is called if the device fails for good.
 SchedulerFactory = Callable[[Settings, BatchRunner, Any, FatalHandler | None], ChunkScheduler]
@@ -54,11 +58,14 @@ SchedulerFactory = Callable[[Settings, BatchRunner, Any, FatalHandler | None], C
 
 @dataclass(frozen=True)
 class ChunkPayload:
-    """One chunk as the engine gets it (text, semantic token budget), and its sentences for timestamps."""
+    """One chunk as the engine gets it (text, semantic token budget), and its sentences for timestamps;
+    `history` and `keep_tokens` as the row engine reads them (continuous/bark_rows.Job)."""
 
     text: str
     budget: int
     sentences: tuple[TextChunk, ...] = ()
+    history: SpeakerPrompt | None = None
+    keep_tokens: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,13 +74,21 @@ class TurnPlan:
 
     voice: str
     chunks: list[ChunkPayload]
+    choice: VoiceChoice
+
+    @property
+    def key(self) -> str | None:
+        return self.choice.key
 
 
 @dataclass(frozen=True)
 class SynthesisPlan:
-    """One instance planned: its turns' chunks, in the order they are spoken."""
+    """One instance planned: its turns' chunks, in the order they are spoken, and who asked."""
 
     turns: list[TurnPlan]
+    caller: Caller = ANONYMOUS_CALLER
+    save_voice: SaveVoice | None = None
+    continuity: bool = False
 
     @property
     def chunks(self) -> list[ChunkPayload]:
@@ -121,9 +136,14 @@ class SynthesisService:
         engine: BarkEngine,
         scheduler_factory: SchedulerFactory = build_scheduler,
         on_fatal: FatalHandler | None = None,
+        voices: CustomVoices | None = None,
     ):
         self.settings = settings
         self.engine = engine
+        #: Presets, aliases, `random` and the custom voices (none without a store: tests over a stand-in).
+        self.voices = voices or CustomVoices(engine.voices, engine.prompt_limits, None)
+        #: Who is asking (API keys, admin keys), as the owner of custom voices.
+        self.callers = Callers.from_settings(settings, self.voices.owner_secret)
         self.scheduler = scheduler_factory(settings, self.run_batch, engine, on_fatal)
         #: Every sentence a chunk of its own (BARK_CHUNKING; `auto`: on CUDA, where rows are nearly free).
         self.sentence_chunks = settings.chunking == "sentence" or (
@@ -142,7 +162,7 @@ class SynthesisService:
         engine = BarkEngine(settings)
         if settings.warmup:
             engine.warm_up(capture_graphs=settings.scheduler == "static")
-        return cls(settings, engine, on_fatal=on_fatal)
+        return cls(settings, engine, on_fatal=on_fatal, voices=CustomVoices.open(settings, engine))
 
     # -- the engine side (runs in the scheduler's worker thread) -------------------------------
     def run_batch(self, key: BatchKey, payloads: list[ChunkPayload]) -> list[np.ndarray]:
@@ -150,9 +170,11 @@ class SynthesisService:
         voice, sampling = key
 
         def generate(part: list[ChunkPayload]) -> list[np.ndarray]:
-            output = engine.generate_batch(
-                [payload.text for payload in part], voice, sampling, [payload.budget for payload in part]
-            )
+            # One key, one history (a custom voice's key names its prompt's digest); only a batch with
+            # one passes it, so an engine that knows no custom voices is called as ever.
+            texts, budgets = [payload.text for payload in part], [payload.budget for payload in part]
+            extra = {"prompt": part[0].history} if part[0].history is not None else {}
+            output = engine.generate_batch(texts, voice, sampling, budgets, **extra)
             for stage, seconds in output.stage_seconds.items():
                 metrics.STAGE_LATENCY.labels(stage=stage).observe(seconds)
             return output.waveforms
@@ -165,26 +187,27 @@ class SynthesisService:
     def sample_rate(self) -> int:
         return self.engine.sample_rate
 
-    def resolve_voice(self, voice: str, field: str = "voice") -> str:
-        return self.engine.voices.resolve(voice, field)
-
-    def resolve_voices(self, request: SynthesisRequest, where: str = "") -> SynthesisRequest:
-        """The request with its voice, and every turn's, a known preset (an alias resolved): a 400
-        names the voice at fault. A turn without a voice gets the request's."""
-        voice = self.resolve_voice(request.voice, _field(where, "voice"))
+    def resolve_voices(
+        self, request: SynthesisRequest, where: str = "", caller: Caller = ANONYMOUS_CALLER
+    ) -> SynthesisRequest:
+        """The request with its voice, and every turn's, one `caller` may use (an alias resolved to its
+        preset): a 400 names the voice at fault. A turn without a voice gets the request's."""
+        voice = self.voices.resolve(request.voice, caller, _field(where, "voice"))
         update: dict[str, Any] = {"voice": voice}
         if request.turns is not None:
             update["turns"] = [
-                turn.model_copy(update={"voice": self.resolve_voice(turn.voice, _field(where, f"turns[{i}].voice"))})
+                turn.model_copy(
+                    update={"voice": self.voices.resolve(turn.voice, caller, _field(where, f"turns[{i}].voice"))}
+                )
                 if turn.voice
                 else turn.model_copy(update={"voice": voice})
                 for i, turn in enumerate(request.turns)
             ]
         return request.model_copy(update=update)
 
-    def describe_voices(self) -> dict[str, Any]:
-        """The voice presets with their language, and the OpenAI-name aliases."""
-        return {"voices": self.engine.voices.describe(), "aliases": self.engine.voices.aliases}
+    def describe_voices(self, caller: Caller = ANONYMOUS_CALLER) -> dict[str, Any]:
+        """The voice presets with their language, the OpenAI-name aliases, and the caller's custom voices."""
+        return self.voices.describe(caller)
 
     def plan(
         self,
@@ -193,20 +216,37 @@ class SynthesisService:
         first_sentence_alone: bool = False,
         where: str = "",
         text_field: str = "prompt",
+        caller: Caller = ANONYMOUS_CALLER,
     ) -> SynthesisPlan:
         """The request's turns (a prompt is one) planned into chunks, each turn in its voice and language.
 
         `where`/`text_field` name the text as the client sent it in a 400 (`instances[0].prompt`; the
         OpenAI route's `input`; a turn's `turns[2].text`). With `first_sentence_alone`, the first
-        turn's first sentence is a chunk of its own (a stream's first audio comes sooner)."""
+        turn's first sentence is a chunk of its own (a stream's first audio comes sooner). `caller`:
+        whose custom voices the turns may use (and who keeps a `save_voice`)."""
+        self._check_voice_options(request, where, caller)
         turns = []
         for index, turn in enumerate(request.spoken_turns()):
             field = _field(where, text_field if request.turns is None else f"turns[{index}].text")
-            language = resolve_language(turn.language, turn.voice)
+            voice_field = _field(where, "voice" if request.turns is None else f"turns[{index}].voice")
+            choice = self.voices.choose(turn.voice, caller, voice_field)
+            # A custom voice's language is its own (never read from its name, as a preset's is).
+            language = resolve_language(turn.language or choice.language, turn.voice if choice.prompt is None else "")
             first_alone = first_sentence_alone and not index
             chunks = self.plan_chunks(turn.text, language, request.batch_chunk_size, first_alone, field)
-            turns.append(TurnPlan(turn.voice, chunks))
-        return SynthesisPlan(turns)
+            if choice.prompt is not None:
+                chunks = [replace(chunk, history=choice.prompt) for chunk in chunks]
+            turns.append(TurnPlan(choice.name, chunks, choice))
+        return SynthesisPlan(turns, caller, request.save_voice, request.continuity == "previous")
+
+    def _check_voice_options(self, request: SynthesisRequest, where: str, caller: Caller) -> None:
+        """`continuity: "previous"` and `save_voice` need tokens handed back (the continuous loop's
+        engine does); a `save_voice` name must be free before any audio is made (400/403/409)."""
+        field = _field(where, "save_voice" if request.save_voice is not None else "continuity")
+        if (request.save_voice or request.continuity == "previous") and self.settings.scheduler != "continuous":
+            raise InvalidInput(f"{field}: needs the continuous scheduler, not BARK_SCHEDULER=static", param=field)
+        if request.save_voice is not None:
+            self.voices.check_new(caller, request.save_voice.name, f"{field}.name")
 
     def plan_chunks(
         self, text: str, language: str, batch_chunk_size: int | None, first_sentence_alone: bool, field: str
@@ -271,17 +311,40 @@ class SynthesisService:
         check_fits_queue(len(plan.chunks), self.scheduler.max_queue_chunks)
         sampling = sampling_of(request)
         owner: Any = request_id if request_id is not None else object()
+        on_first = None
+        if plan.save_voice is not None:  # the first turn's tokens, kept under the caller's name
+            language = request.spoken_turns()[0].language
+            on_first = self.voices.keeper(plan.caller, plan.save_voice, plan.turns[0].choice, language)
+        if plan.continuity:  # each voice's chunks in sequence, each with its predecessor's tokens
+            links = [Link(chunk, turn.key, turn.voice) for turn in plan.turns for chunk in turn.chunks]
+            chains = ChunkChains(
+                self.scheduler, sampling, owner, self.engine.prompt_limits, on_first=on_first, urgent_first=urgent_first
+            )
+            futures = chains.start(links)
+        else:
+            futures = self._enqueue_turns(plan, sampling, owner, urgent_first)
+            if on_first is not None:
+                futures[0] = relay_first(self.scheduler, futures[0], on_first)
+        if request_id is not None:
+            self.progress.track(request_id, futures)
+        return futures
+
+    def _enqueue_turns(
+        self, plan: SynthesisPlan, sampling: Sampling, owner: Any, urgent_first: bool
+    ) -> list[asyncio.Future[Any]]:
+        """Every turn's chunks at once, one enqueue per turn (a `save_voice`'s first chunk keeps its tokens)."""
         futures: list[asyncio.Future[Any]] = []
         try:
             for index, turn in enumerate(plan.turns):
+                chunks = turn.chunks
+                if plan.save_voice is not None and not index:
+                    chunks = [replace(chunks[0], keep_tokens=True), *chunks[1:]]
                 futures += self.scheduler.enqueue(
-                    (turn.voice, sampling), turn.chunks, urgent_first=urgent_first and not index, request=owner
+                    (turn.key, sampling), chunks, urgent_first=urgent_first and not index, request=owner
                 )
         except BaseException:
             self.cancel(futures)  # a later turn refused (queue full): the earlier ones do not run
             raise
-        if request_id is not None:
-            self.progress.track(request_id, futures)
         return futures
 
     def result(
@@ -300,6 +363,7 @@ class SynthesisService:
             captions=captions(synthesis.segments, request.captions, request.turns is not None)
             if request.captions
             else None,
+            saved_voice=request.save_voice.name if request.save_voice is not None else None,
         )
 
     def cancel(self, futures: Sequence[asyncio.Future[Any]]) -> None:
@@ -308,6 +372,7 @@ class SynthesisService:
 
     async def close(self) -> None:
         await self.scheduler.close()
+        await asyncio.to_thread(self.voices.close)
 
     def record_success(
         self,
@@ -324,7 +389,7 @@ class SynthesisService:
         if audio_seconds > 0:
             metrics.REAL_TIME_FACTOR.labels(route=route).observe(wall / audio_seconds)
         for request in requests:
-            for voice in dict.fromkeys(turn.voice for turn in request.spoken_turns()):
+            for voice in dict.fromkeys(self.voices.label(turn.voice) for turn in request.spoken_turns()):
                 metrics.VOICE_REQUESTS.labels(voice=voice).inc()
         fields: dict[str, Any] = {
             "request_id": request_id,

@@ -46,7 +46,9 @@ def running_server(
     """Serve `model_dir` on a free loopback port until the block ends; fail with the log if it dies."""
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
-    environment = {**os.environ, **FAST_GENERATION_ENV, **(env or {})}
+    # Custom voices go to the test's own folder, never the clone's default `.cache/bark-voices`.
+    voices = {"BARK_VOICE_STORE": str(log_dir / f"voices-{port}")}
+    environment = {**os.environ, **FAST_GENERATION_ENV, **voices, **(env or {})}
     command = [sys.executable, "-m", "model_server", "--model_dir", str(model_dir), "--http_port", str(port)]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log_file, stderr=log_file)

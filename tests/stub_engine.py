@@ -15,6 +15,7 @@ import torch
 from model_server.config import Settings
 from model_server.generation.engine import BatchOutput, Sampling
 from model_server.generation.scheduler import BatchRunner, Scheduler
+from model_server.generation.speaker_prompt import PromptLimits, SpeakerPrompt
 from model_server.model import BarkTTS
 from model_server.synthesis import SynthesisService
 
@@ -40,6 +41,8 @@ class StubEngine:
         self.sample_rate = SAMPLE_RATE
         self.max_semantic_tokens = 768  # the hub checkpoints' semantic max_new_tokens
         self.voices = StubVoices()
+        # Bark's layout (bark-small and bark alike).
+        self.prompt_limits = PromptLimits(10_000, 1_024, 2, 8, 75 / 49.9, 768, 1155, 341, 512)
         self.oom_above = oom_above
         self.explode_on = explode_on
         self.calls: list[list[str]] = []
@@ -48,7 +51,12 @@ class StubEngine:
         return max(self.settings.semantic_tokens_min, math.ceil(words * self.settings.semantic_tokens_per_word))
 
     def generate_batch(
-        self, texts: Sequence[str], voice: str | None, sampling: Sampling, budgets: Sequence[int]
+        self,
+        texts: Sequence[str],
+        voice: str | None,
+        sampling: Sampling,
+        budgets: Sequence[int],
+        prompt: SpeakerPrompt | None = None,
     ) -> BatchOutput:
         self.calls.append(list(texts))
         if self.oom_above is not None and len(texts) > self.oom_above:

@@ -11,6 +11,7 @@ from bark_common.errors import (
     BY_STATUS,
     BodyTooLarge,
     Conflict,
+    Forbidden,
     GenerationFailed,
     Gone,
     InvalidInput,
@@ -32,6 +33,7 @@ from webhook_sidecar.api import error_response
 ONE_OF_EACH: list[ServingError] = [
     InvalidInput("voice: unknown", param="voice"),
     Unauthorized("no key"),
+    Forbidden("published: admin keys only"),
     NotFound("no job with this id"),
     Conflict("Idempotency-Key: already used"),
     Gone("expired"),

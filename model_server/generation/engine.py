@@ -27,6 +27,7 @@ from transformers.utils import is_flash_attn_2_available
 from model_server.config import Settings
 from model_server.generation.attention import use_sdpa_attention
 from model_server.generation.decoding import StaticBarkDecoder, select_decoder
+from model_server.generation.speaker_prompt import PromptLimits, SpeakerPrompt
 from model_server.generation.voices import VoiceLibrary
 
 logger = logging.getLogger(__name__)
@@ -159,7 +160,10 @@ class BarkEngine:
         self._coarse_defaults = dict(generation.coarse_acoustics_config)
         self._fine_defaults = dict(generation.fine_acoustics_config)
         self.max_semantic_tokens = int(self._semantic_defaults.get("max_new_tokens") or 768)
-        self.voices = VoiceLibrary(self.processor, self.device, settings.voice_aliases)
+        self.voices = VoiceLibrary(self.processor, self.device, settings.voice_aliases, settings.voice_cache_size)
+        #: What a speaker prompt may hold for this model (uploads, kept voices, continuity).
+        configs = self._configs(Sampling(), 1)
+        self.prompt_limits = PromptLimits.of(*configs, self.codebook_size, self.max_semantic_tokens)
         self.source = source
         # An explicit decoder that cannot run, or a K/V cache too large for the device, stops the
         # start here with the reason; under auto a fallback is logged, counted and named.
@@ -206,14 +210,21 @@ class BarkEngine:
 
     @torch.inference_mode()
     def generate_batch(
-        self, texts: Sequence[str], voice: str | None, sampling: Sampling, budgets: Sequence[int]
+        self,
+        texts: Sequence[str],
+        voice: str | None,
+        sampling: Sampling,
+        budgets: Sequence[int],
+        prompt: SpeakerPrompt | None = None,
     ) -> BatchOutput:
-        """Generate one waveform per text in a single batched pass, each trimmed to its length."""
+        """Generate one waveform per text in a single batched pass, each trimmed to its length.
+
+        `prompt`: the batch's history when it is not a preset's (a custom voice); `voice` is its key."""
         if len(texts) != len(budgets):
             raise ValueError("one semantic budget per text is required")
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
-        history = self.voices.prompt(voice) if voice else None
+        history = self.voices.history(voice, prompt)
         semantic_config, coarse_config, fine_config = self._configs(sampling, max(budgets))
         encoded = tokenize_chunks(
             self.processor.tokenizer, texts, semantic_config.max_input_semantic_length, self.device

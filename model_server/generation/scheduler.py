@@ -106,16 +106,25 @@ class ChunkScheduler(ABC, Generic[Key, Result]):
         return await results_in_order(self.enqueue(key, payloads, urgent_first=urgent_first), self.cancel)
 
     def enqueue(
-        self, key: Key, payloads: Sequence[object], *, urgent_first: bool = False, request: Hashable = None
+        self,
+        key: Key,
+        payloads: Sequence[object],
+        *,
+        urgent_first: bool = False,
+        request: Hashable = None,
+        continuing: bool = False,
     ) -> list[asyncio.Future[Result]]:
         """Queue chunks and return one future per chunk (for callers that stream results).
 
         `urgent_first`: a stream's first chunk goes ahead of waiting chunks, so its audio starts sooner.
         `request`: what the chunks belong to, for sharing rows out fairly (the instances of one v1
         request are one request); None: these chunks alone.
+        `continuing`: the next chunk of a request already admitted, taking the place of its chunk that
+        just finished (`continuity: "previous"`): never refused for a full queue, which it does not grow.
         """
-        check_fits_queue(len(payloads), self.max_queue_chunks)
-        return self._enqueue(key, payloads, urgent_first, request)
+        if not continuing:
+            check_fits_queue(len(payloads), self.max_queue_chunks)
+        return self._enqueue(key, payloads, urgent_first, request, continuing)
 
     def _check_room(self, adding: int) -> None:
         """Overloaded (503 + Retry-After) rather than a queue that grows without bound."""
@@ -127,9 +136,10 @@ class ChunkScheduler(ABC, Generic[Key, Result]):
 
     @abstractmethod
     def _enqueue(
-        self, key: Key, payloads: Sequence[object], urgent_first: bool, request: Hashable
+        self, key: Key, payloads: Sequence[object], urgent_first: bool, request: Hashable, continuing: bool = False
     ) -> list[asyncio.Future[Result]]:
-        """Queue chunks already known to fit the queue's capacity (call `_check_room` under the lock)."""
+        """Queue chunks already known to fit the queue's capacity (call `_check_room` under the lock,
+        unless `continuing`)."""
 
     @abstractmethod
     def cancel(self, futures: Sequence[asyncio.Future[Result]]) -> None:
@@ -173,9 +183,10 @@ class Scheduler(ChunkScheduler[Key, Result]):
             self._worker = asyncio.get_running_loop().create_task(self._work(), name="bark-scheduler")
 
     def _enqueue(
-        self, key: Key, payloads: Sequence[object], urgent_first: bool, request: Hashable
+        self, key: Key, payloads: Sequence[object], urgent_first: bool, request: Hashable, continuing: bool = False
     ) -> list[asyncio.Future[Result]]:
-        self._check_room(len(payloads))  # batches are per key here: `request` does not change the order
+        if not continuing:
+            self._check_room(len(payloads))  # batches are per key here: `request` does not change the order
         self._ensure_worker()
         loop = asyncio.get_running_loop()
         chunks = [

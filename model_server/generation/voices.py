@@ -1,25 +1,45 @@
-"""Voice presets: which exist, validating a requested one, and loading it once onto the device."""
+"""Voice presets: which exist, validating a requested one, and loading it once onto the device.
+
+A chunk may also bring its history with it (`history`): a custom voice from the voice store, kept
+on the device in a bounded cache by its content digest, or the previous chunk's tokens
+(`continuity: "previous"`), used once. Its batch key names which (`CUSTOM_KEY`/`TOKENS_KEY` and the
+prompt's digest), so chunks that share a key share a history, as the static scheduler requires.
+"""
 
 from __future__ import annotations
 
+import collections
 import threading
 from typing import Any
 
 import torch
 
 from bark_common.errors import InvalidInput
+from model_server import metrics
 from model_server.generation.languages import LANGUAGES, language_of
+from model_server.generation.speaker_prompt import SpeakerPrompt
 from model_server.paths import VOICES_PATH
+
+#: No history prompt: Bark makes up a speaker (repeatable with a seed, or greedy).
+RANDOM_VOICE = "random"
+#: Batch keys of chunks whose history comes with them: a stored custom voice, or another chunk's tokens.
+CUSTOM_KEY = "custom:"
+TOKENS_KEY = "tokens:"
 
 
 class VoiceLibrary:
     """The model's speaker presets, loaded lazily and cached as tensors on the model's device."""
 
-    def __init__(self, processor: Any, device: torch.device, aliases: dict[str, str] | None = None):
+    def __init__(
+        self, processor: Any, device: torch.device, aliases: dict[str, str] | None = None, cache_size: int = 64
+    ):
         self._processor = processor
         self._device = device
         self._cache: dict[str, dict[str, torch.Tensor]] = {}
         self._host: dict[str, dict[str, torch.Tensor]] = {}
+        #: Custom voices on the device, by digest, least recently used first.
+        self._custom: collections.OrderedDict[str, dict[str, torch.Tensor]] = collections.OrderedDict()
+        self.cache_size = cache_size
         self._lock = threading.Lock()
         self.names: tuple[str, ...] = tuple(sorted(processor.available_voice_presets))
         # Aliases pointing at presets this model lacks are dropped rather than failing later.
@@ -48,7 +68,7 @@ class VoiceLibrary:
             examples = ", ".join([*self.names[:3], *list(self.aliases)[:2]])
             raise InvalidInput(
                 f"{field}: unknown voice {voice!r}; GET {VOICES_PATH} lists the {len(self.names)} "
-                f"available voices (e.g. {examples})",
+                f"presets (e.g. {examples}), '{RANDOM_VOICE}' and your custom voices",
                 param=field,
             )
 
@@ -81,3 +101,33 @@ class VoiceLibrary:
             host = {key: value.cpu() for key, value in encoded["history_prompt"].items()}
             self._host[voice] = host
         return host
+
+    def history(self, voice: str | None, prompt: SpeakerPrompt | None) -> dict[str, torch.Tensor] | None:
+        """What a row reads as its history: the prompt it brought (a custom voice's, kept on the
+        device; another chunk's tokens, used once), else its preset's, else none (a random speaker)."""
+        if prompt is not None:
+            return self.tensors(prompt) if (voice or "").startswith(CUSTOM_KEY) else prompt.tensors(self._device)
+        return self.prompt(voice) if voice else None
+
+    def host_history(self, voice: str | None, prompt: SpeakerPrompt | None) -> dict[str, torch.Tensor] | None:
+        """The same history on the host: the loop plans coarse windows from it without reading the device."""
+        if prompt is not None:
+            return prompt.tensors(torch.device("cpu"))
+        return self.host_prompt(voice) if voice else None
+
+    def tensors(self, prompt: SpeakerPrompt) -> dict[str, torch.Tensor]:
+        """A custom voice's prompt on the device, copied there once while it stays among the recent ones."""
+        digest = prompt.digest
+        with self._lock:
+            cached = self._custom.get(digest)
+            if cached is not None:
+                self._custom.move_to_end(digest)
+                metrics.VOICE_CACHE.labels(cache="device", result="hit").inc()
+                return cached
+        metrics.VOICE_CACHE.labels(cache="device", result="miss").inc()
+        tensors = prompt.tensors(self._device)
+        with self._lock:
+            self._custom[digest] = tensors
+            while len(self._custom) > self.cache_size:
+                self._custom.popitem(last=False)
+        return tensors

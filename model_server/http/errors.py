@@ -15,10 +15,7 @@ from fastapi.responses import JSONResponse
 from bark_common.errors import (
     ErrorDescription,
     GenerationFailed,
-    NotFound,
-    RequestTimedOut,
     ServingError,
-    Unavailable,
     describe_error,
 )
 
@@ -47,5 +44,5 @@ async def _v1_error_handler(_: Request, exc: Exception) -> JSONResponse:
 
 def register_error_handlers(app: FastAPI) -> None:
     """KServe maps its InvalidInput to 400 itself; we add the statuses it does not know."""
-    for error_type in (Unavailable, RequestTimedOut, GenerationFailed, NotFound):  # Overloaded is Unavailable
-        app.add_exception_handler(error_type, _v1_error_handler)
+    # Every row of the table (Overloaded is Unavailable; a voice's 403 and 409 come from predict too).
+    app.add_exception_handler(ServingError, _v1_error_handler)

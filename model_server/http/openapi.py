@@ -44,7 +44,9 @@ class ErrorResponse(BaseModel):
 _ERRORS: dict[str, str] = {
     "400": "invalid input: the message names the field or the limit (max_words_per_request, ...)",
     "401": "missing or invalid API key (only when keys are configured)",
+    "403": "save_voice: this key keeps max_voices_per_key voices already",
     "404": "no model of this name",
+    "409": "save_voice: this key already has a voice of that name",
     "413": "body over max_body_bytes",
     "500": "generation failed for this request; `request_id` finds it in the log",
     "503": "queue full (with Retry-After) or model not ready (starting or shutting down)",

@@ -11,8 +11,9 @@ from bark_common.errors import NotFound
 from model_server.http.kserve_routes import override_kserve_routes
 from model_server.http.openai_speech.api_router import register_speech_route
 from model_server.http.openapi import ErrorResponse
+from model_server.http.voices.api_router import register_voice_routes
 from model_server.model import BarkTTS
-from model_server.paths import MODEL_VOICES_PATH, REQUEST_PROGRESS_PATH, VOICES_PATH
+from model_server.paths import REQUEST_PROGRESS_PATH
 from model_server.progress import MAX_ID_CHARS
 
 
@@ -29,14 +30,7 @@ class RequestProgressResponse(BaseModel):
 def register_routes(app: FastAPI, model: BarkTTS) -> None:
     """Our routes over the loaded model's synthesis service (load() first)."""
     synthesis = model.service
-
-    async def list_voices() -> dict[str, Any]:
-        """The voice presets this model has, with their language, and the OpenAI-name aliases."""
-        return synthesis.describe_voices()
-
-    app.add_api_route(VOICES_PATH, list_voices, methods=["GET"], tags=["voices"])
-    # KServe-style: the same listing under the model's own path.
-    app.add_api_route(MODEL_VOICES_PATH.format(model_name=model.name), list_voices, methods=["GET"], tags=["voices"])
+    register_voice_routes(app, synthesis, model.name)
 
     async def request_progress(request_id: str) -> dict[str, Any]:
         """How far a request is (v1 predict or speech), by the `x-request-id` it was sent with.

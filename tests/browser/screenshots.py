@@ -4,7 +4,8 @@ Serves the tiny random-weight checkpoint (the offline demo: the audio is noise, 
 the timings are real) with the playground on, synthesizes once whole and once streamed in headless
 Chromium, and saves the page after each as `playground.png` and `playground-streaming.png`; then a
 two-speaker dialogue with its captions, paused on its third line, as `playground-dialogue.png`;
-then a wrong API key's 401 as `playground-error.png`.
+then a custom voice uploaded and a random speaker's take kept, as `playground-voices.png`; then a
+wrong API key's 401 as `playground-error.png`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from model_server.tiny import build_checkpoint
 from tests.browser.page import browser_paths, generate, open_page, set_field, set_stream, start_chromium, wait_for
 from tests.serving import REPO_ROOT, running_server
+from tests.voice_files import bark_arrays, savez
 
 TEXT = (
     "Hello! I am Bark, a text-to-speech model, served here by KServe. "
@@ -34,6 +36,30 @@ def save_page(browser: Any, path: Path) -> None:
     browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {**metrics, "height": height})
     browser.save_screenshot(str(path))
     print(f"wrote {path}")
+
+
+def voices(browser: Any, folder: Path, path: Path) -> None:
+    """A voice uploaded from the page, then a random speaker's take kept as `stranger`."""
+    prompt = folder / "narrator.npz"
+    prompt.write_bytes(savez(bark_arrays()))
+    browser.execute_script("document.getElementById('upload-box').open = true")
+    set_field(browser, "upload-name", "narrator")
+    set_field(browser, "upload-description", "calm, low")
+    set_field(browser, "upload-consent", "Recorded by Jane Doe, who agreed in writing on 2024-05-01.")
+    browser.find_element("id", "upload-file").send_keys(str(prompt))
+    browser.find_element("id", "upload-voice").click()
+    wait_for(browser, "return document.getElementById('upload-status').dataset.state === 'done'")
+    set_field(browser, "text", "A voice nobody has heard before. Keep it if you like it.")
+    set_field(browser, "seed", "31337")
+    browser.execute_script(
+        "const v = document.getElementById('voice'); v.value = 'random'; v.dispatchEvent(new Event('change'))"
+    )
+    assert generate(browser)["state"] == "done"
+    set_field(browser, "keep-name", "stranger")
+    browser.find_element("id", "keep-voice").click()
+    wait_for(browser, "return document.getElementById('keep-status').dataset.state === 'done'")
+    save_page(browser, path)
+    set_field(browser, "seed", "")
 
 
 def main() -> None:
@@ -72,6 +98,7 @@ def main() -> None:
                 wait_for(browser, "return document.querySelectorAll('#captions li')[2].classList.contains('current')")
                 save_page(browser, args.out_dir / "playground-dialogue.png")
                 browser.execute_script("document.getElementById('dialogue-mode').click()")
+                voices(browser, folder, args.out_dir / "playground-voices.png")
                 set_field(browser, "api-key", "not-the-key")
                 assert generate(browser)["state"] == "error"
                 save_page(browser, args.out_dir / "playground-error.png")

@@ -37,6 +37,12 @@ OPERATIONS = [
     ("POST", "/v1/audio/speech", GenerationMode.POSITIVE),
     ("POST", "/v1/audio/speech", GenerationMode.NEGATIVE),
     ("GET", "/v1/audio/voices", GenerationMode.POSITIVE),
+    ("POST", "/v1/audio/voices", GenerationMode.POSITIVE),
+    ("POST", "/v1/audio/voices", GenerationMode.NEGATIVE),
+    ("GET", "/v1/audio/voices/{name}", GenerationMode.POSITIVE),
+    ("PATCH", "/v1/audio/voices/{name}", GenerationMode.POSITIVE),
+    ("PATCH", "/v1/audio/voices/{name}", GenerationMode.NEGATIVE),
+    ("DELETE", "/v1/audio/voices/{name}", GenerationMode.POSITIVE),
     ("GET", "/v1/requests/{request_id}/progress", GenerationMode.POSITIVE),
 ]
 

@@ -137,11 +137,13 @@ def test_every_sub_model_but_the_codec_gets_the_attention_asked_for() -> None:
 
 # -- decoder fallbacks are named (issue #12) ----------------------------------------------------------
 def test_a_decoder_fallback_under_auto_shows_in_bark_model_info(
-    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """As on a GPU where graphs cannot be captured: the model info says static, and why."""
     monkeypatch.setattr(decoding, "choose_decoder", lambda setting, device: "cudagraph")
-    settings = Settings(model_dir=tiny_checkpoint, decoder="auto", warmup=False, model_name="fallback-test")
+    settings = Settings(
+        model_dir=tiny_checkpoint, decoder="auto", warmup=False, model_name="fallback-test", voice_store=str(tmp_path)
+    )
     model = BarkTTS(settings)
     assert model.load()
     assert model.service.engine is not None

@@ -36,13 +36,21 @@ from model_server.generation.attention import flash_decode_kernel
 from model_server.generation.continuous.fine import generate_fine
 from model_server.generation.continuous.finisher import Finisher
 from model_server.generation.continuous.late_read import LateReader
-from model_server.generation.continuous.rows import Configs, Row, coarse_plan, fine_input, semantic_prompts
+from model_server.generation.continuous.rows import (
+    Configs,
+    Row,
+    coarse_plan,
+    fine_input,
+    generated_prompt,
+    semantic_prompts,
+)
 from model_server.generation.continuous.rules import TOP_K, CoarseRules, SemanticRules
 from model_server.generation.continuous.sampling import fold_seed
 from model_server.generation.continuous.slots import DONE, IDLE, WINDOW_FULL
 from model_server.generation.continuous.stepper import RowStepper
 from model_server.generation.engine import BarkEngine, Sampling
 from model_server.generation.kv_cache import CacheShape, check_kv_cache_fits, device_memory
+from model_server.generation.speaker_prompt import KeptChunk
 
 __all__ = ["TOP_K", "BarkRowEngine", "Job"]
 
@@ -52,7 +60,12 @@ _STAGES = ("semantic", "coarse")
 
 
 class Job(Protocol):
-    """What the scheduler hands in: a key (voice, Sampling), a payload (text, budget), a seed slot."""
+    """What the scheduler hands in: a key (voice, Sampling), a payload (text, budget), a seed slot.
+
+    The payload may also carry `history` (a `SpeakerPrompt`: a custom voice, or the previous chunk's
+    tokens, used instead of the key's preset) and `keep_tokens` (the outcome is then a `KeptChunk`:
+    the waveform and the row's own semantic, coarse and fine tokens).
+    """
 
     key: tuple[str | None, Sampling]
     payload: Any
@@ -198,8 +211,9 @@ class BarkRowEngine:
                 fold_seed(sampling.seed) if sampling.seed is not None else int(torch.randint(0, 2**32, ()).item())
             )
         semantic, coarse, fine = self.engine._configs(sampling, budget)
-        history = self.engine.voices.prompt(voice) if voice else None
-        history_host = self.engine.voices.host_prompt(voice) if voice else None
+        payload_history = getattr(job.payload, "history", None)
+        history = self.engine.voices.history(voice, payload_history)
+        history_host = self.engine.voices.host_history(voice, payload_history)
         configs = Configs(semantic, coarse, fine)
         return Row(job, text, voice, sampling, budget, job.seed, configs, history, history_host=history_host)
 
@@ -330,8 +344,9 @@ class BarkRowEngine:
             torch.cuda.current_stream(self.device).synchronize()
         return codes
 
-    def _finish(self, row: Row, fine: torch.Tensor) -> np.ndarray:
-        """The codec for one row's fine codes (n_fine, frames): its waveform, trimmed to its frames."""
+    def _finish(self, row: Row, fine: torch.Tensor) -> np.ndarray | KeptChunk:
+        """The codec for one row's fine codes (n_fine, frames): its waveform, trimmed to its frames
+        (with the row's tokens when its payload asks to keep them)."""
         plan = row.coarse
         assert plan is not None
         frames = torch.tensor([plan.output_length // row.configs.coarse.n_coarse_codebooks], device=self.device)
@@ -339,6 +354,8 @@ class BarkRowEngine:
         audio = self.engine.model.codec_decode(fine[None], frames)
         waveform = audio[0].float().reshape(-1).cpu().numpy()
         metrics.STAGE_LATENCY.labels(stage="codec_decode").observe(time.perf_counter() - started)
+        if getattr(row.job.payload, "keep_tokens", False):
+            return KeptChunk(waveform, generated_prompt(row, fine, self._semantic_vocab, self.engine.codebook_size))
         return waveform
 
     # -- leaving -------------------------------------------------------------------------------

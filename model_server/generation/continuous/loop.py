@@ -143,13 +143,14 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
 
     # -- the asyncio side ----------------------------------------------------------------------
     def _enqueue(
-        self, key: Key, payloads: Sequence[object], urgent_first: bool, request: Hashable
+        self, key: Key, payloads: Sequence[object], urgent_first: bool, request: Hashable, continuing: bool = False
     ) -> list[asyncio.Future[Result]]:
         loop = asyncio.get_running_loop()
         with self._cond:
             if self.fatal_error is not None:  # the pod restarts: another replica can take it
                 raise Unavailable("the device failed; this server is restarting", retry_after_s=self.retry_after_s)
-            self._check_room(len(payloads))
+            if not continuing:
+                self._check_room(len(payloads))
             request = ("request", request) if request is not None else next(self._requests)
             jobs = [
                 RowJob(key, payload, loop.create_future(), urgent=urgent_first and index == 0, request=request)

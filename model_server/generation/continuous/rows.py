@@ -24,6 +24,7 @@ from transformers.models.bark.generation_configuration_bark import (
 from model_server.generation.continuous.fine import FineRow
 from model_server.generation.continuous.slots import upload
 from model_server.generation.engine import Sampling, tokenize_chunks
+from model_server.generation.speaker_prompt import SpeakerPrompt
 
 #: Mixed into a row's seed for the fine stage's own random stream.
 _FINE_STREAM = 0x5EED
@@ -173,3 +174,14 @@ def fine_input(row: Row, semantic_vocab: int, codebook_size: int, device: torch.
     codes = torch.remainder(coarse.view(-1, codebooks) - semantic_vocab, codebook_size)
     history = row.history["fine_prompt"].to(device).long().T if row.history is not None else None
     return FineRow(codes, history, row.configs.fine.temperature, row.seed ^ _FINE_STREAM)
+
+
+def generated_prompt(row: Row, fine: torch.Tensor, semantic_vocab: int, codebook_size: int) -> SpeakerPrompt:
+    """A finished row's own tokens as a speaker prompt, in the layout of Bark's presets: its semantic
+    tokens, its coarse tokens back from the coarse stage's ids to codes (as `fine_input` reads them),
+    and its fine codes (n_fine, frames)."""
+    plan = row.coarse
+    assert plan is not None
+    codebooks = row.configs.coarse.n_coarse_codebooks
+    coarse = np.asarray(plan.tokens[plan.history_length :], dtype=np.int64).reshape(-1, codebooks)
+    return SpeakerPrompt.of(row.semantic, np.remainder(coarse - semantic_vocab, codebook_size).T, fine.cpu())

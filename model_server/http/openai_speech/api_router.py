@@ -28,12 +28,15 @@ from bark_common.errors import (
 )
 from model_server.generation.audio import FORMATS
 from model_server.http.errors import openai_error
-from model_server.http.openai_speech.serving import SpeechService, SpeechStream, StreamAborted
+from model_server.http.openai_speech.serving import SpeechPlan, SpeechService, SpeechStream, StreamAborted
 from model_server.http.outcomes import note_reason
 from model_server.paths import SPEECH_PATH
 from model_server.synthesis import SynthesisService
 
 logger = logging.getLogger(__name__)
+
+#: Names the custom voice a `save_voice` request kept (the audio answer has no other place for it).
+SAVED_VOICE_HEADER = "x-saved-voice"
 
 
 def _error(
@@ -56,7 +59,7 @@ def _error_for(error: BaseException, request_id: str, timeout_s: float) -> JSONR
     description = describe_error(error)
     headers = error.http_headers() if isinstance(error, ServingError) else {}
     param = error.param if isinstance(error, InvalidInput) else None
-    if description.status in (400, 503):
+    if description.status < 500 or description.status == 503:  # 400, and a voice's 401/403/409
         message = str(error)
     elif description.status == 504:  # ours, or asyncio's from the whole request's wait_for
         message = str(error if isinstance(error, RequestTimedOut) else RequestTimedOut.after(timeout_s))
@@ -92,6 +95,15 @@ class SpeechStreamResponse(StreamingResponse):
             self._stream.close()
 
 
+def _headers(plan: SpeechPlan, request_id: str) -> dict[str, str]:
+    """The request's id, and with `save_voice` the name the voice was kept under (it was, by now: a
+    stream's first chunk, whose tokens are kept, is made before the response starts)."""
+    headers = {"x-request-id": request_id}
+    if plan.request.save_voice is not None:
+        headers[SAVED_VOICE_HEADER] = plan.request.save_voice.name
+    return headers
+
+
 def register_speech_route(app: FastAPI, synthesis: SynthesisService, is_ready: Callable[[], bool]) -> None:
     """POST /v1/audio/speech over `synthesis`; `is_ready` is the model's readiness (503 while false)."""
     service = SpeechService(synthesis)
@@ -107,19 +119,20 @@ def register_speech_route(app: FastAPI, synthesis: SynthesisService, is_ready: C
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             return _error(INVALID_INPUT, f"body is not valid JSON: {error}", request_id)
         try:
+            caller = synthesis.callers.of(request.headers)
             # In a worker thread: splitting a long text would hold up every other request's I/O.
-            plan = await asyncio.to_thread(service.plan, body, request_id)
+            plan = await asyncio.to_thread(service.plan, body, request_id, caller)
             content_type = plan.content_type
             if plan.request.streaming is not None:
                 # Queued and the first piece made before the response starts: refusals keep their status.
                 stream = await service.open_stream(plan)
                 sse = plan.request.streaming == "sse"
                 media_type = "text/event-stream" if sse else content_type
-                return SpeechStreamResponse(stream, sse, media_type, {"x-request-id": request_id})
+                return SpeechStreamResponse(stream, sse, media_type, _headers(plan, request_id))
             data = await asyncio.wait_for(service.whole(plan), timeout_s)
         except Exception as error:
             return _error_for(error, request_id, timeout_s)
-        return Response(content=data, media_type=content_type, headers={"x-request-id": request_id})
+        return Response(content=data, media_type=content_type, headers=_headers(plan, request_id))
 
     error_body: dict[str, Any] = {
         "application/json": {
@@ -165,6 +178,8 @@ def register_speech_route(app: FastAPI, synthesis: SynthesisService, is_ready: C
             },
             400: {"description": "invalid input (OpenAI error shape)", "content": error_body},
             401: {"description": "missing or invalid API key", "content": error_body},
+            403: {"description": "save_voice: this key keeps max_voices_per_key voices", "content": error_body},
+            409: {"description": "save_voice: this key already has a voice of that name", "content": error_body},
             413: {"description": "body over max_body_bytes"},
             500: {"description": "generation failed; the message names the request id", "content": error_body},
             503: {"description": "queue full or model not ready; see Retry-After", "content": error_body},

@@ -6,23 +6,26 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool, StrictStr, model_validator
 
-from bark_common.schema import BarkSampling, Dialogue, Language, require_text_or_turns
+from bark_common.schema import BarkSampling, Dialogue, Language, VoiceOptions, require_text_or_turns
 from model_server.generation.audio import AudioFormat
 
 Speed = Annotated[float, Field(ge=0.25, le=4.0, strict=True)]
 
 
-class SpeechRequest(BarkSampling, Dialogue):
+class SpeechRequest(BarkSampling, Dialogue, VoiceOptions):
     """Body of `POST /v1/audio/speech`: OpenAI's fields, and Bark's own as extensions (the sampling
     settings, `seed`, `batch_chunk_size`; a dialogue's `turns` and `turn_pause_ms`; `timestamps` and
-    `captions`, which make the answer JSON, or add `speech.segment` events to an SSE stream). The
-    `openai` SDK sends them with `extra_body`. Unknown fields are still refused."""
+    `captions`, which make the answer JSON, or add `speech.segment` events to an SSE stream; `continuity`
+    and `save_voice`). The `openai` SDK sends them with `extra_body`. Unknown fields are still refused."""
 
     model: StrictStr = Field("bark", description="accepted for compatibility (tts-1, bark, ...); Bark serves all")
     input: StrictStr | None = Field(
         None, description="the text to speak; with `turns` leave it out or empty (the `openai` SDK requires it)"
     )
-    voice: StrictStr = Field("v2/en_speaker_1", description="a Bark preset or an OpenAI name (alloy, echo, ...)")
+    voice: StrictStr = Field(
+        "v2/en_speaker_1",
+        description="a Bark preset, an OpenAI name (alloy, echo, ...), 'random' or one of your custom voices",
+    )
     response_format: AudioFormat = "mp3"
     speed: Speed = Field(1.0, description="0.25..4.0, applied by resampling (the pitch moves with it)")
     stream: StrictBool = Field(False, description="stream the audio as it is generated (chunked transfer)")

@@ -33,8 +33,9 @@ import numpy as np
 from pydantic import ValidationError
 
 from bark_common.errors import ErrorDescription, InvalidInput, RequestTimedOut, describe_error
-from bark_common.schema import BarkSampling, Dialogue, Segment, invalid_input_from
+from bark_common.schema import BarkSampling, Dialogue, Segment, VoiceOptions, invalid_input_from
 from model_server import metrics
+from model_server.callers import ANONYMOUS_CALLER, Caller
 from model_server.generation.audio import (
     FORMATS,
     StreamEncoder,
@@ -55,7 +56,7 @@ from model_server.synthesis import SynthesisPlan, SynthesisService
 logger = logging.getLogger(__name__)
 
 #: What a SpeechRequest passes on to the synthesis request as it is (OpenAI's `input` becomes `prompt`).
-_SHARED_FIELDS = {*BarkSampling.model_fields, *Dialogue.model_fields, "voice", "language"}
+_SHARED_FIELDS = {*BarkSampling.model_fields, *Dialogue.model_fields, *VoiceOptions.model_fields, "voice", "language"}
 JSON_CONTENT_TYPE = "application/json"
 
 
@@ -98,8 +99,9 @@ class SpeechService:
     def __init__(self, synthesis: SynthesisService):
         self.synthesis = synthesis
 
-    def plan(self, body: object, request_id: str | None) -> SpeechPlan:
-        """Validate the body; raise InvalidInput naming the field (the router maps it to OpenAI's shape)."""
+    def plan(self, body: object, request_id: str | None, caller: Caller = ANONYMOUS_CALLER) -> SpeechPlan:
+        """Validate the body; raise InvalidInput naming the field (the router maps it to OpenAI's shape).
+        `caller`: whose custom voices it may use (and who keeps a `save_voice`)."""
         try:
             request = SpeechRequest.model_validate(body)
         except ValidationError as error:
@@ -115,12 +117,13 @@ class SpeechService:
         fields = request.model_dump(include=_SHARED_FIELDS, exclude_none=True)
         if request.input is not None:
             fields["prompt"] = request.input
-        synthesis = self.synthesis.resolve_voices(SynthesisRequest.model_validate(fields))
+        synthesis = self.synthesis.resolve_voices(SynthesisRequest.model_validate(fields), caller=caller)
         texts = [(turn.text, resolve_language(turn.language, turn.voice)) for turn in synthesis.spoken_turns()]
         check_words_per_request(texts, settings.max_words_per_request, "input" if request.turns is None else "turns")
         check_chunk_words(request.batch_chunk_size, settings, "batch_chunk_size")
         # Streaming speaks the first sentence as its own chunk so that audio starts sooner.
-        planned = self.synthesis.plan(synthesis, first_sentence_alone=request.streaming is not None, text_field="input")
+        first_alone = request.streaming is not None
+        planned = self.synthesis.plan(synthesis, first_sentence_alone=first_alone, text_field="input", caller=caller)
         self.synthesis.check_output(planned.chunks)
         return SpeechPlan(request, synthesis, planned, request_id or uuid.uuid4().hex)
 

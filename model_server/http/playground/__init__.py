@@ -26,8 +26,9 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from bark_common.api_keys import load_api_keys
+from bark_common.schema import VOICE_NAME_PATTERN
 from model_server.generation.audio import FORMATS
+from model_server.generation.languages import LANGUAGES
 from model_server.http.asgi import ASGIApp, Message, Receive, Send
 from model_server.http.openai_speech.protocol import SpeechRequest
 from model_server.model import BarkTTS
@@ -132,6 +133,9 @@ def playground_config(model: BarkTTS, auth_required: bool) -> dict[str, Any]:
             {"name": name, "content_type": info.content_type, "streams": info.streams} for name, info in FORMATS.items()
         ],
         "default_format": synthesis["format"]["default"],
+        # Custom voices: the upload form's choices and the name rule, as the voices API checks them.
+        "languages": [{"code": code, "name": language.name} for code, language in LANGUAGES.items()],
+        "voice_name_pattern": VOICE_NAME_PATTERN,
         # The page plays streams through Web Audio, which takes raw samples: PCM, 16-bit little-endian, mono.
         "stream_format": "pcm",
     }
@@ -142,7 +146,7 @@ def register_playground(app: FastAPI, model: BarkTTS) -> None:
     settings = model.settings
     if not settings.playground:
         return
-    auth_required = bool(load_api_keys(settings.api_keys, settings.api_keys_file))
+    auth_required = bool(model.service.callers.keys)  # API keys or admin keys
 
     async def config(_: Request) -> Response:
         return JSONResponse(playground_config(model, auth_required))

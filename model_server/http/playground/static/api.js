@@ -15,7 +15,9 @@ export class ApiError extends Error {
 const TITLES = {
   400: "The server rejected the request",
   401: "API key missing or not accepted",
+  403: "Not allowed",
   404: "Not found",
+  409: "Already taken",
   413: "The request is too large",
   499: "Request cancelled",
   500: "Generation failed on the server",
@@ -76,9 +78,27 @@ export function loadConfig() {
   return getJson("config.json");
 }
 
-/** `{voices: [{name, language, language_name}], aliases: {alloy: "v2/en_speaker_0", ...}}`. */
-export function loadVoices(config) {
-  return getJson(config.routes.voices);
+/** `{voices: [{name, language, language_name, custom?, own?, published?, description?}], aliases: {...}}`:
+ * the presets, and with a key the custom voices it may use (its own and the published ones). */
+export async function loadVoices(config, apiKey) {
+  const response = await fetch(config.routes.voices, { headers: withKey(apiKey, { Accept: "application/json" }) });
+  if (response.status === 401 && apiKey) return loadVoices(config, ""); // a wrong key still lists the presets
+  if (!response.ok) throw await errorFrom(response);
+  return response.json();
+}
+
+/** POST a speaker prompt (.npz) with its fields as multipart; resolves to the stored voice. */
+export async function uploadVoice(config, form, apiKey) {
+  const response = await fetch(config.routes.voices, { method: "POST", headers: withKey(apiKey, {}), body: form });
+  if (!response.ok) throw await errorFrom(response);
+  return response.json();
+}
+
+/** DELETE one of the key's custom voices. */
+export async function deleteVoice(config, name, apiKey) {
+  const url = `${config.routes.voices}/${encodeURIComponent(name)}`;
+  const response = await fetch(url, { method: "DELETE", headers: withKey(apiKey, {}) });
+  if (!response.ok) throw await errorFrom(response);
 }
 
 /** Whether the model has loaded (KServe's model status route). */

@@ -44,6 +44,27 @@ export class DialogueEditor {
     this.onChange();
   }
 
+  /** A speaker's voice list: the page's, each option saying its group too ("English · Speaker 3"),
+   * since a closed list shows only the option. */
+  fillVoiceList(list) {
+    const copy = this.voiceSelect.cloneNode(true);
+    for (const group of copy.querySelectorAll("optgroup:not([data-aliases])")) {
+      for (const option of group.children) option.textContent = `${group.label} · ${option.textContent}`;
+    }
+    list.replaceChildren(...copy.children);
+  }
+
+  /** The page's voice list changed (a custom voice added or deleted): every speaker's list follows,
+   * keeping its choice while it still exists. */
+  voicesChanged() {
+    for (const list of $("speakers").querySelectorAll("select.speaker-voice")) {
+      const chosen = list.value;
+      this.fillVoiceList(list);
+      if ([...list.options].some((option) => option.value === chosen)) list.value = chosen;
+      list.dispatchEvent(new Event("change"));
+    }
+  }
+
   addSpeaker(voice = this.voiceSelect.value) {
     const id = this.nextId;
     this.nextId += 1;
@@ -61,13 +82,9 @@ export class DialogueEditor {
       speaker.name = name.value.trim() || `Speaker ${LETTERS[id % LETTERS.length]}`;
       this.refreshSpeakerChoices();
     });
-    const voiceList = this.voiceSelect.cloneNode(true);
-    voiceList.removeAttribute("id");
-    voiceList.disabled = false;
-    // Closed, a list shows only the option: say the language too ("English · Speaker 3").
-    for (const group of voiceList.querySelectorAll("optgroup:not([data-aliases])")) {
-      for (const option of group.children) option.textContent = `${group.label} · ${option.textContent}`;
-    }
+    const voiceList = document.createElement("select");
+    voiceList.className = "speaker-voice";
+    this.fillVoiceList(voiceList);
     voiceList.value = voice;
     voiceList.setAttribute("aria-label", `Voice of ${speaker.name}`);
     voiceList.addEventListener("change", () => {

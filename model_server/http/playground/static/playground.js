@@ -17,6 +17,7 @@ import {
 import { PcmStreamPlayer, wavBlob } from "./audio.js";
 import { Captions } from "./captions.js";
 import { DialogueEditor } from "./dialogue.js";
+import { VoiceShelf, takeOf } from "./voices.js";
 
 const KEY_STORAGE = "bark-playground-api-key";
 const TEMPERATURES = ["semantic_temperature", "coarse_temperature", "fine_temperature"];
@@ -35,6 +36,8 @@ const state = {
   streamShown: false,
   dialogue: null, // the DialogueEditor, once the voices are known
   captions: null,
+  listing: null, // the last voice list (presets, aliases, custom voices)
+  shelf: null, // the custom voices' card (voices.js)
 };
 
 // -- setup -------------------------------------------------------------------------------------
@@ -75,14 +78,23 @@ function voiceLabel(name) {
   return match ? `Speaker ${match[3]}${match[1] ? "" : " (v1)"}` : name;
 }
 
-function fillVoices(listing, defaultVoice) {
+function fillVoices(listing, selected) {
+  state.listing = listing;
   const select = $("voice");
   select.replaceChildren();
   const groups = new Map();
-  for (const voice of listing.voices) {
+  for (const voice of listing.voices.filter((v) => !v.custom)) {
     const language = voice.language_name || voice.language || "Other";
     if (!groups.has(language)) groups.set(language, []);
     groups.get(language).push(voice.name);
+  }
+  const custom = listing.voices.filter((voice) => voice.custom);
+  if (custom.length) {
+    const group = document.createElement("optgroup");
+    group.label = "Custom voices";
+    group.dataset.custom = "true";
+    for (const voice of custom) group.append(new Option(voice.own ? voice.name : `${voice.name} (published)`, voice.name));
+    select.append(group);
   }
   for (const language of [...groups.keys()].sort()) {
     const group = document.createElement("optgroup");
@@ -90,6 +102,10 @@ function fillVoices(listing, defaultVoice) {
     for (const name of groups.get(language)) group.append(new Option(voiceLabel(name), name));
     select.append(group);
   }
+  const fresh = document.createElement("optgroup");
+  fresh.label = "New speaker";
+  fresh.append(new Option("Random: Bark makes one up", listing.random || "random"));
+  select.append(fresh);
   const aliases = Object.entries(listing.aliases || {});
   if (aliases.length) {
     const group = document.createElement("optgroup");
@@ -98,18 +114,32 @@ function fillVoices(listing, defaultVoice) {
     for (const [alias, preset] of aliases) group.append(new Option(`${alias} → ${preset}`, alias));
     select.append(group);
   }
-  select.value = defaultVoice;
+  select.value = [...select.options].some((option) => option.value === selected) ? selected : state.config.default_voice;
   select.disabled = false;
-  const describe = () => {
-    const preset = listing.aliases?.[select.value] || select.value;
-    const voice = listing.voices.find((v) => v.name === preset);
-    $("voice-detail").textContent = voice ? `${voice.name} · ${voice.language_name || voice.language}` : preset;
-  };
-  select.addEventListener("change", describe);
-  describe();
+  describeVoice();
   const languages = groups.size;
   $("voice-count").textContent =
-    `${listing.voices.length} voices · ${languages} language${languages === 1 ? "" : "s"}`;
+    `${listing.voices.length - custom.length} voices · ${languages} language${languages === 1 ? "" : "s"}`;
+  $("custom-count").textContent = custom.length ? String(custom.length) : "";
+  if (state.shelf) state.shelf.show(listing);
+  if (state.dialogue) state.dialogue.voicesChanged();
+}
+
+function describeVoice() {
+  if (dialogueOn() || !state.listing) return;
+  const select = $("voice");
+  const preset = state.listing.aliases?.[select.value] || select.value;
+  const voice = state.listing.voices.find((v) => v.name === preset);
+  let text = preset;
+  if (preset === (state.listing.random || "random")) text = "No prompt: a new speaker each take (the same one with the same seed).";
+  else if (voice && voice.custom) text = [`${voice.name} · custom`, voice.language_name, voice.description].filter(Boolean).join(" · ");
+  else if (voice) text = `${voice.name} · ${voice.language_name || voice.language}`;
+  $("voice-detail").textContent = text;
+}
+
+/** The voice list again (with the key's custom voices), then `select` chosen in it. */
+async function refreshVoices(select = $("voice").value) {
+  fillVoices(await loadVoices(state.config, apiKey()), select || $("voice").value);
 }
 
 function dialogueOn() {
@@ -154,7 +184,7 @@ function updateDialogueMode() {
   $("text").hidden = on;
   $("dialogue").hidden = !on;
   $("voice-detail").textContent = on ? "In a dialogue each speaker has a voice of their own; this one is only the default." : "";
-  if (!on) $("voice").dispatchEvent(new Event("change"));
+  if (!on) describeVoice();
   updateCount();
 }
 
@@ -185,6 +215,7 @@ function resetResult() {
   $("download").hidden = true;
   $("route-note").hidden = true;
   $("placeholder").hidden = false;
+  if (state.shelf) state.shelf.offer(null);
   $("player").pause();
   $("player").removeAttribute("src");
   $("player").hidden = true;
@@ -246,16 +277,24 @@ function spokenFields(said, textField) {
   return said.turns ? { turns: said.turns, turn_pause_ms: said.turn_pause_ms } : { [textField]: said.text };
 }
 
-/** Bark's sampling settings as both routes take them (OpenAI's as extensions to its body). */
+/** Bark's sampling settings as both routes take them (OpenAI's as extensions to its body). A sampled
+ * take always has a seed (a fresh one when the field is empty), so its voice can be kept afterwards. */
 function samplingSettings() {
   const settings = { do_sample: $("do_sample").checked };
   for (const name of TEMPERATURES) settings[name] = Number($(name).value);
   if ($("seed").value !== "") settings.seed = Number($("seed").value);
+  else if (settings.do_sample) settings.seed = crypto.getRandomValues(new Uint32Array(1))[0];
   if ($("batch_chunk_size").value !== "") settings.batch_chunk_size = Number($("batch_chunk_size").value);
+  if ($("continuity").checked) settings.continuity = "previous";
   return settings;
 }
 
-async function runStream(startedAt, signal) {
+/** The route note's end: the seed that repeats the take. */
+function seedNote(settings) {
+  return settings.seed === undefined ? " Greedy: repeatable." : ` Seed ${settings.seed}.`;
+}
+
+async function runStream(startedAt, signal, settings) {
   const config = state.config;
   const voice = $("voice").value;
   const said = spoken();
@@ -264,7 +303,7 @@ async function runStream(startedAt, signal) {
     voice,
     speed: Number($("speed").value),
     ...spokenFields(said, "input"),
-    ...samplingSettings(),
+    ...settings,
   };
   const response = await startSpeechStream(config, request, apiKey(), signal);
   const player = new PcmStreamPlayer(state.audioContext, config.sample_rate);
@@ -300,8 +339,10 @@ async function runStream(startedAt, signal) {
   // The captions follow the stream until it has played out; then the player's own clock.
   const left = Math.max(0, player.seconds - player.positionSeconds);
   setTimeout(() => state.captions.stop(), left * 1000 + 250);
-  $("route-note").textContent = `Streamed from POST /v1/audio/speech in ${pieces} pieces as PCM (server-sent events).`;
+  $("route-note").textContent =
+    `Streamed from POST /v1/audio/speech in ${pieces} pieces as PCM (server-sent events).${seedNote(settings)}`;
   $("route-note").hidden = false;
+  state.shelf.offer(takeOf(state.captions.segments, settings));
 }
 
 function showProgress(progress) {
@@ -334,7 +375,7 @@ function watchProgress(requestId) {
   };
 }
 
-async function runWhole(startedAt, signal) {
+async function runWhole(startedAt, signal, settings) {
   const config = state.config;
   const voice = $("voice").value;
   const said = spoken();
@@ -343,7 +384,7 @@ async function runWhole(startedAt, signal) {
     voice,
     format: $("format").value,
     timestamps: true,
-    ...samplingSettings(),
+    ...settings,
   };
   const requestId = newRequestId();
   const stopWatching = watchProgress(requestId);
@@ -363,8 +404,9 @@ async function runWhole(startedAt, signal) {
   state.captions.add(result.segments || [], (turn) => said.speakers[turn] || null);
   showAudio(playable, fileNameFor(voice, result.format === "pcm" ? "wav" : result.format), true);
   showTiming(totalMs, totalMs, result.duration_s);
-  $("route-note").textContent = `From POST ${config.routes.predict.replace("..", "")} (${result.chunks} chunk${result.chunks === 1 ? "" : "s"}, ${result.sample_rate} Hz).`;
+  $("route-note").textContent = `From POST ${config.routes.predict.replace("..", "")} (${result.chunks} chunk${result.chunks === 1 ? "" : "s"}, ${result.sample_rate} Hz).${seedNote(settings)}`;
   $("route-note").hidden = false;
+  state.shelf.offer(takeOf(result.segments || [], settings));
 }
 
 async function generate() {
@@ -378,9 +420,10 @@ async function generate() {
   state.audioContext.resume().catch(() => {});
   state.controller = new AbortController();
   const startedAt = performance.now();
+  const settings = samplingSettings();
   try {
-    if ($("stream").checked) await runStream(startedAt, state.controller.signal);
-    else await runWhole(startedAt, state.controller.signal);
+    if ($("stream").checked) await runStream(startedAt, state.controller.signal, settings);
+    else await runWhole(startedAt, state.controller.signal, settings);
     card.dataset.state = "done";
   } catch (error) {
     if (error.name === "AbortError") {
@@ -405,9 +448,13 @@ function stop() {
 async function start() {
   const keyInput = $("api-key");
   keyInput.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  let keyTimer = null;
   keyInput.addEventListener("input", () => {
     if (keyInput.value) sessionStorage.setItem(KEY_STORAGE, keyInput.value);
     else sessionStorage.removeItem(KEY_STORAGE);
+    // Another key, other custom voices: list them once the typing pauses.
+    clearTimeout(keyTimer);
+    keyTimer = setTimeout(() => state.config && refreshVoices().catch(() => {}), 300);
   });
   state.captions = new Captions($("captions"), $("captions-box"));
   state.captions.attach($("player"));
@@ -415,6 +462,7 @@ async function start() {
   $("dialogue-mode").addEventListener("change", updateDialogueMode);
   $("stream").addEventListener("change", updateMode);
   $("generate").addEventListener("click", generate);
+  $("voice").addEventListener("change", describeVoice);
   $("stop").addEventListener("click", stop);
   updateMode();
   try {
@@ -422,7 +470,8 @@ async function start() {
     applyConfig(state.config);
     updateCount();
     updateMode();
-    fillVoices(await loadVoices(state.config), state.config.default_voice);
+    state.shelf = new VoiceShelf(state.config, apiKey, refreshVoices);
+    await refreshVoices(state.config.default_voice);
     state.dialogue = new DialogueEditor($("voice"), updateCount);
     state.dialogue.start(state.config.default_voice);
     updateDialogueMode();
