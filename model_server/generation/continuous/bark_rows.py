@@ -33,15 +33,14 @@ from transformers.models.bark.generation_configuration_bark import BarkFineGener
 
 from model_server import metrics
 from model_server.generation.attention import flash_decode_kernel
-from model_server.generation.continuous.fine import generate_fine
 from model_server.generation.continuous.finisher import Finisher
 from model_server.generation.continuous.late_read import LateReader
 from model_server.generation.continuous.rows import (
     Configs,
     Row,
     coarse_plan,
-    fine_input,
-    generated_prompt,
+    decode_row,
+    fine_codes,
     semantic_prompts,
 )
 from model_server.generation.continuous.rules import TOP_K, CoarseRules, SemanticRules
@@ -338,25 +337,11 @@ class BarkRowEngine:
 
     # -- the fine stage and codec (on the finisher's thread) -----------------------------------
     def _fine_pass(self, rows: list[Row]) -> list[torch.Tensor]:
-        inputs = [fine_input(row, self._semantic_vocab, self.engine.codebook_size, self.device) for row in rows]
-        codes = generate_fine(self.engine.model.fine_acoustics, inputs, self._fine_config, self.engine.codebook_size)
-        if self.device.type == "cuda":  # the finisher's own stream, not the device: the loop goes on
-            torch.cuda.current_stream(self.device).synchronize()
-        return codes
+        model, codebook_size = self.engine.model, self.engine.codebook_size
+        return fine_codes(model, rows, self._fine_config, self._semantic_vocab, codebook_size, self.device)
 
     def _finish(self, row: Row, fine: torch.Tensor) -> np.ndarray | KeptChunk:
-        """The codec for one row's fine codes (n_fine, frames): its waveform, trimmed to its frames
-        (with the row's tokens when its payload asks to keep them)."""
-        plan = row.coarse
-        assert plan is not None
-        frames = torch.tensor([plan.output_length // row.configs.coarse.n_coarse_codebooks], device=self.device)
-        started = time.perf_counter()
-        audio = self.engine.model.codec_decode(fine[None], frames)
-        waveform = audio[0].float().reshape(-1).cpu().numpy()
-        metrics.STAGE_LATENCY.labels(stage="codec_decode").observe(time.perf_counter() - started)
-        if getattr(row.job.payload, "keep_tokens", False):
-            return KeptChunk(waveform, generated_prompt(row, fine, self._semantic_vocab, self.engine.codebook_size))
-        return waveform
+        return decode_row(self.engine.model, row, fine, self._semantic_vocab, self.engine.codebook_size, self.device)
 
     # -- leaving -------------------------------------------------------------------------------
     def _leave(self, stage: str, rows: list[Row]) -> None:

@@ -21,10 +21,11 @@ from transformers.models.bark.generation_configuration_bark import (
     BarkSemanticGenerationConfig,
 )
 
-from model_server.generation.continuous.fine import FineRow
+from model_server import metrics
+from model_server.generation.continuous.fine import FineRow, generate_fine
 from model_server.generation.continuous.slots import upload
 from model_server.generation.engine import Sampling, tokenize_chunks
-from model_server.generation.speaker_prompt import SpeakerPrompt
+from model_server.generation.speaker_prompt import KeptChunk, SpeakerPrompt
 
 #: Mixed into a row's seed for the fine stage's own random stream.
 _FINE_STREAM = 0x5EED
@@ -185,3 +186,32 @@ def generated_prompt(row: Row, fine: torch.Tensor, semantic_vocab: int, codebook
     codebooks = row.configs.coarse.n_coarse_codebooks
     coarse = np.asarray(plan.tokens[plan.history_length :], dtype=np.int64).reshape(-1, codebooks)
     return SpeakerPrompt.of(row.semantic, np.remainder(coarse - semantic_vocab, codebook_size).T, fine.cpu())
+
+
+def fine_codes(
+    model: Any, rows: list[Row], config: Any, semantic_vocab: int, codebook_size: int, device: torch.device
+) -> list[torch.Tensor]:
+    """The fine stage for rows whose coarse tokens are done, in one pass. On CUDA it waits for the
+    calling thread's stream only (the finisher's own), never the device: the loop goes on meanwhile."""
+    inputs = [fine_input(row, semantic_vocab, codebook_size, device) for row in rows]
+    codes = generate_fine(model.fine_acoustics, inputs, config, codebook_size)
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    return codes
+
+
+def decode_row(
+    model: Any, row: Row, fine: torch.Tensor, semantic_vocab: int, codebook_size: int, device: torch.device
+) -> np.ndarray | KeptChunk:
+    """The codec for one row's fine codes (n_fine, frames): its waveform, trimmed to its frames
+    (with the row's tokens when its payload asks to keep them)."""
+    plan = row.coarse
+    assert plan is not None
+    frames = torch.tensor([plan.output_length // row.configs.coarse.n_coarse_codebooks], device=device)
+    started = time.perf_counter()
+    audio = model.codec_decode(fine[None], frames)
+    waveform = audio[0].float().reshape(-1).cpu().numpy()
+    metrics.STAGE_LATENCY.labels(stage="codec_decode").observe(time.perf_counter() - started)
+    if getattr(row.job.payload, "keep_tokens", False):
+        return KeptChunk(waveform, generated_prompt(row, fine, semantic_vocab, codebook_size))
+    return waveform
