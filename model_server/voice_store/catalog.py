@@ -70,6 +70,7 @@ class VoiceCatalog:
 
     def close(self) -> None:
         self._stop.set()
+        self.store.wake()
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.store.close()

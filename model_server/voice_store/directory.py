@@ -18,7 +18,7 @@ import json
 import os
 import re
 import secrets
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +54,7 @@ class DirectoryVoiceStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._woken = threading.Event()
         # Made once, here: later calls never re-create it, so an unmounted volume is an outage, not
         # a new empty store.
         with contextlib.suppress(OSError):
@@ -159,7 +160,12 @@ class DirectoryVoiceStore:
         return True
 
     def wait_for_change(self, timeout_s: float) -> None:
-        time.sleep(timeout_s)  # nothing notifies: the catalog compares versions after each wait
+        # Nothing notifies: the catalog compares versions after each wait.
+        if self._woken.wait(timeout_s):
+            self._woken.clear()
+
+    def wake(self) -> None:
+        self._woken.set()
 
     def close(self) -> None:
         pass

@@ -75,6 +75,8 @@ class PostgresVoiceStore:
         self._schema_ready = False
         self._listener: psycopg.Connection[Any] | None = None
         self._listener_stale = False
+        #: This process's own channel: `wake()` notifies it, so a closing replica disturbs no other.
+        self._wake_channel = f"{CHANNEL}_wake_{secrets.token_hex(8)}"
 
     def describe(self) -> str:
         return redact(self.url)
@@ -185,12 +187,17 @@ class PostgresVoiceStore:
             if self._listener is None or self._listener.closed:
                 self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout_s)
                 self._listener.execute(f"LISTEN {CHANNEL}")
+                self._listener.execute(f"LISTEN {self._wake_channel}")
                 return  # listening anew: what changed before is not announced again, so look now
             for _ in self._listener.notifies(timeout=max(timeout_s, self._listen_s), stop_after=1):
                 break
         except (psycopg.OperationalError, psycopg.InterfaceError) as error:
             self._drop_listener()
             raise StoreUnavailable(f"PostgreSQL {self.describe()}: listening failed: {error}") from error
+
+    def wake(self) -> None:
+        with contextlib.suppress(StoreUnavailable), self._conn() as conn:  # unreachable: the wait ends on its own
+            conn.execute("SELECT pg_notify(%s, '')", (self._wake_channel,))
 
     def _drop_listener(self) -> None:
         if self._listener is not None:

@@ -108,7 +108,12 @@ class VoiceStore(Protocol):
         ...
 
     def wait_for_change(self, timeout_s: float) -> None:
-        """Return when the store may have changed (a notification), or after `timeout_s`."""
+        """Return when the store may have changed (a notification), or after `timeout_s`, or at `wake()`."""
+        ...
+
+    def wake(self) -> None:
+        """From another thread: make a `wait_for_change` under way return now (the catalog is closing,
+        and a pod's shutdown must not sit out a long wait)."""
         ...
 
     def close(self) -> None: ...

@@ -120,6 +120,17 @@ def test_a_change_on_one_replica_is_seen_by_another_within_a_second(replicas):
     assert REGISTRY.get_sample_value("bark_custom_voices") == 0
 
 
+def test_closing_a_replica_ends_its_watchers_wait_at_once(make_store):
+    """A pod's shutdown must not sit out the watcher's wait (30 s here, 5 s of LISTEN in production)."""
+    catalog = VoiceCatalog(make_store(), LIMITS, poll_s=30.0, cache_size=4)
+    catalog.start()
+    time.sleep(0.3)  # the watcher is in its wait by now
+    started = time.monotonic()
+    catalog.close()
+    assert catalog._thread is not None and not catalog._thread.is_alive()
+    assert time.monotonic() - started < 5.0
+
+
 def _store_up() -> float | None:
     return REGISTRY.get_sample_value("bark_voice_store_up")
 
