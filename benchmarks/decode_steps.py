@@ -73,6 +73,11 @@ def checkpoint_for(size: str, cache: Path) -> Path:
     return folder
 
 
+def device_label(device: torch.device) -> str:
+    """The machine a figure came from, for a benchmark's header line."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
