@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from decode_steps import checkpoint_for, device_label  # noqa: E402  (this folder is on sys.path when run as a script)
+from decode_steps import checkpoint_for, engine_header  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from bark_common.schema import SynthesisRequest  # noqa: E402
 from model_server.config import Settings  # noqa: E402
@@ -101,9 +101,7 @@ async def run(args: argparse.Namespace) -> None:
     )
     service = await asyncio.to_thread(SynthesisService.load, settings)
     await one_request(service, 0, 0)  # lazy initialisation, sentence splitter
-    device = service.engine.device
-    where = device_label(device)
-    print(f"# {args.size} checkpoint, {where}, {service.engine.dtype}, {args.tokens_per_word} tokens/word")
+    print(engine_header(args.size, service.engine, args.tokens_per_word))
     print(f"# chunking: {'one sentence per chunk' if service.sentence_chunks else 'packed sentences'}\n")
     print(
         "| clients | requests | first audio p50 (s) | first audio p95 (s) | real-time factor p50 "

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from continuous_load import engine_settings, parse_engine_args  # noqa: E402  (this folder is on sys.path when run as a script)
-from decode_steps import checkpoint_for, device_label  # noqa: E402
+from decode_steps import checkpoint_for, engine_header  # noqa: E402
 
 from bark_common.schema import SynthesisRequest  # noqa: E402
 from model_server.synthesis import SynthesisService  # noqa: E402
@@ -89,9 +89,8 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         await service.close()
     engine = service.engine
-    where = device_label(engine.device)
     print(
-        f"# {args.size} checkpoint, {where}, {engine.dtype}, {args.tokens_per_word} tokens/word, "
+        engine_header(args.size, engine, args.tokens_per_word) + ", "
         f"{args.sentences} sentences in {chunks} chunks, {args.others} other requests beside it, "
         f"{args.repeats} repeats\n"
     )

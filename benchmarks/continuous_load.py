@@ -44,7 +44,7 @@ from prometheus_client import REGISTRY
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from decode_steps import checkpoint_for, device_label  # noqa: E402  (this folder is on sys.path when run as a script)
+from decode_steps import checkpoint_for, engine_header  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from bark_common.schema import SynthesisRequest  # noqa: E402
 from model_server.config import Settings  # noqa: E402
@@ -229,8 +229,7 @@ async def run(args: argparse.Namespace) -> None:
         rows.capture_graphs()
     bench = Bench(model, schedulers)
     await bench.timed(request(1))  # warm-up: lazy initialisation, sentence splitter
-    where = device_label(engine.device)
-    print(f"# {args.size} checkpoint, {where}, {engine.dtype}, {args.tokens_per_word} tokens/word\n")
+    print(engine_header(args.size, engine, args.tokens_per_word) + "\n")
     if "concurrency" in args.scenarios:
         print("| scheduler | clients | requests | in a row (s) | together (s) | speed-up |\n|---|---|---|---|---|---|")
         for clients in args.clients:

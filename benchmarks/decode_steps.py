@@ -78,6 +78,11 @@ def device_label(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
 
 
+def engine_header(size: str, engine: Any, tokens_per_word: float) -> str:
+    """The start of a service-level benchmark's header: checkpoint, machine, dtype, token budget."""
+    return f"# {size} checkpoint, {device_label(engine.device)}, {engine.dtype}, {tokens_per_word} tokens/word"
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
