@@ -23,15 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from decode_steps import checkpoint_for, engine_header  # noqa: E402  (this folder is on sys.path when run as a script)
+from continuous_load import engine_settings, parse_engine_args  # noqa: E402  (this folder is on sys.path when run as a script)
+from decode_steps import checkpoint_for, engine_header  # noqa: E402
 
 from bark_common.schema import SynthesisRequest  # noqa: E402
-from model_server.config import Settings  # noqa: E402
 from model_server.synthesis import SynthesisService  # noqa: E402
 
 TEXT = (
@@ -90,15 +88,7 @@ async def level(service: SynthesisService, clients: int, duration: float) -> dic
 
 async def run(args: argparse.Namespace) -> None:
     checkpoint = checkpoint_for(args.size, args.cache_dir)
-    settings = Settings(
-        model_dir=checkpoint,
-        device=args.device,
-        max_batch_size=args.max_batch_size,
-        semantic_tokens_per_word=args.tokens_per_word,
-        semantic_tokens_min=1,
-        max_queue_chunks=4096,
-        warmup=True,
-    )
+    settings = engine_settings(args, checkpoint, max_queue_chunks=4096, warmup=True)
     service = await asyncio.to_thread(SynthesisService.load, settings)
     await one_request(service, 0, 0)  # lazy initialisation, sentence splitter
     print(engine_header(args.size, service.engine, args.tokens_per_word))
@@ -123,16 +113,9 @@ async def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["tiny", "small", "large"], default="tiny")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of back-to-back requests per level")
-    parser.add_argument("--tokens-per-word", type=float, default=10.0, help="semantic token budget per word")
-    parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "bench")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_engine_args(parser, argv, max_batch_size=64)  # 32 clients' streams, first sentences apart
     asyncio.run(run(args))
 
 

@@ -284,24 +284,26 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def engine_settings(args: argparse.Namespace, checkpoint: Path, **overrides: Any) -> Settings:
-    """The server's settings for a benchmark of the options `parse_engine_args` reads: no warm-up, and
-    every chunk capped by its words alone (random weights never emit EOS)."""
+    """The server's settings for a benchmark of the options `parse_engine_args` reads: no warm-up unless
+    `overrides` asks, and every chunk capped by its words alone (random weights never emit EOS)."""
+    defaults: dict[str, Any] = {"warmup": False}
     return Settings(
         model_dir=checkpoint,
         device=args.device,
-        warmup=False,
         max_batch_size=args.max_batch_size,
         semantic_tokens_per_word=args.tokens_per_word,
         semantic_tokens_min=1,
-        **overrides,
+        **{**defaults, **overrides},
     )
 
 
-def parse_engine_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+def parse_engine_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None, max_batch_size: int = 32
+) -> argparse.Namespace:
     """Parse `argv` with the options every service-level benchmark shares (token budget, rows,
     threads, device, checkpoint cache), and apply `--threads`."""
     parser.add_argument("--tokens-per-word", type=float, default=10.0, help="semantic token budget per word")
-    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-batch-size", type=int, default=max_batch_size)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "bench")
