@@ -188,10 +188,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/jobs/{job_id}/captions", tags=["jobs"], response_class=Response)
     async def captions(job_id: str, request: Request) -> Response:
         """A finished job's captions as an SRT or WebVTT file, when its model_input asked for them."""
-        await _get_job(service, job_id, _caller(service, request))  # 404 unless it is the caller's
-        job = await asyncio.to_thread(service.store.get, job_id, True)
-        if job is None:
-            raise NotFound("no job with this id")
+        job = await _get_job(service, job_id, _caller(service, request), with_result=True)
         file = job_captions(job)
         disposition = f'inline; filename="{file.filename}"'
         return Response(file.text, media_type=file.media_type, headers={"content-disposition": disposition})
@@ -323,9 +320,9 @@ def _accepted(job: Job) -> JobAccepted:
     return JobAccepted(job_id=job.id, status_url=f"{job.public_base}/jobs/{job.id}")
 
 
-async def _get_job(service: JobService, job_id: str, caller: Caller) -> Job:
+async def _get_job(service: JobService, job_id: str, caller: Caller, with_result: bool = False) -> Job:
     """The job, if this caller may see it: another key's job is a 404 like an unknown one."""
-    job = await asyncio.to_thread(service.store.get, job_id)
+    job = await asyncio.to_thread(service.store.get, job_id, with_result)
     if job is None or not caller.may_see(job.owner):
         raise NotFound("no job with this id")
     return job

@@ -127,7 +127,7 @@ class JobService:
         self._webhook_clients = WebhookClients(_webhook_tls(settings))
         model_headers = {"authorization": f"Bearer {key}"} if (key := settings.model_key(self.api_keys)) else {}
         gate = ModelGate(model_client, settings.readiness_url, model_headers, max_s=settings.retry_max_s)
-        runner = JobRunner(self.store, settings, model_client, key, self.wake_delivery, gate)
+        runner = JobRunner(self.store, settings, model_client, model_headers, self.wake_delivery, gate)
         deliverer = Deliverer(self.store, settings, self.metrics, self._webhook_clients, self.allowlist)
         self._tasks = [
             *(asyncio.create_task(self._run_loop(runner, gate)) for _ in range(settings.concurrency)),

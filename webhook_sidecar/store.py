@@ -29,6 +29,7 @@ from .jobs import (
     NEW_JOB_COLUMNS,
     NO_CAPS,
     STATES,
+    UNFINISHED,
     Caps,
     Job,
     NewJob,
@@ -39,7 +40,7 @@ from .jobs import (
 from .jobs import COLUMNS as _COLUMNS
 from .protocol import JobState
 from .sqlite_file import StoreLocked, migrate, take_file_lock
-from .store_base import Store, assignments, split_chunks
+from .store_base import Store, assignments, new_op, split_chunks
 
 __all__ = ["STATES", "Job", "JobStore", "StaleJob", "StoreLocked"]
 
@@ -180,7 +181,7 @@ class JobStore(Store):
                     return Job.from_row(row), False
             if caps.per_caller or caps.total:
                 mine, total = db.execute(
-                    "SELECT COALESCE(SUM(owner IS ?), 0), COUNT(*) FROM jobs WHERE state IN ('queued', 'running')",
+                    f"SELECT COALESCE(SUM(owner IS ?), 0), COUNT(*) FROM jobs WHERE {UNFINISHED}",
                     (new.owner,),
                 ).fetchone()
                 caps.check(int(mine), int(total))
@@ -240,7 +241,7 @@ class JobStore(Store):
 
     def claim_run(self, op: str | None = None) -> Job | None:
         now = self._clock()
-        op = op or secrets.token_hex(8)
+        op = op or new_op()
         with self._transaction() as db:
             row = (
                 db.execute(
@@ -260,7 +261,7 @@ class JobStore(Store):
 
     def claim_delivery(self, op: str | None = None) -> Job | None:
         now = self._clock()
-        op = op or secrets.token_hex(8)
+        op = op or new_op()
         with self._transaction() as db:
             again = db.execute(
                 f"SELECT {_COLUMNS}, result FROM jobs WHERE op_token = ? AND state = 'delivering' AND in_flight = 1",

@@ -119,11 +119,18 @@ class Store(ABC):
     # -- what is the same in both backends -------------------------------------------------------
 
     def _update_held(
-        self, job_id: str, allowed_from: tuple[JobState, ...], where: str = "", op: str | None = None, **changes: Any
+        self,
+        job_id: str,
+        allowed_from: tuple[JobState, ...],
+        where: str = "",
+        op: str | None = None,
+        audio: bytes | None = None,
+        **changes: Any,
     ) -> None:
-        """Set `changes` on a row this sidecar holds in one of `allowed_from`, keeping its state, its
-        `in_flight` and its lease. StaleJob when it is not there (finished, handed back, taken over)."""
-        if not self._update(job_id, allowed_from, changes, held=True, where=where, op=op):
+        """Set `changes` (and store `audio`) on a row this sidecar holds in one of `allowed_from`; what
+        `changes` leaves out (state, `in_flight`, lease) stays. StaleJob when it is not there (finished,
+        handed back, taken over)."""
+        if not self._update(job_id, allowed_from, changes, held=True, where=where, op=op, audio=audio):
             raise StaleJob(f"job {job_id} is not in {allowed_from} under this sidecar's hold")
 
     def _transition(
@@ -140,8 +147,7 @@ class Store(ABC):
         """Move a job this sidecar holds from one of `allowed_from` to `to`, setting `changes`; the row
         is left idle. StaleJob when it is not there; `count`: report `to`."""
         values = {"updated_at": self._clock(), **self._IDLE, "state": to, **changes}
-        if not self._update(job_id, allowed_from, values, held=True, where=where, op=op or new_op(), audio=audio):
-            raise StaleJob(f"job {job_id} is not in {allowed_from} under this sidecar's hold")
+        self._update_held(job_id, allowed_from, where, op or new_op(), audio, **values)
         if count:
             self._on_transition(to)
 
@@ -264,10 +270,6 @@ class Store(ABC):
             last_status_code=status_code,
             last_error=None,
         )
-
-    def release(self, job_id: str, op: str | None = None) -> None:
-        """A delivery cut short: due again at once for any sidecar; the attempt stays counted."""
-        self._transition(job_id, ("delivering",), "delivering", op, count=False, next_attempt_at=self._clock())
 
     def schedule_retry(
         self, job_id: str, delay_s: float, error: str, status_code: int | None, op: str | None = None

@@ -78,14 +78,14 @@ class JobRunner:
         store: Store,
         settings: Settings,
         client: httpx.AsyncClient,
-        model_key: str = "",
+        model_headers: dict[str, str] | None = None,
         on_finished: Callable[[], None] = lambda: None,
         gate: ModelGate | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.client = client
-        self.headers = {"authorization": f"Bearer {model_key}"} if model_key else {}
+        self.headers = model_headers or {}
         self.on_finished = on_finished
         self.gate = gate
 
