@@ -21,7 +21,8 @@ class FakeRows:
     """A row engine: payload (name, steps) finishes after `steps` steps as f"{key}:{name}".
 
     `poison` fails at its end (only its request must fail); more than `oom_above` active rows is
-    an out-of-memory step. Records which rows each step ran.
+    an out-of-memory step, more than `prefill_oom_above` an out-of-memory prefill at admission, and
+    `prefill_explode` makes the next admission's prefill raise. Records which rows each step ran.
     """
 
     def __init__(
@@ -35,6 +36,8 @@ class FakeRows:
         self.explode = explode
         self.explode_with = explode_with or "CUDA error: simulated"
         self.started = threading.Event()
+        self.prefill_oom_above: int | None = None
+        self.prefill_explode = False
 
     @property
     def active(self) -> int:
@@ -57,6 +60,7 @@ class FakeRows:
 
     def admit(self, jobs: Sequence[RowJob]) -> list[tuple[Any, BaseException]]:
         failed: list[tuple[Any, BaseException]] = []
+        joining: list[list[Any]] = []
         for job in jobs:
             name, steps = job.payload
             if name == "unknown-voice":
@@ -65,7 +69,14 @@ class FakeRows:
             if job.seed is None:
                 job.seed = len(self.admitted)
             self.admitted.append(name)
-            self.rows.append([job, steps])
+            joining.append([job, steps])
+        # The prefill of the joining rows, as the real engine runs it: they become rows only if it works.
+        if self.prefill_explode:
+            self.prefill_explode = False
+            raise RuntimeError("simulated prefill failure")
+        if self.prefill_oom_above is not None and len(self.rows) + len(joining) > self.prefill_oom_above:
+            raise MemoryError("simulated out of memory in a prefill")
+        self.rows.extend(joining)
         return failed
 
     def step(self) -> list[tuple[Any, Any]]:
@@ -316,6 +327,51 @@ def test_out_of_memory_shrinks_the_active_set_and_retries_with_the_same_seeds():
     assert [result.split(":")[2] for result in results] == ["0", "1", "2", "3", "4"]
 
 
+def test_out_of_memory_in_an_admissions_prefill_requeues_the_chunks_it_was_admitting():
+    rows = FakeRows()
+    rows.prefill_oom_above = 2
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=8)
+        results = await asyncio.wait_for(scheduler.submit("k", [(f"c{i}", 3) for i in range(5)]), timeout=10)
+        await scheduler.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert names(results) == [f"c{i}" for i in range(5)]
+    assert max(len(step) for step in rows.steps) <= 2
+
+
+def test_a_failing_prefill_fails_the_chunks_it_was_admitting_and_the_loop_survives():
+    rows = FakeRows()
+    rows.prefill_explode = True
+
+    async def scenario():
+        scheduler = make(rows)
+        with pytest.raises(BatchFailed, match="simulated prefill failure"):
+            await asyncio.wait_for(scheduler.submit("k", [("x", 2)]), timeout=10)
+        later = await asyncio.wait_for(scheduler.submit("k", [("y", 1)]), timeout=10)
+        await scheduler.close()
+        return later
+
+    assert names(asyncio.run(scenario())) == ["y"]
+
+
+def test_a_chunk_that_failed_at_admission_keeps_its_own_error_when_the_step_then_fails():
+    rows = FakeRows(explode=True)
+
+    async def scenario():
+        scheduler = make(rows)
+        futures = scheduler.enqueue("k", [("unknown-voice", 1), ("x", 2)])
+        outcomes = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout=10)
+        await scheduler.close()
+        return outcomes
+
+    own, stepped = asyncio.run(scenario())
+    assert isinstance(own, BatchFailed) and "unknown voice" in str(own)
+    assert isinstance(stepped, BatchFailed) and "simulated" in str(stepped)
+
+
 def test_a_row_out_of_memory_alone_fails_its_request():
     rows = FakeRows(oom_above=0)
 
@@ -490,3 +546,42 @@ def test_a_chunk_in_the_fine_stage_holds_no_row_for_fair_admission():
     first, second = asyncio.run(scenario())
     assert names(first) == ["a1", "a2", "a3"] and names(second) == ["b1"]
     assert rows.admitted == ["a1", "a2", "a3", "b1"], "a's chunks in the fine stage did not hand b the row"
+
+
+class HeldFinishingRows(FinishingRows):
+    """Rows done stepping stay in the fine stage until `release` is set; `most_rows`: the most rows
+    the engine ever held at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.most_rows = 0
+
+    def admit(self, jobs: Sequence[RowJob]) -> list[tuple[Any, BaseException]]:
+        failed = super().admit(jobs)
+        self.most_rows = max(self.most_rows, len(self.rows))
+        return failed
+
+    def _take_ready(self) -> list[tuple[Any, Any]]:
+        return super()._take_ready() if self.release.is_set() else []
+
+
+def test_a_cancelled_chunk_in_the_fine_stage_frees_no_row():
+    """It held no row once it left the decoding stages: cancelling it must not let one more row in."""
+    rows = HeldFinishingRows()
+
+    async def scenario():
+        scheduler = make(rows, max_batch_size=2)
+        (short,) = scheduler.enqueue("k", [("short", 1)])
+        longs = [*scheduler.enqueue("k", [("long-1", 400)]), *scheduler.enqueue("k", [("long-2", 400)])]
+        while id(short) not in {id(job.future) for job in scheduler._running.values()} or not rows.finishing:
+            await asyncio.sleep(0.001)
+        waiting = scheduler.enqueue("k", [("waiting", 2)])
+        scheduler.cancel([short])
+        await asyncio.sleep(0.1)  # the loop looks at the cancelled chunk and the free rows meanwhile
+        rows.release.set()
+        await asyncio.wait_for(asyncio.gather(*longs, *waiting), timeout=30)
+        await scheduler.close()
+
+    asyncio.run(scenario())
+    assert rows.most_rows <= 2

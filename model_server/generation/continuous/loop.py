@@ -26,7 +26,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -229,7 +229,9 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
                     return None
                 self._purge_waiting()
                 gone = [job for job in self._running.values() if job.future.done()]
-                if self._engine.active - len(gone) == 0 and not self._waiting:
+                # A cancelled chunk in the fine stage frees no row: it holds none.
+                freed = len(self._without_finishing(gone))
+                if self._engine.active - freed == 0 and not self._waiting:
                     self._limit = self.max_batch_size  # idle: forget an earlier out-of-memory
                 if gone or self._engine.active or self._finished_ready:
                     self._finished_ready = False
@@ -239,7 +241,7 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
                 # Nothing runs and every waiting chunk waits for a first chunk whose result is
                 # on its way to the event loop: look again shortly.
                 self._cond.wait(timeout=0.01 if self._waiting else None)
-            free = max(0, self._limit - (self._engine.active - len(gone)))
+            free = max(0, self._limit - (self._engine.active - freed))
             admitted = self._share_out(free) if free and self._waiting else []
             metrics.QUEUE_DEPTH.set(len(self._waiting))
             return gone, admitted
@@ -253,10 +255,8 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
         next row that frees up, and concurrent long texts split the rows between them.
         """
         # Rows, not requests' chunks in flight: a chunk in the fine stage holds no row any more.
-        finishing = self._engine.finishing
-        running = collections.Counter(
-            job.request for job in self._running.values() if not job.future.done() and id(job) not in finishing
-        )
+        holding = self._without_finishing(self._running.values())
+        running = collections.Counter(job.request for job in holding if not job.future.done())
         admitted: list[RowJob] = []
         while len(admitted) < free:
             best: int | None = None
@@ -290,18 +290,17 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
                 metrics.ADMISSION_WAIT.observe(now - job.enqueued_at)
                 self._running[id(job)] = job
             try:
-                outcomes: list[tuple[Any, Any]] = []
                 if admitted:
                     metrics.ADMISSIONS.inc(len(admitted))
                     metrics.BATCH_SIZE.observe(len(admitted))
-                    outcomes.extend(self._engine.admit(admitted))
+                    self._settle_all(self._engine.admit(admitted))  # chunks that failed on their own
                 if self._engine.active:
                     started = time.perf_counter()
                     metrics.ACTIVE_ROWS.observe(self._engine.active)
-                    outcomes.extend(self._engine.step())
+                    outcomes = self._engine.step()
                     metrics.STEP_SECONDS.observe(time.perf_counter() - started)
                 else:
-                    outcomes.extend(self._engine.collect())
+                    outcomes = self._engine.collect()
             except OUT_OF_MEMORY as error:
                 self._out_of_memory(error)
                 continue
@@ -311,16 +310,31 @@ class ContinuousScheduler(ChunkScheduler[Key, Result]):
                     return
                 logger.exception("a decoding step of %d rows failed", self._engine.active)
                 failure = BatchFailed(f"generation failed: {type(error).__name__}: {error}")
-                outcomes = [(job, failure) for job in self._engine.evict_all()]
+                outcomes = [(job, failure) for job in self._evict_all()]
             metrics.INFLIGHT_CHUNKS.set(self._engine.active)
-            for job, outcome in outcomes:
-                self._running.pop(id(job), None)
-                self._settle(job, outcome)
+            self._settle_all(outcomes)
 
-    def _out_of_memory(self, error: BaseException) -> None:
-        jobs = self._engine.evict_all()
+    def _without_finishing(self, jobs: Iterable[RowJob]) -> list[RowJob]:
+        """The jobs that hold a row (or were taking one): a chunk in the fine stage holds none."""
+        finishing = self._engine.finishing
+        return [job for job in jobs if id(job) not in finishing]
+
+    def _evict_all(self) -> list[RowJob]:
+        """Every row out of the engine; their jobs, out of `_running`. Jobs of a failed admission are
+        among them (the engine never made their rows), chunks in the fine stage are not."""
+        self._engine.evict_all()
+        jobs = self._without_finishing(self._running.values())
         for job in jobs:
             self._running.pop(id(job), None)
+        return jobs
+
+    def _settle_all(self, outcomes: Iterable[tuple[RowJob, Any]]) -> None:
+        for job, outcome in outcomes:
+            self._running.pop(id(job), None)
+            self._settle(job, outcome)
+
+    def _out_of_memory(self, error: BaseException) -> None:
+        jobs = [job for job in self._evict_all() if not job.future.done()]  # a cancelled one goes no further
         self._release_memory()
         if len(jobs) <= 1:
             for job in jobs:
