@@ -48,10 +48,16 @@ class VoiceChoice:
     #: The voice's own language (a custom voice's, if it has one; a preset's from its name).
     language: str | None = None
 
-    @property
-    def label(self) -> str:
-        """The `voice` label of bark_voice_requests_total: bounded (every custom voice is `custom`)."""
-        return "custom" if self.prompt is not None else self.name
+
+def voice_entry(record: VoiceRecord, caller: Caller) -> dict[str, Any]:
+    """A custom voice as `caller` sees it (listing, upload, publish): the owner's hash to admins only."""
+    entry = record.describe()
+    language = LANGUAGES.get(record.language or "")
+    entry["language_name"] = language.name if language else ""
+    entry["own"] = record.owner == caller.owner
+    if caller.admin:
+        entry["owner"] = record.owner
+    return entry
 
 
 class CustomVoices:
@@ -101,8 +107,18 @@ class CustomVoices:
         return VoiceChoice(record.name, CUSTOM_KEY + prompt.digest, prompt, record.language)
 
     def resolve(self, voice: str, caller: Caller, field: str = "voice") -> str:
-        """`voice` checked for `caller`, an alias replaced by its preset (a request keeps the others' names)."""
-        return self.choose(voice, caller, field).name
+        """`voice` checked for `caller`, an alias replaced by its preset (a request keeps the others' names).
+
+        From the in-memory index alone: the prompt is read when the request is planned (`choose`), in
+        a worker thread, not here (v1 resolves while parsing) and not twice."""
+        if voice == RANDOM_VOICE:
+            return voice
+        aliases = getattr(self.presets, "aliases", {})
+        if voice in aliases or voice in self.presets.names:
+            return str(self.presets.resolve(voice, field))
+        if self._find(voice, caller) is None:
+            self.presets.check(voice, field)  # the preset library's 400, which names the list
+        return voice
 
     def _find(self, name: str, caller: Caller) -> VoiceRecord | None:
         if self.catalog is None or not NAME_PATTERN.fullmatch(name):
@@ -114,14 +130,7 @@ class CustomVoices:
         """Presets (with their language) and aliases; then the custom voices the caller may use
         (its own and the published ones; an admin sees every voice, with its owner)."""
         voices: list[dict[str, Any]] = list(self.presets.describe())
-        for record in self._visible(caller):
-            entry = record.describe()
-            language = LANGUAGES.get(record.language or "")
-            entry["language_name"] = language.name if language else ""
-            entry["own"] = record.owner == caller.owner
-            if caller.admin:
-                entry["owner"] = record.owner
-            voices.append(entry)
+        voices.extend(voice_entry(record, caller) for record in self._visible(caller))
         return {"voices": voices, "aliases": getattr(self.presets, "aliases", {}), "random": RANDOM_VOICE}
 
     def _visible(self, caller: Caller) -> list[VoiceRecord]:

@@ -121,10 +121,7 @@ class BarkTTS(Model):
                 payload = orjson.loads(payload)
             except orjson.JSONDecodeError as error:
                 raise InvalidInput(f"body is not valid JSON: {error}", param=None) from None
-        instances = parse_predict_body(payload, self.settings)
-        service = self.service
-        caller = service.callers.of(headers or {})
-        return [service.resolve_voices(instance, f"instances[{i}]", caller) for i, instance in enumerate(instances)]
+        return parse_predict_body(payload, self.settings)
 
     async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
         """One request id for logs and errors; a log line for every outcome (outcomes.py counts them)."""
@@ -166,7 +163,7 @@ class BarkTTS(Model):
                 }
                 request_logger.info("synthesis failed", extra={"fields": fields})
 
-    async def predict(self, payload: list[SynthesisRequest], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    async def predict(self, instances: list[SynthesisRequest], headers: dict[str, str] | None = None) -> dict[str, Any]:
         request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
         started = time.perf_counter()
         timeout = self.settings.request_timeout_s
@@ -176,12 +173,14 @@ class BarkTTS(Model):
         service = self.service
         caller = service.callers.of(headers or {})
 
-        def plan_all() -> list[SynthesisPlan]:
-            plans = [service.plan(item, where=f"instances[{i}]", caller=caller) for i, item in enumerate(payload)]
+        def plan_all() -> tuple[list[SynthesisRequest], list[SynthesisPlan]]:
+            # Every instance's voices first (their 400s before any planning's), then the plans.
+            requests = [service.resolve_voices(item, f"instances[{i}]", caller) for i, item in enumerate(instances)]
+            plans = [service.plan(item, where=f"instances[{i}]", caller=caller) for i, item in enumerate(requests)]
             service.check_output(chunk for plan in plans for chunk in plan.chunks)
-            return plans
+            return requests, plans
 
-        plans = await asyncio.to_thread(plan_all)
+        payload, plans = await asyncio.to_thread(plan_all)
         try:
             pairs = zip(payload, plans, strict=True)
             work = (service.synthesize(instance, plan, request_id) for instance, plan in pairs)

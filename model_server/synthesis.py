@@ -72,9 +72,12 @@ class ChunkPayload:
 class TurnPlan:
     """One turn's chunks, all in its voice (a plain prompt is one turn)."""
 
-    voice: str
     chunks: list[ChunkPayload]
     choice: VoiceChoice
+
+    @property
+    def voice(self) -> str:
+        return self.choice.name
 
     @property
     def key(self) -> str | None:
@@ -236,7 +239,7 @@ class SynthesisService:
             chunks = self.plan_chunks(turn.text, language, request.batch_chunk_size, first_alone, field)
             if choice.prompt is not None:
                 chunks = [replace(chunk, history=choice.prompt) for chunk in chunks]
-            turns.append(TurnPlan(choice.name, chunks, choice))
+            turns.append(TurnPlan(chunks, choice))
         return SynthesisPlan(turns, caller, request.save_voice, request.continuity == "previous")
 
     def _check_voice_options(self, request: SynthesisRequest, where: str, caller: Caller) -> None:

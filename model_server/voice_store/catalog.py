@@ -137,9 +137,13 @@ class VoiceCatalog:
 
     # -- reading ---------------------------------------------------------------------------------
     def owner_secret(self) -> bytes:
+        """The key of owner hashes, read once by `reload()` (at start, else by the watcher as soon as the
+        store answers): a request never waits on the store for it. Unavailable until then."""
         if self._secret is None:
-            with self._operation("connect"):
-                self._secret = self.store.owner_secret()
+            raise Unavailable(
+                f"the voice store has not been reached yet ({self.store.kind}); presets still work",
+                retry_after_s=RETRY_AFTER_S,
+            )
         return self._secret
 
     def get(self, owner: str, name: str) -> VoiceRecord | None:

@@ -129,11 +129,16 @@ def test_an_upload_is_listed_for_its_key_only(keyed_server, mine):
 
 
 def test_a_json_upload_works_too_and_the_voice_reads_back_as_a_canonical_npz(keyed_server):
-    body = {"name": "from-json", "consent": CONSENT, "npz_base64": base64.b64encode(savez(ARRAYS, True)).decode()}
+    npz = base64.b64encode(savez(ARRAYS, True)).decode()
+    body = {"name": "from-json", "consent": CONSENT, "language": "de", "npz_base64": npz}
     with keyed_server.client() as client:
         created = client.post(VOICES, headers=auth(KEY_A), json=body)
         assert created.status_code == 201, created.text
         assert (created.json()["semantic_tokens"], created.json()["frames"]) == (309, 464)
+        # The upload's answer shows the voice as the listing does.
+        (listed,) = [voice for voice in listing(keyed_server, KEY_A) if voice["name"] == "from-json"]
+        assert {key: created.json()[key] for key in listed} == listed
+        assert listed["language_name"] == "German"
         downloaded = client.get(f"{VOICES}/from-json", headers=auth(KEY_A))
     assert downloaded.status_code == 200 and downloaded.headers["content-type"] == "application/octet-stream"
     with np.load(io.BytesIO(downloaded.content), allow_pickle=False) as loaded:

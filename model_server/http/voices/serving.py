@@ -20,10 +20,10 @@ from pydantic import ValidationError
 from bark_common.errors import InvalidInput
 from bark_common.schema import invalid_input_from
 from model_server.callers import Caller
+from model_server.custom_voices import voice_entry
 from model_server.generation.speaker_prompt import read_npz
 from model_server.http.voices.protocol import PublishRequest, VoiceFields, VoiceUpload
 from model_server.synthesis import SynthesisService
-from model_server.voice_store.records import VoiceRecord
 
 #: The multipart field that holds the `.npz`.
 FILE_FIELD = "file"
@@ -55,14 +55,6 @@ def parse_form_fields(fields: Mapping[str, str]) -> VoiceFields:
         raise invalid_input_from(error) from None
 
 
-def describe(record: VoiceRecord, caller: Caller) -> dict[str, Any]:
-    entry = record.describe()
-    entry["own"] = record.owner == caller.owner
-    if caller.admin:
-        entry["owner"] = record.owner
-    return entry
-
-
 class VoicesService:
     """What the voice routes ask of the synthesis service's custom voices."""
 
@@ -80,7 +72,7 @@ class VoicesService:
         prompt = read_npz(npz, limits, self.synthesis.settings.voice_max_bytes, file_field)
         record = self.voices.add(caller, fields.name, prompt, fields.consent, fields.language, fields.description)
         return {
-            **describe(record, caller),
+            **voice_entry(record, caller),
             "semantic_tokens": prompt.semantic.shape[0],
             "frames": prompt.coarse.shape[1],
         }
@@ -98,4 +90,4 @@ class VoicesService:
             raise InvalidInput(f"body is not valid JSON: {error}", param=None) from None
         except ValidationError as error:
             raise invalid_input_from(error) from None
-        return describe(self.voices.publish(caller, name, request.published, owner), caller)
+        return voice_entry(self.voices.publish(caller, name, request.published, owner), caller)
