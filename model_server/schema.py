@@ -68,11 +68,11 @@ def parse_predict_body(body: Any, settings: Settings) -> list[SynthesisRequest]:
         )
     for index, instance in enumerate(request.instances):
         _check_bounds(instance, f"instances[{index}]", settings)
-    _check_total_words(request.instances, settings)
+    check_total_words(request.instances, settings, "instances")
     return request.instances
 
 
-def _check_total_words(instances: list[SynthesisRequest], settings: Settings) -> None:
+def check_total_words(instances: list[SynthesisRequest], settings: Settings, field: str) -> None:
     """One request's words over all its instances and turns, each counted in its language (an alias
     voice counts as English: CJK text is counted by its characters whatever the language)."""
     texts = (
@@ -80,7 +80,7 @@ def _check_total_words(instances: list[SynthesisRequest], settings: Settings) ->
         for instance in instances
         for turn in instance.spoken_turns()
     )
-    check_words_per_request(texts, settings.max_words_per_request, "instances")
+    check_words_per_request(texts, settings.max_words_per_request, field)
 
 
 def _check_bounds(instance: SynthesisRequest, where: str, settings: Settings) -> None:

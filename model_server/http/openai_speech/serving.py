@@ -44,13 +44,11 @@ from model_server.generation.audio import (
     stream_encoder,
     streaming_formats,
 )
-from model_server.generation.languages import resolve_language
-from model_server.generation.limits import check_words_per_request
 from model_server.http.errors import openai_error
 from model_server.http.openai_speech.protocol import SpeechRequest
 from model_server.http.outcomes import note_failure
 from model_server.paths import OPENAI_SPEECH_ROUTE
-from model_server.schema import SynthesisRequest, check_chunk_words, check_text_or_turns
+from model_server.schema import SynthesisRequest, check_chunk_words, check_text_or_turns, check_total_words
 from model_server.synthesis import SynthesisPlan, SynthesisService
 
 logger = logging.getLogger(__name__)
@@ -118,8 +116,7 @@ class SpeechService:
         if request.input is not None:
             fields["prompt"] = request.input
         synthesis = self.synthesis.resolve_voices(SynthesisRequest.model_validate(fields), caller=caller)
-        texts = [(turn.text, resolve_language(turn.language, turn.voice)) for turn in synthesis.spoken_turns()]
-        check_words_per_request(texts, settings.max_words_per_request, "input" if request.turns is None else "turns")
+        check_total_words([synthesis], settings, "input" if request.turns is None else "turns")
         check_chunk_words(request.batch_chunk_size, settings, "batch_chunk_size")
         # Streaming speaks the first sentence as its own chunk so that audio starts sooner.
         first_alone = request.streaming is not None

@@ -30,6 +30,7 @@ from model_server.http.voices.protocol import (
     OpenAIErrorResponse,
     PublishRequest,
     VoiceEntry,
+    VoiceFields,
     VoiceListing,
     VoiceUpload,
 )
@@ -147,15 +148,12 @@ def register_voice_routes(app: FastAPI, synthesis: SynthesisService, model_name:
             response_model=VoiceListing,
             responses={401: errors[401]},
         )
+    fields = VoiceFields.model_json_schema()
     form = {
         "type": "object",
-        "required": ["name", "consent", FILE_FIELD],
+        "required": [*fields["required"], FILE_FIELD],
         "properties": {
-            **{
-                key: value
-                for key, value in VoiceUpload.model_json_schema()["properties"].items()
-                if key != "npz_base64"
-            },
+            **fields["properties"],
             FILE_FIELD: {"type": "string", "format": "binary", "description": "the speaker prompt (.npz)"},
         },
     }
