@@ -25,7 +25,6 @@ import functools
 import json
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -39,9 +38,12 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from decode_steps import checkpoint_for, synchronize
+
 from model_server.config import Settings
 from model_server.generation.engine import BarkEngine, Sampling
-from model_server.tiny import build_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: The region the GPU path captures as one graph; ops inside it are not eager launches.
 CAPTURED = "bark.captured_step"
@@ -71,6 +73,11 @@ METADATA_OPS = frozenset(
         "aten::permute",
         "aten::narrow",
         "aten::empty_like",
+        "aten::split",
+        "aten::split_with_sizes",
+        "aten::unbind",
+        "aten::resize_",
+        "aten::numpy_T",
     }
 )
 
@@ -276,18 +283,13 @@ def _block_steps_ms(row_engine: Any, stages: dict[str, int]) -> float:
         for _ in range(3):
             run()
         repeats = 50
-        _sync(stepper.device)
+        synchronize(stepper.device)
         started = time.perf_counter()
         for _ in range(repeats):
             run()
-        _sync(stepper.device)
+        synchronize(stepper.device)
         total += (time.perf_counter() - started) / repeats
     return total * 1e3
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Instrumented:
@@ -345,19 +347,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="one JSON object per --rows value instead of a table")
+    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "bench")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = []
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = build_checkpoint(Path(folder) / args.size, size=args.size)
-        decoder = "static" if args.device == "cpu" else "auto"
-        settings = Settings(model_dir=checkpoint, device=args.device, decoder=decoder, attention=args.attention)
-        engine = BarkEngine(settings.model_copy(update={"warmup": False}))
-        print(f"# {args.size} shapes on {engine.device}, {engine.dtype}, attention {engine.attention}", flush=True)
-        for rows in args.rows:
-            results.append(profile_loop(engine, rows, args.iterations))
-            if args.json:
-                print(json.dumps(results[-1]), flush=True)
+    checkpoint = checkpoint_for(args.size, args.cache_dir)  # built once, shared with the other benchmarks
+    decoder = "static" if args.device == "cpu" else "auto"
+    settings = Settings(model_dir=checkpoint, device=args.device, decoder=decoder, attention=args.attention)
+    engine = BarkEngine(settings.model_copy(update={"warmup": False}))
+    print(f"# {args.size} shapes on {engine.device}, {engine.dtype}, attention {engine.attention}", flush=True)
+    for rows in args.rows:
+        results.append(profile_loop(engine, rows, args.iterations))
+        if args.json:
+            print(json.dumps(results[-1]), flush=True)
     if not args.json:
         print(
             "| rows | semantic + coarse | host syncs / iteration | late reads | eager ops | iteration (ms) "
