@@ -15,9 +15,10 @@ import torch
 from model_server.config import Settings
 from model_server.generation.engine import BatchOutput, Sampling
 from model_server.generation.scheduler import BatchRunner, Scheduler
-from model_server.generation.speaker_prompt import PromptLimits, SpeakerPrompt
+from model_server.generation.speaker_prompt import SpeakerPrompt
 from model_server.model import BarkTTS
 from model_server.synthesis import SynthesisService
+from tests.voice_files import LIMITS
 
 SAMPLE_RATE = 24_000
 
@@ -42,7 +43,7 @@ class StubEngine:
         self.max_semantic_tokens = 768  # the hub checkpoints' semantic max_new_tokens
         self.voices = StubVoices()
         # Bark's layout (bark-small and bark alike).
-        self.prompt_limits = PromptLimits(10_000, 1_024, 2, 8, 75 / 49.9, 768, 1155, 341, 512)
+        self.prompt_limits = LIMITS
         self.oom_above = oom_above
         self.explode_on = explode_on
         self.calls: list[list[str]] = []

@@ -7,9 +7,20 @@ import zipfile
 from collections.abc import Callable
 
 import numpy as np
+from transformers.models.bark.generation_configuration_bark import (
+    BarkCoarseGenerationConfig,
+    BarkFineGenerationConfig,
+    BarkSemanticGenerationConfig,
+)
+
+from model_server.generation.speaker_prompt import PromptLimits
 
 #: The server's default `voice_max_bytes`.
 MAX_BYTES = 512 * 1024
+#: Bark's layout, from transformers' defaults (bark-small and bark share them).
+LIMITS = PromptLimits.of(
+    BarkSemanticGenerationConfig(), BarkCoarseGenerationConfig(), BarkFineGenerationConfig(), 1024, 768
+)
 
 
 def bark_arrays(tokens: int = 309, frames: int = 464, seed: int = 0) -> dict[str, np.ndarray]:

@@ -18,9 +18,8 @@ from hypothesis import strategies as st
 from bark_common.errors import InvalidInput
 from model_server.generation.speaker_prompt import SpeakerPrompt, read_npz
 from tests.fuzz.conftest import assert_healthy
-from tests.generation.test_speaker_prompt import LIMITS
 from tests.serving import RunningServer
-from tests.voice_files import MAX_BYTES, bark_arrays, savez
+from tests.voice_files import LIMITS, MAX_BYTES, bark_arrays, savez
 
 VALID = savez(bark_arrays(tokens=60, frames=90))
 names = (f"fuzzed-{number}" for number in itertools.count())

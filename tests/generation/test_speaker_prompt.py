@@ -6,20 +6,11 @@ import io
 
 import numpy as np
 import pytest
-from transformers.models.bark.generation_configuration_bark import (
-    BarkCoarseGenerationConfig,
-    BarkFineGenerationConfig,
-    BarkSemanticGenerationConfig,
-)
 
 from bark_common.errors import InvalidInput
-from model_server.generation.speaker_prompt import PromptLimits, SpeakerPrompt, read_npz
-from tests.voice_files import BAD, MAX_BYTES, bark_arrays, savez
+from model_server.generation.speaker_prompt import SpeakerPrompt, read_npz
+from tests.voice_files import BAD, LIMITS, MAX_BYTES, bark_arrays, savez
 
-#: Bark's layout, from transformers' defaults (bark-small and bark share them).
-LIMITS = PromptLimits.of(
-    BarkSemanticGenerationConfig(), BarkCoarseGenerationConfig(), BarkFineGenerationConfig(), 1024, 768
-)
 FIELD = "file"
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.load.report import memory_mb
 from tests.sidecar.harness import SECRET, FakeModel, Receiver, SidecarProcess, job_body, submit, wait_for
 
 SAMPLE_RATE = 24_000
@@ -46,10 +47,7 @@ def long_prediction(seconds: int = TEN_MINUTES_S) -> dict[str, Any]:
 
 def peak_rss_mib(pid: int) -> float:
     """The process's peak resident set size so far (VmHWM), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc (not Linux?)")
+    return memory_mb(pid, "VmHWM")
 
 
 @pytest.fixture

@@ -25,11 +25,10 @@ from model_server.voice_store.catalog import VoiceCatalog
 from model_server.voice_store.directory import DirectoryVoiceStore
 from model_server.voice_store.postgres import PostgresVoiceStore
 from model_server.voice_store.records import VoiceRecord, VoiceStore
-from tests.generation.test_speaker_prompt import LIMITS
 from tests.serving import free_port
 from tests.sidecar.postgres import PostgresServer
-from tests.voice_files import bark_arrays
-from tests.voices.conftest import pg_ctl
+from tests.voice_files import LIMITS, bark_arrays
+from tests.voices.conftest import seconds_until
 
 #: A catalog's version poll: PostgreSQL must be seen to change by its notifications alone.
 POLL_S = {"directory": 0.1, "postgres": 30.0}
@@ -72,15 +71,6 @@ def replicas(make_store: Callable[[], VoiceStore], kind: str) -> Iterator[Callab
         catalog.close()
 
 
-def eventually(check: Callable[[], bool], within_s: float) -> float:
-    """Seconds until `check()` held; fails after `within_s`."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < within_s, f"not within {within_s} s"
-        time.sleep(0.01)
-    return time.monotonic() - started
-
-
 def test_a_voice_is_stored_read_listed_and_deleted(make_store):
     store = make_store()
     try:
@@ -111,12 +101,12 @@ def test_every_replica_hashes_owners_with_the_same_secret(make_store):
 def test_a_change_on_one_replica_is_seen_by_another_within_a_second(replicas):
     writer, reader = replicas(), replicas()
     assert writer.add(record("fresh"), prompt())
-    assert eventually(lambda: reader.get("owner-a", "fresh") is not None, within_s=1.0) < 1.0
+    assert seconds_until(lambda: reader.get("owner-a", "fresh") is not None, within_s=1.0) < 1.0
     assert reader.npz(reader.get("owner-a", "fresh")) == prompt().to_npz()  # type: ignore[arg-type]
     assert writer.set_published("owner-a", "fresh", True)
-    eventually(lambda: reader.published("fresh") is not None, within_s=1.0)
+    seconds_until(lambda: reader.published("fresh") is not None, within_s=1.0)
     assert writer.delete("owner-a", "fresh")
-    eventually(lambda: reader.get("owner-a", "fresh") is None, within_s=1.0)
+    seconds_until(lambda: reader.get("owner-a", "fresh") is None, within_s=1.0)
     assert REGISTRY.get_sample_value("bark_custom_voices") == 0
 
 
@@ -143,7 +133,7 @@ def outage(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[C
     """(break, mend) the store as an operator's outage would: PostgreSQL stopped; the volume gone."""
     if kind == "postgres":
         server: PostgresServer = request.getfixturevalue("postgres")
-        return (lambda: pg_ctl(server, "stop")), (lambda: pg_ctl(server, "start"))
+        return server.stop, server.start
     root, away = tmp_path / "voices", tmp_path / "unmounted"
     return (lambda: shutil.move(root, away)), (lambda: shutil.move(away, root))
 
@@ -151,7 +141,7 @@ def outage(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[C
 def test_a_replica_without_its_store_serves_what_it_cached_and_recovers(replicas, kind, tmp_path, request):
     writer, replica = replicas(), replicas()
     assert writer.add(record("cached"), prompt()) and writer.add(record("not-cached", seed=1), prompt(1))
-    eventually(lambda: replica.get("owner-a", "not-cached") is not None, within_s=1.0)
+    seconds_until(lambda: replica.get("owner-a", "not-cached") is not None, within_s=1.0)
     cached = replica.get("owner-a", "cached")
     assert cached is not None
     replica.prompt(cached)  # read once: now in this replica's memory
@@ -159,7 +149,7 @@ def test_a_replica_without_its_store_serves_what_it_cached_and_recovers(replicas
     stop, start = outage(kind, tmp_path, request)
     stop()
     try:
-        eventually(lambda: not replica.up, within_s=10.0)
+        seconds_until(lambda: not replica.up, within_s=10.0)
         assert _store_up() == 0
         assert replica.prompt(cached).digest == prompt().digest, "a cached voice still works"
         with pytest.raises(Unavailable):
@@ -170,10 +160,10 @@ def test_a_replica_without_its_store_serves_what_it_cached_and_recovers(replicas
         assert _errors("watch") + _errors("read") + _errors("write") > errors_before
     finally:
         start()
-    eventually(lambda: replica.up, within_s=15.0)
+    seconds_until(lambda: replica.up, within_s=15.0)
     assert _store_up() == 1
     assert writer.add(record("after", seed=3), prompt(3))
-    eventually(lambda: replica.get("owner-a", "after") is not None, within_s=2.0)
+    seconds_until(lambda: replica.get("owner-a", "after") is not None, within_s=2.0)
 
 
 def test_a_replica_that_never_reached_its_store_serves_presets_to_keyed_callers(engine: BarkEngine) -> None:

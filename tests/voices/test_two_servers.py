@@ -8,8 +8,7 @@ version poll is set to 10 s here, so only a notification can make a second.
 from __future__ import annotations
 
 import base64
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ import pytest
 from tests.serving import RunningServer, running_server
 from tests.sidecar.postgres import PostgresServer
 from tests.voice_files import bark_arrays, savez
+from tests.voices.conftest import seconds_until
 
 KEY_A, KEY_B = "first-key-0123456789", "second-key-0123456789"
 VOICES = "/v1/audio/voices"
@@ -54,14 +54,6 @@ def names(server: RunningServer, key: str) -> set[str]:
 def speak(server: RunningServer, key: str, voice: str) -> httpx.Response:
     body = {"instances": [{"prompt": "Shared voices.", "voice": voice, "seed": 7}]}
     return httpx.post(server.url + PREDICT, headers=headers(key), json=body, timeout=120)
-
-
-def seconds_until(check: Callable[[], bool], limit_s: float = 10.0) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < limit_s
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 def test_a_voice_travels_between_servers_within_a_second(two_servers):
