@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -70,6 +71,13 @@ class RecordingRows(BarkRowEngine):
         return Reference(np.array(row.semantic), np.array(own), fine.cpu().numpy(), audio)
 
 
+def job(spec: Spec) -> SimpleNamespace:
+    """A row job for the row engine: the spec's text, voice, sampling and budget; no seed yet."""
+    return SimpleNamespace(
+        key=(spec.voice, spec.sampling), payload=SimpleNamespace(text=spec.text, budget=spec.budget), seed=None
+    )
+
+
 def load() -> list[Reference]:
     with np.load(DATA) as data:
         return [
@@ -91,13 +99,13 @@ def save(references: list[Reference], path: Path = DATA) -> None:
 
 if __name__ == "__main__":  # pragma: no cover - run by hand against the code being recorded
     import tempfile
-    from types import SimpleNamespace
 
     import torch
 
     from model_server.config import Settings
     from model_server.generation.engine import BarkEngine
     from model_server.tiny import build_checkpoint
+    from tests.generation.row_runs import run_rows
 
     torch.set_num_threads(1)
 
@@ -107,14 +115,8 @@ if __name__ == "__main__":  # pragma: no cover - run by hand against the code be
         rows = RecordingRows(engine, max_rows=8)
         references = []
         for spec in SPECS:
-            job = SimpleNamespace(
-                key=(spec.voice, spec.sampling), payload=SimpleNamespace(text=spec.text, budget=spec.budget), seed=None
-            )
-            assert not rows.admit([job])
-            outcome = None
-            while rows.active:
-                for _, result in rows.step():
-                    outcome = result
+            row_job = job(spec)
+            outcome = run_rows(rows, [row_job])[id(row_job)]
             assert isinstance(outcome, Reference), outcome
             references.append(outcome)
         save(references, Path(sys.argv[1]) if len(sys.argv) > 1 else DATA)

@@ -8,23 +8,15 @@ tokens and the same waveform, alone, all together with unseeded mates, and joini
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
 from model_server.generation.continuous.bark_rows import BarkRowEngine
 from model_server.generation.engine import BarkEngine, Sampling
-from tests.generation.reference_rows import SPECS, RecordingRows, Reference, Spec, load
+from tests.generation.reference_rows import SPECS, RecordingRows, Reference, Spec, job, load
 from tests.generation.row_runs import run_rows as run
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-
-def job(spec: Spec) -> SimpleNamespace:
-    return SimpleNamespace(
-        key=(spec.voice, spec.sampling), payload=SimpleNamespace(text=spec.text, budget=spec.budget), seed=None
-    )
 
 
 def assert_matches(got: object, expected: Reference) -> None:
