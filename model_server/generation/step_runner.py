@@ -215,12 +215,9 @@ class StepRunner:
         bucket = batch_bucket(rows) if self.pad_batches else rows
         kv_len = self._kv_len(stage, position)
         self._position.fill_(position)
-        if self.use_cuda_graphs:
-            captured = self._graph_or_eager(stage, bucket, kv_len)
-            if captured is not None:
-                captured.graph.replay()
-                return cast(torch.Tensor, captured.output)[:rows]
-        return self._step(stage, bucket, kv_len)[:rows]
+        key = (stage.name, bucket, kv_len)
+        output = self.graphs.run(key, lambda: self._step(stage, bucket, kv_len), self.use_cuda_graphs)
+        return cast(torch.Tensor, output)[:rows]
 
 
 def _describe(key: Any) -> str:
