@@ -214,7 +214,7 @@ class BarkRowEngine:
         history = self.engine.voices.history(voice, payload_history)
         history_host = self.engine.voices.host_history(voice, payload_history)
         configs = Configs(semantic, coarse, fine)
-        return Row(job, text, voice, sampling, budget, job.seed, configs, history, history_host=history_host)
+        return Row(job, text, voice, sampling, budget, job.seed, configs, history, history_host)
 
     def _join(self, stage_name: str, slots: list[int], rows: list[Row], prompts: list[torch.Tensor]) -> None:
         """Prefill `rows` into `slots` (one call for all) and write their state there."""

@@ -23,7 +23,7 @@ from transformers.models.bark.generation_configuration_bark import (
 
 from model_server import metrics
 from model_server.generation.continuous.fine import FineRow, generate_fine
-from model_server.generation.continuous.slots import upload
+from model_server.generation.continuous.slots import to_device, upload
 from model_server.generation.engine import Sampling, tokenize_chunks
 from model_server.generation.speaker_prompt import KeptChunk, SpeakerPrompt
 
@@ -86,7 +86,7 @@ class Row:
     configs: Configs
     history: dict[str, torch.Tensor] | None
     #: The same voice prompt on the host: the coarse plan is made from it without reading the device.
-    history_host: dict[str, torch.Tensor] | None = None
+    history_host: dict[str, torch.Tensor] | None
     stage: str = "semantic"
     #: The host's mirror of the row's device position (where its next token is written): advanced
     #: at each launch, so the loop picks key-range buckets without reading the device. It may run one
@@ -114,8 +114,6 @@ def coarse_plan(row: Row, coarse_model: Any, codebook_size: int, device: torch.d
     frames = torch.floor(torch.tensor([len(row.semantic)]) * ratio / codebooks)
     output_length = int(torch.round(frames * codebooks).int().item())
     history = row.history_host
-    if history is None and row.history is not None:  # a prompt only on the device: one read at a stage move
-        history = {name: tensor.cpu() for name, tensor in row.history.items()}
     # On host tensors: shape arithmetic only, and the coarse history must become a list anyway.
     semantic_history, coarse_history = torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0, dtype=torch.long)
     if history is not None:  # without a voice transformers would make its empty histories on the device
@@ -128,7 +126,7 @@ def coarse_plan(row: Row, coarse_model: Any, codebook_size: int, device: torch.d
             codebook_size=codebook_size,
         )
     semantic_host = torch.cat([semantic_history.cpu().long().reshape(-1), torch.tensor(row.semantic, dtype=torch.long)])
-    semantic = semantic_host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else semantic_host
+    semantic = to_device(semantic_host, device)
     coarse_tokens = [int(token) for token in coarse_history.cpu().reshape(-1).tolist()]
     return CoarsePlan(
         semantic=semantic,
@@ -151,7 +149,7 @@ def semantic_prompts(rows: list[Row], tokenizer: Any, table: torch.Tensor, devic
     ids = encoded["input_ids"].long() + config.text_encoding_offset
     ids = ids.masked_fill(~encoded["attention_mask"].bool(), config.text_pad_token)[:, :length]
     ids = F.pad(ids, (0, length - ids.shape[1]), value=config.text_pad_token)
-    ids = ids.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else ids
+    ids = to_device(ids, device)
     histories = torch.stack([_semantic_history(row, length, device) for row in rows])
     infer = torch.full((len(rows), 1), config.semantic_infer_token, dtype=torch.long, device=device)
     return torch.cat([F.embedding(ids, table) + F.embedding(histories, table), F.embedding(infer, table)], dim=1)

@@ -46,6 +46,11 @@ def upload(values: Any, dtype: torch.dtype, device: torch.device) -> torch.Tenso
     return torch.tensor(values, dtype=dtype, pin_memory=cuda).to(device, non_blocking=cuda)
 
 
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on the device, queued as `upload` queues host data (pinned, `non_blocking`)."""
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+
+
 @dataclass
 class StageSlots:
     tokens: torch.Tensor
