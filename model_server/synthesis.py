@@ -159,12 +159,12 @@ class SynthesisService:
     def load(cls, settings: Settings, on_fatal: FatalHandler | None = None) -> SynthesisService:
         """Load Bark's weights and warm them up (when `settings.warmup`), then start the scheduler.
 
-        Under the continuous scheduler the batch decoder's graphs are never used, so they are not
-        captured (its warm-up generation still runs, eagerly); the row engine warms itself up.
+        Under the continuous scheduler the batch path (its graphs, a generation) is never used, so only
+        the voice presets are loaded here; the row engine warms itself up (scheduler_choice.py).
         """
         engine = BarkEngine(settings)
         if settings.warmup:
-            engine.warm_up(capture_graphs=settings.scheduler == "static")
+            engine.warm_up(batch_path=settings.scheduler == "static")
         return cls(settings, engine, on_fatal=on_fatal, voices=CustomVoices.open(settings, engine))
 
     # -- the engine side (runs in the scheduler's worker thread) -------------------------------

@@ -284,13 +284,19 @@ class BarkEngine:
         lap("codec_decode")
         return BatchOutput(waveforms=waveforms, stage_seconds=stages)
 
-    def warm_up(self, capture_graphs: bool = True) -> None:
-        """One short generation so the first request does not pay for lazy initialisation; every
-        voice preset loaded onto the device now, not in the decoding loop at a request's first use."""
+    def warm_up(self, batch_path: bool = True) -> None:
+        """Every voice preset onto the device now, not in the decoding loop at a request's first use.
+
+        `batch_path` (the static scheduler's `generate_batch`): its graphs captured and one short
+        generation, so the first request does not pay for lazy initialisation. The continuous
+        scheduler never calls that path; its row engine warms up its own (bark_rows.warm_up).
+        """
         voice = self.voices.names[0] if self.voices.names else None
         started = time.perf_counter()
         self.voices.preload()
-        if self.decoder is not None and capture_graphs:
+        if not batch_path:
+            return
+        if self.decoder is not None:
             # Explicit decoder=cudagraph: a shape that cannot be captured stops the start.
             graphs = self.decoder.capture_graphs(strict=self.settings.decoder == "cudagraph")
             logger.info("captured %d CUDA graphs (%d shapes eager)", graphs, len(self.decoder.eager_shapes))
