@@ -25,17 +25,11 @@ from transformers.generation.logits_process import (
 from model_server import metrics
 from model_server.config import Settings
 from model_server.generation.continuous.bark_rows import TOP_K, BarkRowEngine
-from model_server.generation.continuous.sampling import (
-    RowSampling,
-    choose_tokens,
-    coarse_scores,
-    semantic_scores,
-    uniform_noise,
-    warp,
-)
+from model_server.generation.continuous.sampling import coarse_scores, semantic_scores, uniform_noise
 from model_server.generation.decoding import _SuppressTokens
 from model_server.generation.engine import BarkEngine, Sampling, _PerRowTokenBudget, tokenize_chunks
 from tests.generation.row_runs import run_rows as run
+from tests.generation.row_sampling import RowSampling, choose_tokens, warp
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -18,8 +18,6 @@ trailing `LogitNormalization` (a log-softmax) changes neither argmax nor the sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 _MASK32 = 0xFFFFFFFF
@@ -69,34 +67,6 @@ def uniform_noise(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
 
 
-@dataclass(frozen=True)
-class RowSampling:
-    """The per-row settings of one sampling call, as device tensors (rows,)."""
-
-    do_sample: torch.Tensor  # bool
-    temperature: torch.Tensor  # float32, 1.0 where greedy
-    keys: torch.Tensor  # int64 in [0, 2**32): row_key(seed, draws so far), the row's noise for this draw
-    any_sample: bool = True  # host-side: when no row samples, warpers and noise are skipped
-
-    @classmethod
-    def of(
-        cls,
-        do_sample: list[bool],
-        temperature: list[float],
-        seeds: list[int],
-        draws: list[int],
-        device: torch.device,
-    ) -> RowSampling:
-        temps = [t if sample else 1.0 for t, sample in zip(temperature, do_sample, strict=True)]
-        keys = [row_key(seed, draw) for seed, draw in zip(seeds, draws, strict=True)]
-        return cls(
-            do_sample=torch.tensor(do_sample, dtype=torch.bool, device=device),
-            temperature=torch.tensor(temps, dtype=torch.float32, device=device),
-            keys=torch.tensor(keys, dtype=torch.long, device=device),
-            any_sample=any(do_sample),
-        )
-
-
 def semantic_scores(logits: torch.Tensor, suppressed: torch.Tensor, eos: int, min_eos_p: float | None) -> torch.Tensor:
     """Bark's semantic rules on logits (rows, vocab) -> float32; `suppressed` is a (vocab,) bool mask."""
     scores = logits.float().masked_fill(suppressed, -float("inf"))
@@ -121,36 +91,15 @@ def coarse_scores(logits: torch.Tensor, parity: torch.Tensor, semantic_vocab: in
     return logits.float().masked_fill(~allowed, -float("inf"))
 
 
-def warp(scores: torch.Tensor, rows: RowSampling, top_k: int) -> torch.Tensor:
-    """Temperature and top-k as transformers' warpers, for sampled rows (greedy rows unchanged).
-
-    Not on the sampling path (choose_tokens works on the top-k candidates directly); kept to check
-    that path against transformers' processors.
-    """
-    warped = scores / rows.temperature[:, None]
-    kth = torch.topk(warped, min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]
-    warped = warped.masked_fill(warped < kth, -float("inf"))
-    return torch.where(rows.do_sample[:, None], warped, scores)
-
-
-def choose_tokens(scores: torch.Tensor, rows: RowSampling, top_k: int) -> torch.Tensor:
-    """Greedy rows: argmax. Sampled rows: temperature, top-k, Gumbel-max with the row's own noise.
-
-    Gumbel-max over the k candidates (`argmax(s_i / T + G_i)`) draws from softmax over the top-k,
-    as `TopKLogitsWarper` + `multinomial` do; the noise of a candidate is a function of its token id.
-    """
-    if not rows.any_sample:
-        return torch.argmax(scores, dim=-1)
-    return choose_on_device(scores, rows.do_sample, rows.temperature, rows.keys, top_k)
-
-
 def choose_on_device(
     scores: torch.Tensor, do_sample: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor, top_k: int
 ) -> torch.Tensor:
-    """`choose_tokens` as a fixed-shape tensor program (no host branch): the captured step's sampler.
+    """Greedy rows: argmax. Sampled rows: temperature, top-k, Gumbel-max with the row's own noise, as a
+    fixed-shape tensor program (no host branch): the captured step's sampler.
 
-    Greedy rows take the argmax; the others Gumbel-max over their top k at their own temperature
-    (1.0 where greedy, so the division is harmless there).
+    Gumbel-max over the k candidates (`argmax(s_i / T + G_i)`) draws from softmax over the top-k,
+    as `TopKLogitsWarper` + `multinomial` do; the noise of a candidate is a function of its token id.
+    Temperature is 1.0 where greedy, so the division is harmless there.
     """
     greedy = torch.argmax(scores, dim=-1)
     values, candidates = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1)
