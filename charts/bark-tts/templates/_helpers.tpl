@@ -75,6 +75,32 @@ component: predictor
 {{- if and .Values.sidecar.enabled (eq .Values.jobs.store "postgres") (eq .Values.jobs.postgres.mode "bundled") }}true{{ end }}
 {{- end }}
 
+{{/*
+The env that points a container at the jobs' PostgreSQL, under the variable named: the bundled server's
+URL (libpq reads the password from PGPASSWORD, not part of the URL), or the external DSN's Secret.
+Argument: (list $ "VARIABLE").
+*/}}
+{{- define "bark-tts.jobsDatabaseEnv" -}}
+{{- $ := index . 0 }}
+{{- $name := index . 1 }}
+{{- $pg := $.Values.jobs.postgres }}
+{{- if eq $pg.mode "bundled" }}
+- name: {{ $name }}
+  value: {{ printf "postgresql://%s@%s:5432/%s" $pg.bundled.username (include "bark-tts.postgresName" $) $pg.bundled.database | quote }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "bark-tts.secretName" $ }}
+      key: postgres-password
+{{- else }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $pg.external.existingSecret }}
+      key: {{ $pg.external.key }}
+{{- end }}
+{{- end }}
+
 {{- define "bark-tts.postgresName" -}}
 {{- printf "%s-postgres" (include "bark-tts.fullname" .) }}
 {{- end }}
@@ -138,6 +164,9 @@ component: predictor
 {{- end }}
 {{- if and .Values.eventing.trigger.enabled (not .Values.sidecar.enabled) }}
 {{- fail "eventing.trigger.enabled delivers to the webhook sidecar: set sidecar.enabled too" }}
+{{- end }}
+{{- if and .Values.eventing.trigger.enabled .Values.sidecar.enabled (not .Values.networkPolicy.enabled) }}
+{{- fail "eventing.trigger.enabled: Knative Triggers send no API key, so the sidecar then takes CloudEvents without one; that is allowed only behind the chart's NetworkPolicy (networkPolicy.enabled=true), which limits POST / to the broker and ingress namespaces" }}
 {{- end }}
 {{- if and (include "bark-tts.sqliteJobs" .) (gt (int $a.maxReplicas) 1) }}
 {{- fail (printf "jobs.store sqlite keeps each pod's jobs in its own file, so with autoscaling.maxReplicas %d jobs would be lost or unreachable: use jobs.store postgres, or maxReplicas 1" (int $a.maxReplicas)) }}

@@ -18,16 +18,10 @@ Argument: (list $ $random), $random naming what would be generated.
 {{- end }}
 {{- end }}
 
-{{/* Checks of the #22 values; included by networkpolicy.yaml, which always renders. */}}
-{{- define "bark-tts.validateJobsHardening" -}}
-{{- if and .Values.eventing.trigger.enabled .Values.sidecar.enabled (not .Values.networkPolicy.enabled) }}
-{{- fail "eventing.trigger.enabled: Knative Triggers send no API key, so the sidecar then takes CloudEvents without one; that is allowed only behind the chart's NetworkPolicy (networkPolicy.enabled=true), which limits POST / to the broker and ingress namespaces" }}
-{{- end }}
-{{- end }}
-
 {{/*
 The sidecar's own env for #22: the model server's request limits (the sidecar checks them at intake, from
-the same BARK_* settings the model container gets), the intake caps and result bound, admin keys.
+the same BARK_* settings the model container gets) and admin keys (the intake caps and result bound are
+in the sidecar's values loop in inferenceservice.yaml).
 */}}
 {{- define "bark-tts.sidecarJobsEnv" -}}
 {{- with .Values.server.maxPromptChars }}
@@ -37,14 +31,6 @@ the same BARK_* settings the model container gets), the intake caps and result b
 {{- range .Values.server.extraEnv }}
 {{- if regexMatch "^BARK_(MAX_PROMPT_CHARS|MAX_WORDS_PER_REQUEST|MAX_OUTPUT_SECONDS|SEMANTIC_TOKENS_PER_WORD|SEMANTIC_TOKENS_MIN|MIN_CHUNK_WORDS|MAX_CHUNK_WORDS|DEFAULT_CHUNK_WORDS)$" .name }}
 - {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- end }}
-{{- $sc := .Values.sidecar }}
-{{- range $key, $env := dict "maxQueuedPerKey" "SIDECAR_MAX_QUEUED_PER_KEY" "maxQueuedTotal" "SIDECAR_MAX_QUEUED_TOTAL" "maxResultBytes" "SIDECAR_MAX_RESULT_BYTES" "webhookPorts" "SIDECAR_WEBHOOK_PORTS" }}
-{{- $v := index $sc $key }}
-{{- if and (not (kindIs "invalid" $v)) (ne (toString $v) "") }}
-- name: {{ $env }}
-  value: {{ $v | toString | quote }}
 {{- end }}
 {{- end }}
 {{- if .Values.auth.enabled }}

@@ -13,21 +13,9 @@ lost with the pod).
 {{- if $v.store }}
 - name: BARK_VOICE_STORE
   value: {{ $v.store | quote }}
-{{- else if include "bark-tts.bundledPostgres" . }}
-# The jobs' database holds the voices too; libpq reads the password from PGPASSWORD.
-- name: BARK_VOICE_STORE
-  value: {{ printf "postgresql://%s@%s:5432/%s" .Values.jobs.postgres.bundled.username (include "bark-tts.postgresName" .) .Values.jobs.postgres.bundled.database | quote }}
-- name: PGPASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ $secretName }}
-      key: postgres-password
 {{- else if and .Values.sidecar.enabled (eq .Values.jobs.store "postgres") }}
-- name: BARK_VOICE_STORE
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.jobs.postgres.external.existingSecret }}
-      key: {{ .Values.jobs.postgres.external.key }}
+# The jobs' database holds the voices too.
+{{- include "bark-tts.jobsDatabaseEnv" (list . "BARK_VOICE_STORE") }}
 {{- else }}
 - name: BARK_VOICE_STORE
   value: /var/lib/bark-voices
