@@ -24,6 +24,7 @@ from bark_common.schema import Turn, invalid_input_from
 from model_server.config import Settings
 from model_server.generation.audio import AudioFormat
 from model_server.generation.languages import resolve_language
+from model_server.generation.limits import check_chunk_words as check_chunk_words
 from model_server.generation.limits import check_words_per_request
 
 
@@ -120,14 +121,5 @@ def _check_text(text: str, settings: Settings, field: str) -> None:
     if len(text) > settings.max_prompt_chars:
         raise InvalidInput(
             f"{field}: {len(text)} characters is over the limit of {settings.max_prompt_chars} (max_prompt_chars)",
-            param=field,
-        )
-
-
-def check_chunk_words(size: int | None, settings: Settings, field: str) -> None:
-    """`batch_chunk_size` within the operator's bounds (they depend on settings, so not in the model)."""
-    if size is not None and not settings.min_chunk_words <= size <= settings.max_chunk_words:
-        raise InvalidInput(
-            f"{field}: must be between {settings.min_chunk_words} and {settings.max_chunk_words} words, got {size}",
             param=field,
         )

@@ -27,7 +27,7 @@ from bark_common.errors import InvalidInput
 from bark_common.schema import DEFAULT_VOICE
 from model_server.config import Settings as ModelSettings
 from model_server.generation.languages import resolve_language
-from model_server.generation.limits import check_output_seconds, check_words_per_request
+from model_server.generation.limits import check_chunk_words, check_output_seconds, check_words_per_request
 from model_server.generation.text import semantic_budget, speech_seconds
 
 #: No cap on one text's budget here: the checkpoint's token limit is the model server's to apply.
@@ -82,12 +82,7 @@ class IntakeLimits:
                 param=field,
             )
         size = model_input.get("batch_chunk_size")
-        if isinstance(size, int) and not settings.min_chunk_words <= size <= settings.max_chunk_words:
-            raise InvalidInput(
-                f"{where}.batch_chunk_size: must be between {settings.min_chunk_words} and "
-                f"{settings.max_chunk_words} words, got {size}",
-                param=f"{where}.batch_chunk_size",
-            )
+        check_chunk_words(size if isinstance(size, int) else None, settings, f"{where}.batch_chunk_size")
         check_words_per_request(((t.text, t.language) for t in texts), settings.max_words_per_request, where)
         budgets = (
             semantic_budget(

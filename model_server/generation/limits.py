@@ -1,9 +1,10 @@
 """Request limits that are not a field's bound: words and estimated output seconds (400).
 
-Field bounds (prompt characters, instances, chunk size) live in `schema.py`; the body size (413)
-is enforced before the body is parsed, by `http/body_limit.py`. Here are the limits that need
-something else: the words per request are counted per language (text.request_words), and the
-output estimate needs the planned chunks and their semantic budgets.
+Field bounds (prompt characters, instances) live in `schema.py`; the body size (413) is enforced
+before the body is parsed, by `http/body_limit.py`. Here are the limits that need something else:
+the words per request are counted per language (text.request_words), and the output estimate needs
+the planned chunks and their semantic budgets. The chunk size's bound is here too: the job sidecar
+checks it at intake, and this module loads neither torch nor audio libraries.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from bark_common.errors import InvalidInput
+from model_server.config import Settings
 from model_server.generation.text import request_words
 
 #: Bark's semantic tokens per second of speech: a chunk's token budget bounds its audio length.
@@ -43,4 +45,14 @@ def check_words_per_request(texts: Iterable[tuple[str, str]], limit: int, where:
         raise InvalidInput(
             f"{where}: {count} words in total is over the limit of {limit} per request (max_words_per_request)",
             param=where,
+        )
+
+
+def check_chunk_words(size: int | None, settings: Settings, field: str) -> None:
+    """`batch_chunk_size` within the operator's bounds (they depend on settings, so not in the request
+    model); the sidecar checks a job's with it at intake."""
+    if size is not None and not settings.min_chunk_words <= size <= settings.max_chunk_words:
+        raise InvalidInput(
+            f"{field}: must be between {settings.min_chunk_words} and {settings.max_chunk_words} words, got {size}",
+            param=field,
         )
