@@ -121,8 +121,6 @@ class BarkRowEngine:
         self.reader = LateReader(self.stepper.out)
         #: Joins, leaves, stage moves and window prefills so far (benchmarks tell steady iterations by it).
         self.events = 0
-        #: id() of the jobs in the fine stage or codec: they hold no row, so fair admission does not count them.
-        self.finishing: set[int] = set()
 
     def _configure_stages(self, semantic: dict[str, Any], coarse: dict[str, Any]) -> None:
         vocab = self.stepper.stages["semantic"].vocab
@@ -145,6 +143,11 @@ class BarkRowEngine:
     def pending(self) -> int:
         """Rows past their coarse tokens, in the fine stage or codec, not yet collected."""
         return self.finisher.pending
+
+    @property
+    def finishing(self) -> set[int]:
+        """id() of the jobs in the fine stage or codec: they hold no row, so fair admission does not count them."""
+        return self.finisher.job_ids()
 
     @property
     def late_reads(self) -> int:
@@ -263,10 +266,7 @@ class BarkRowEngine:
 
     def collect(self) -> list[Outcome]:
         """Finished rows' outcomes, without stepping (the loop has no rows to step)."""
-        outcomes = self.finisher.collect()
-        for job, _ in outcomes:
-            self.finishing.discard(id(job))
-        return outcomes
+        return self.finisher.collect()
 
     def _act(self, outputs: np.ndarray, launched: dict[str, list[Row]], outcomes: list[Outcome]) -> None:
         """Take one iteration's tokens and statuses into the rows; move, re-window or finish rows."""
@@ -295,7 +295,6 @@ class BarkRowEngine:
                     finished.append(row)
         if finished:
             self._leave("coarse", finished)
-            self.finishing.update(id(row.job) for row in finished)
             self.finisher.submit(finished)
         entering: list[Row] = []
         if semantic_done:
@@ -378,7 +377,6 @@ class BarkRowEngine:
             if leaving:
                 self._compact(stage, leaving)
         self.finisher.drop(jobs)
-        self.finishing.difference_update(id(job) for job in jobs)
 
     def evict_all(self) -> list[Job]:
         """Remove every row of both stages (after an out-of-memory or a failed step); returns their jobs.
@@ -398,7 +396,6 @@ class BarkRowEngine:
 
     def fail_all(self) -> list[Job]:
         """Every job in the engine, the fine stage's included (a fatal device error: nothing will finish)."""
-        self.finishing.clear()
         return self.evict_all() + self.finisher.drain()
 
     def close(self) -> None:

@@ -48,7 +48,7 @@ class Finisher:
         self._cond = threading.Condition()
         self._queue: list[Any] = []  # rows waiting for the worker
         self._done: list[tuple[Any, Any]] = []  # (job, audio or error), for `collect`
-        self._busy = 0
+        self._running: list[Any] = []  # the rows the worker is on
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._wake: Callable[[], None] = lambda: None
@@ -62,12 +62,13 @@ class Finisher:
     def pending(self) -> int:
         """Rows handed over and not yet collected."""
         with self._cond:
-            return len(self._queue) + self._busy + len(self._done)
+            return len(self._queue) + len(self._running) + len(self._done)
 
-    @property
-    def ready(self) -> bool:
+    def job_ids(self) -> set[int]:
+        """id() of the jobs handed over and not yet collected: they hold no decoding row any more."""
         with self._cond:
-            return bool(self._done)
+            rows = [*self._queue, *self._running]
+            return {id(row.job) for row in rows} | {id(job) for job, _ in self._done}
 
     def submit(self, rows: Sequence[Any]) -> None:
         with self._cond:
@@ -124,7 +125,7 @@ class Finisher:
                 group, self._queue = self._queue, []
             else:
                 group = [self._queue.pop(0)]
-            self._busy = len(group)
+            self._running = group
             return group
 
     def _work(self) -> None:
@@ -136,7 +137,7 @@ class Finisher:
             with stream, torch.inference_mode():
                 outcomes = self._run(group)
             with self._cond:
-                self._busy = 0
+                self._running = []
                 self._done.extend((row.job, outcome) for row, outcome in zip(group, outcomes, strict=True))
             self._wake()
 
