@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from bark_common.errors import (
     ErrorDescription,
@@ -19,12 +20,40 @@ from bark_common.errors import (
     describe_error,
 )
 
-__all__ = ["openai_error", "register_error_handlers", "v1_error_response"]
+__all__ = [
+    "OpenAIErrorResponse",
+    "openai_error",
+    "openai_error_response",
+    "register_error_handlers",
+    "v1_error_response",
+]
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Every error of the `/v1/audio/` routes: OpenAI's error object (the API document's schema)."""
+
+    error: OpenAIErrorDetail
 
 
 def openai_error(description: ErrorDescription, message: str, param: str | None = None) -> dict[str, Any]:
     """OpenAI's error body for a row of the table: {"error": {"message", "type", "param", "code"}}."""
     return {"error": {"message": message, "type": description.kind, "param": param, "code": description.code}}
+
+
+def openai_error_response(
+    description: ErrorDescription, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """`openai_error` as the answer, with the row's status."""
+    return JSONResponse(
+        openai_error(description, message, param), status_code=description.status, headers=headers or None
+    )
 
 
 def v1_error_response(error: Exception) -> JSONResponse:

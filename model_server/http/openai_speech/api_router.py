@@ -27,7 +27,7 @@ from bark_common.errors import (
     describe_error,
 )
 from model_server.generation.audio import FORMATS
-from model_server.http.errors import openai_error
+from model_server.http.errors import OpenAIErrorResponse, openai_error_response
 from model_server.http.openai_speech.serving import SpeechPlan, SpeechService, SpeechStream, StreamAborted
 from model_server.http.outcomes import note_reason
 from model_server.paths import SPEECH_PATH
@@ -48,10 +48,7 @@ def _error(
 ) -> JSONResponse:
     # The metric's reason is the row's, the same bounded words as v1 predict.
     note_reason(description.reason)
-    body = openai_error(description, message, param)
-    return JSONResponse(
-        status_code=description.status, content=body, headers={**(headers or {}), "x-request-id": request_id}
-    )
+    return openai_error_response(description, message, param, {**(headers or {}), "x-request-id": request_id})
 
 
 def _error_for(error: BaseException, request_id: str, timeout_s: float) -> JSONResponse:
@@ -134,26 +131,9 @@ def register_speech_route(app: FastAPI, synthesis: SynthesisService, is_ready: C
             return _error_for(error, request_id, timeout_s)
         return Response(content=data, media_type=content_type, headers=_headers(plan, request_id))
 
-    error_body: dict[str, Any] = {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "error": {
-                        "type": "object",
-                        "properties": {
-                            "message": {"type": "string"},
-                            "type": {"type": "string"},
-                            "param": {"type": ["string", "null"]},
-                            "code": {"type": ["string", "null"]},
-                        },
-                        "required": ["message", "type", "param", "code"],
-                    }
-                },
-                "required": ["error"],
-            }
-        }
-    }
+    def error(description: str) -> dict[str, Any]:
+        return {"model": OpenAIErrorResponse, "description": description}
+
     app.add_api_route(
         SPEECH_PATH,
         create_speech,
@@ -176,13 +156,13 @@ def register_speech_route(app: FastAPI, synthesis: SynthesisService, is_ready: C
                     "application/json": {},
                 },
             },
-            400: {"description": "invalid input (OpenAI error shape)", "content": error_body},
-            401: {"description": "missing or invalid API key", "content": error_body},
-            403: {"description": "save_voice: this key keeps max_voices_per_key voices", "content": error_body},
-            409: {"description": "save_voice: this key already has a voice of that name", "content": error_body},
+            400: error("invalid input (OpenAI error shape)"),
+            401: error("missing or invalid API key"),
+            403: error("save_voice: this key keeps max_voices_per_key voices"),
+            409: error("save_voice: this key already has a voice of that name"),
             413: {"description": "body over max_body_bytes"},
-            500: {"description": "generation failed; the message names the request id", "content": error_body},
-            503: {"description": "queue full or model not ready; see Retry-After", "content": error_body},
-            504: {"description": "request (or stream) ran past request_timeout_s", "content": error_body},
+            500: error("generation failed; the message names the request id"),
+            503: error("queue full or model not ready; see Retry-After"),
+            504: error("request (or stream) ran past request_timeout_s"),
         },
     )

@@ -25,9 +25,8 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from bark_common.errors import InvalidInput, ServingError, describe_error
-from model_server.http.errors import openai_error
+from model_server.http.errors import OpenAIErrorResponse, openai_error_response
 from model_server.http.voices.protocol import (
-    OpenAIErrorResponse,
     PublishRequest,
     VoiceEntry,
     VoiceFields,
@@ -50,10 +49,9 @@ def _failure(error: Exception) -> JSONResponse:
     description = describe_error(error)
     if isinstance(error, ServingError) and description.status != 500:
         param = error.param if isinstance(error, InvalidInput) else None
-        body = openai_error(description, str(error), param)
-        return JSONResponse(body, status_code=description.status, headers=error.http_headers() or None)
+        return openai_error_response(description, str(error), param, error.http_headers())
     logger.exception("voices request failed", exc_info=error)
-    return JSONResponse(openai_error(description, f"voices request failed: {type(error).__name__}"), status_code=500)
+    return openai_error_response(description, f"voices request failed: {type(error).__name__}")
 
 
 async def _answer(work: Callable[[], Any], status: int = 200) -> Response:

@@ -75,16 +75,3 @@ class VoiceListing(BaseModel):
     voices: list[VoiceEntry]
     aliases: dict[str, str] = Field(description="OpenAI's voice names and the presets they stand for")
     random: str = Field(description="the voice name that means no prompt: Bark makes up a speaker")
-
-
-class OpenAIErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class OpenAIErrorResponse(BaseModel):
-    """Every error of the `/v1/audio/` routes: OpenAI's error object."""
-
-    error: OpenAIErrorDetail
