@@ -1,5 +1,7 @@
 // The dialogue editor: speakers (a name and a voice each) and turns in order (a speaker and a text
 // each). What it holds becomes the request's `turns`; every turn carries its speaker's voice.
+import { removeButton } from "./widgets.js";
+
 const $ = (id) => document.getElementById(id);
 const LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const STARTER = [
@@ -151,15 +153,4 @@ export class DialogueEditor {
   characters() {
     return this.turnRows().reduce((sum, row) => sum + row.querySelector("textarea").value.length, 0);
   }
-}
-
-function removeButton(label, onClick) {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "remove";
-  button.textContent = "×";
-  button.title = label;
-  button.setAttribute("aria-label", label);
-  button.addEventListener("click", onClick);
-  return button;
 }

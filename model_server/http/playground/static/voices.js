@@ -7,6 +7,7 @@
 // exactly the same first chunk and stores its tokens. Takes are therefore always seeded: the page
 // picks a seed when the field is empty and shows it with the result.
 import { deleteVoice, newRequestId, predict, uploadVoice } from "./api.js";
+import { removeButton } from "./widgets.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -30,10 +31,6 @@ export class VoiceShelf {
     $("upload-name").pattern = config.voice_name_pattern.slice(1, -1);
     $("upload-voice").addEventListener("click", () => this.upload());
     $("keep-voice").addEventListener("click", () => this.keep());
-    $("custom-voices").addEventListener("click", (event) => {
-      const button = event.target.closest("button[data-voice]");
-      if (button) this.remove(button.dataset.voice);
-    });
   }
 
   /** The key's own custom voices, each with a delete button; published ones are only listed. */
@@ -54,13 +51,8 @@ export class VoiceShelf {
           .join(" · ");
         row.append(name, detail);
         if (voice.own) {
-          const remove = document.createElement("button");
-          remove.type = "button";
-          remove.className = "remove";
-          remove.textContent = "×";
+          const remove = removeButton(`Delete ${voice.name}`, () => this.remove(voice.name));
           remove.dataset.voice = voice.name;
-          remove.title = `Delete ${voice.name}`;
-          remove.setAttribute("aria-label", `Delete ${voice.name}`);
           row.append(remove);
         }
         return row;
