@@ -111,9 +111,7 @@ class ChunkChains:
                 self.scheduler.cancel([inner])
                 return
             try:
-                waveform, tokens = _split(await inner)
-                if index == 0 and self.on_first is not None:
-                    await self.on_first(_kept(waveform, tokens))
+                waveform, tokens = await _outcome(inner, self.on_first if index == 0 else None)
             except BaseException as error:
                 self._fail(indices[position:], error)
                 return
@@ -135,12 +133,7 @@ class ChunkChains:
     def _fail(self, indices: list[int], error: BaseException) -> None:
         """The chunk at `indices[0]` failed: its future says why; the chain's later ones are cancelled."""
         first, *rest = indices
-        outer = self.outer[first]
-        if not outer.done():
-            if isinstance(error, asyncio.CancelledError):
-                outer.cancel()
-            else:
-                outer.set_exception(error)
+        _settle_failed(self.outer[first], error)
         for index in rest:
             self.outer[index].cancel()
 
@@ -157,6 +150,24 @@ class ChunkChains:
         for inner in self._inner.values():
             if not inner.done():
                 self.scheduler.cancel([inner])
+
+
+async def _outcome(inner: asyncio.Future[Any], on_first: OnFirst | None) -> tuple[Any, SpeakerPrompt | None]:
+    """A chunk's (waveform, tokens); with `on_first` (save_voice), its tokens kept as a voice first."""
+    waveform, tokens = _split(await inner)
+    if on_first is not None:
+        await on_first(_kept(waveform, tokens))
+    return waveform, tokens
+
+
+def _settle_failed(outer: asyncio.Future[Any], error: BaseException) -> None:
+    """A chunk's future says why it failed (cancelled stays cancelled), unless it is settled already."""
+    if outer.done():
+        return
+    if isinstance(error, asyncio.CancelledError):
+        outer.cancel()
+    else:
+        outer.set_exception(error)
 
 
 def _split(result: Any) -> tuple[Any, SpeakerPrompt | None]:
@@ -188,15 +199,9 @@ def relay_first(
 
     async def run() -> None:
         try:
-            waveform, tokens = _split(await inner)
-            await on_first(_kept(waveform, tokens))
+            waveform, _ = await _outcome(inner, on_first)
         except BaseException as error:
-            if outer.done():
-                return
-            if isinstance(error, asyncio.CancelledError):
-                outer.cancel()
-            else:
-                outer.set_exception(error)
+            _settle_failed(outer, error)
             return
         if not outer.done():
             outer.set_result(waveform)
