@@ -43,6 +43,7 @@ class VoiceCatalog:
         self.cache_size = cache_size
         self._lock = threading.Lock()
         self._index: dict[tuple[str, str], VoiceRecord] = {}
+        self._published: dict[str, VoiceRecord] = {}  # by name: the oldest published voice of that name
         self._prompts: collections.OrderedDict[str, SpeakerPrompt] = collections.OrderedDict()
         self._secret: bytes | None = None
         self._version: str | None = None
@@ -83,6 +84,10 @@ class VoiceCatalog:
         records = self.store.records()
         with self._lock:
             self._index = {(record.owner, record.name): record for record in records}
+            self._published = {}
+            for record in sorted(records, key=lambda record: record.created_at):
+                if record.published:
+                    self._published.setdefault(record.name, record)
             self._version = version
         metrics.CUSTOM_VOICES.set(len(records))
         self._up()
@@ -153,8 +158,7 @@ class VoiceCatalog:
     def published(self, name: str) -> VoiceRecord | None:
         """The published voice of that name (the oldest, should two owners have published one)."""
         with self._lock:
-            found = [record for record in self._index.values() if record.name == name and record.published]
-        return min(found, key=lambda record: record.created_at) if found else None
+            return self._published.get(name)
 
     def records(self) -> list[VoiceRecord]:
         with self._lock:
