@@ -72,6 +72,16 @@ def request(
     )
 
 
+def mixed_request(rng: random.Random) -> tuple[int, SynthesisRequest]:
+    """The load's mix: 1 to 4 chunks, any of ten voices, one of three temperatures (chunks, request)."""
+    chunks = rng.randint(1, 4)
+    return chunks, request(chunks, voice=rng.randrange(10), temperature=rng.choice([0.5, 0.7, 0.9]))
+
+
+def p95(latencies: list[float]) -> float:
+    return statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else latencies[0]
+
+
 class Bench:
     def __init__(self, model: BarkTTS, schedulers: dict[str, Any]):
         self.model = model
@@ -129,8 +139,7 @@ class Bench:
                 at += rng.expovariate(rate)
                 if at >= duration:
                     break
-                req = request(rng.randint(1, 4), voice=rng.randrange(10), temperature=rng.choice([0.5, 0.7, 0.9]))
-                arrivals.append((at, req))
+                arrivals.append((at, mixed_request(rng)[1]))
             started = time.perf_counter()
 
             async def client(at: float, req: SynthesisRequest, started: float = started) -> float:
@@ -139,11 +148,9 @@ class Bench:
 
             latencies = await asyncio.gather(*(client(at, req) for at, req in arrivals))
             makespan = time.perf_counter() - started
-            p50 = statistics.median(latencies)
-            p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else latencies[0]
             lines.append(
                 f"| {name} | {rate:g} | {len(arrivals)} | {makespan:.1f} | {len(arrivals) / makespan:.3f} "
-                f"| {p50:.2f} | {p95:.2f} |"
+                f"| {statistics.median(latencies):.2f} | {p95(latencies):.2f} |"
             )
         return lines
 
@@ -160,8 +167,7 @@ class Bench:
             nonlocal chunks_done
             rng = random.Random(seed * 1000 + index)
             while time.perf_counter() < deadline:
-                chunks = rng.randint(1, 4)
-                req = request(chunks, voice=rng.randrange(10), temperature=rng.choice([0.5, 0.7, 0.9]))
+                chunks, req = mixed_request(rng)
                 latencies.append(await self.timed(req))
                 chunks_done += chunks
 
@@ -172,13 +178,12 @@ class Bench:
 
         await asyncio.gather(sample(), *(client(index) for index in range(clients)))
         elapsed = time.perf_counter() - started  # until the last request started before the deadline ended
-        p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else latencies[0]
         return CapacityPoint(
             clients=clients,
             requests_per_s=len(latencies) / elapsed,
             chunks_per_s=chunks_done / elapsed,
             p50_s=statistics.median(latencies),
-            p95_s=p95,
+            p95_s=p95(latencies),
             signal=statistics.fmean(signal) if signal else 0.0,
         )
 
