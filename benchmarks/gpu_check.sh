@@ -91,17 +91,15 @@ left() { echo $((BUDGET - (SECONDS - STARTED))); }
 
 # Shares of the budget, in the order the sections run; a section may use what earlier ones left.
 SHARES_LEFT=100
-limit_for() {  # limit_for SHARE: this section's seconds, its share of what is left
-  local share=$1 remaining
-  remaining=$(left)
-  echo $((remaining * share / SHARES_LEFT))
+take_share() {  # take_share SHARE: sets `limit`, the next section's seconds: its share of what is left
+  limit=$(($(left) * $1 / SHARES_LEFT))
+  SHARES_LEFT=$((SHARES_LEFT - $1))
 }
 
-# section TITLE SHARE LIMIT COMMAND...: runs with LIMIT seconds; what it prints goes into the report;
+# section TITLE LIMIT COMMAND...: runs with LIMIT seconds; what it prints goes into the report;
 # a section cut off or skipped says so.
 section() {
-  local title=$1 share=$2 limit=$3; shift 3
-  SHARES_LEFT=$((SHARES_LEFT - share))
+  local title=$1 limit=$2; shift 2
   echo "== $title ($limit s)" >&2
   { echo; echo "## $title"; echo; echo "\`$*\`"; echo; echo '```'; } >>"$REPORT"
   if [ "$limit" -lt 10 ]; then
@@ -145,9 +143,9 @@ per_level() {  # per_level LIMIT RUNS: seconds of load per run, after the model 
 
 TESTS="tests/generation/test_cuda_graphs.py tests/generation/test_decoding.py tests/generation/test_continuous_engine.py"
 TESTS="$TESTS tests/generation/test_fine_stage.py tests/generation/test_reference_outputs.py"
-limit=$(limit_for 20)
+take_share 20
 # shellcheck disable=SC2086
-section "CUDA tests: graph capture and replay, the continuous loop in fp16 replayed vs eager" 20 "$limit" \
+section "CUDA tests: graph capture and replay, the continuous loop in fp16 replayed vs eager" "$limit" \
   $PY -m pytest -q -p no:cacheprovider $TESTS -k "$TEST_FILTER"
 # The loop with SDPA, then with flash-attn's flash_attn_with_kvcache where the package is installed.
 loop_profiles() {
@@ -162,22 +160,22 @@ loop_profiles() {
 }
 export -f loop_profiles
 export PY DEVICE SIZE ROWS
-limit=$(limit_for 15)
-section "One iteration of the real loop (semantic and coarse rows) vs the captured block steps; SDPA and flash-attn" 15 \
+take_share 15
+section "One iteration of the real loop (semantic and coarse rows) vs the captured block steps; SDPA and flash-attn" \
   "$limit" bash -c loop_profiles
-limit=$(limit_for 20)
-section "One 1-minute request: ours (continuous loop) vs the original pipeline" 20 "$limit" \
+take_share 20
+section "One 1-minute request: ours (continuous loop) vs the original pipeline" "$limit" \
   $PY benchmarks/original_vs_ours.py --mode pipeline --size "$SIZE" --device "$DEVICE" --repeats 1 \
     --tokens-per-word "$TOKENS"
-limit=$(limit_for 25)
+take_share 25
 # shellcheck disable=SC2086
-section "Concurrency: time to first audio, real-time factor, audio-seconds per second (mixed voices)" 25 "$limit" \
+section "Concurrency: time to first audio, real-time factor, audio-seconds per second (mixed voices)" "$limit" \
   $PY benchmarks/concurrency_table.py --size "$SIZE" --device "$DEVICE" --clients $CLIENTS \
     --duration "$(per_level "$limit" "$(echo $CLIENTS | wc -w)")" --tokens-per-word "$TOKENS"
-limit=$(limit_for 20)
+take_share 20
 # Two schedulers per rate, and the static one drains a backlog after the arrivals stop.
 # shellcheck disable=SC2086
-section "Continuous vs static under Poisson load" 20 "$limit" \
+section "Continuous vs static under Poisson load" "$limit" \
   $PY benchmarks/continuous_load.py --size "$SIZE" --device "$DEVICE" --scenarios poisson --rates $RATES \
     --duration "$(per_level "$limit" $(($(echo $RATES | wc -w) * 4)))" --tokens-per-word "$TOKENS"
 
