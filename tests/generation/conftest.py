@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
-
-from model_server.config import Settings
-from model_server.generation.engine import BarkEngine
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +16,3 @@ def one_cpu_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_checkpoint: Path) -> BarkEngine:
-    """The tiny checkpoint on the CPU with the static-cache decoder, no warm-up."""
-    return BarkEngine(Settings(model_dir=tiny_checkpoint, device="cpu", decoder="static", warmup=False))

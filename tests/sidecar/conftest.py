@@ -17,7 +17,7 @@ from tests.sidecar.harness import (
     fast_settings,
     in_process_sidecar,
 )
-from tests.sidecar.postgres import PostgresServer, postgres_server
+from tests.sidecar.postgres import PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -65,13 +65,6 @@ def make_sidecar(tmp_path: Path, fake_model: FakeModel) -> Iterator[Callable[...
 @pytest.fixture
 def sidecar(make_sidecar: Callable[..., InProcessSidecar]) -> InProcessSidecar:
     return make_sidecar()
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """One real PostgreSQL server for the session (a fresh database per test: `pg_url`)."""
-    with postgres_server() as server:
-        yield server
 
 
 @pytest.fixture
