@@ -31,8 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from continuous_load import engine_settings, parse_engine_args  # noqa: E402  (this folder is on sys.path when run as a script)
-from decode_steps import checkpoint_for, engine_header  # noqa: E402
+from continuous_load import parse_engine_args, warmed_service  # noqa: E402  (this folder is on sys.path when run as a script)
+from decode_steps import engine_header  # noqa: E402
 
 from bark_common.schema import SynthesisRequest  # noqa: E402
 from model_server.synthesis import SynthesisService  # noqa: E402
@@ -78,16 +78,11 @@ async def measure(service: SynthesisService, args: argparse.Namespace) -> dict[s
 
 
 async def run(args: argparse.Namespace) -> None:
-    settings = engine_settings(args, checkpoint_for(args.size, args.cache_dir), scheduler="continuous")
-    service = SynthesisService.load(settings)
-    try:
-        await service.synthesize(SynthesisRequest(prompt="Warm up.", do_sample=False))  # lazy initialisation
+    async with warmed_service(args) as service:
         chunks = len(
             service.plan(SynthesisRequest(prompt=text(args.sentences), batch_chunk_size=args.chunk_words)).chunks
         )
         figures = await measure(service, args)
-    finally:
-        await service.close()
     engine = service.engine
     print(
         engine_header(args.size, engine, args.tokens_per_word) + ", "

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,6 +54,7 @@ from model_server.generation.continuous.bark_rows import BarkRowEngine  # noqa: 
 from model_server.generation.continuous.loop import ContinuousScheduler  # noqa: E402
 from model_server.generation.scheduler import Scheduler  # noqa: E402
 from model_server.model import BarkTTS  # noqa: E402
+from model_server.synthesis import SynthesisService  # noqa: E402
 
 SENTENCE = "The morning fog rolled slowly over the quiet harbor today."  # 10 words
 #: The autoscaling signal of one pod (docs/SCALING.md): chunks waiting plus chunks being generated.
@@ -300,6 +303,19 @@ def engine_settings(args: argparse.Namespace, checkpoint: Path, **overrides: Any
         semantic_tokens_min=1,
         **{**defaults, **overrides},
     )
+
+
+@contextlib.asynccontextmanager
+async def warmed_service(args: argparse.Namespace) -> AsyncIterator[SynthesisService]:
+    """The synthesis service on the continuous scheduler for the options `parse_engine_args` reads,
+    after one short request (lazy initialisation); closed afterwards."""
+    settings = engine_settings(args, checkpoint_for(args.size, args.cache_dir), scheduler="continuous")
+    service = SynthesisService.load(settings)
+    try:
+        await service.synthesize(SynthesisRequest(prompt="Warm up.", do_sample=False))
+        yield service
+    finally:
+        await service.close()
 
 
 def parse_engine_args(

@@ -32,8 +32,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from continuous_load import engine_settings, parse_engine_args  # noqa: E402  (this folder is on sys.path when run as a script)
-from decode_steps import checkpoint_for, engine_header  # noqa: E402
+from continuous_load import parse_engine_args, warmed_service  # noqa: E402  (this folder is on sys.path when run as a script)
+from decode_steps import engine_header  # noqa: E402
 
 from bark_common.schema import SynthesisRequest  # noqa: E402
 from model_server.synthesis import SynthesisService  # noqa: E402
@@ -85,13 +85,8 @@ async def measure(service: SynthesisService, named: dict[str, SynthesisRequest],
 
 
 async def run(args: argparse.Namespace) -> None:
-    settings = engine_settings(args, checkpoint_for(args.size, args.cache_dir), scheduler="continuous")
-    service = SynthesisService.load(settings)
-    try:
-        await service.synthesize(SynthesisRequest(prompt="Warm up.", do_sample=False))  # lazy initialisation
+    async with warmed_service(args) as service:
         figures = await measure(service, requests(args.turns, args.seed_policy), args.repeats)
-    finally:
-        await service.close()
     engine = service.engine
     print(
         engine_header(args.size, engine, args.tokens_per_word) + ", "
